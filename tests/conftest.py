@@ -1,0 +1,57 @@
+"""Test environment: offline, a private HOME and caches, no telemetry; shared tiny fixtures."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before anything imports huggingface_hub or mlflow, which read these at import time.
+_HOME = Path(tempfile.mkdtemp(prefix="titk-test-home-"))
+os.environ.update(
+    HOME=str(_HOME),
+    XDG_CACHE_HOME=str(_HOME / ".cache"),
+    TITK_CACHE=str(_HOME / ".cache" / "titk"),
+    HF_HOME=str(_HOME / ".cache" / "huggingface"),
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="true",
+    TOKENIZERS_PARALLELISM="false",
+)
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fixtures(tmp_path_factory):
+    """Every tiny fixture model, saved as a diffusers folder, a .safetensors and a .ckpt."""
+    from titk.models.fixtures import build_fixtures
+
+    return build_fixtures(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The real face pack and photos (../shared/assets or $TITK_TEST_ASSETS); skip when absent."""
+    path = Path(os.environ.get("TITK_TEST_ASSETS", ROOT.parent / "shared" / "assets"))
+    if not (path / "face-test-pack").is_dir() or not (path / "faces").is_dir():
+        pytest.skip(f"test assets not found at {path} (set TITK_TEST_ASSETS to the folder with face-test-pack/ and faces/)")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `titk ARGS...` in-process through the real entry point; returns (exit code, stdout, stderr)."""
+    from titk.cli import main
+
+    def run(*args: str):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

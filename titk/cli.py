@@ -1,0 +1,85 @@
+"""The `titk` command. Commands are thin: they parse options, call the library, and print results.
+
+A user mistake (a TitkError) is printed as one line on stderr with a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import TitkError
+
+app = typer.Typer(
+    name="titk",
+    help="Textual Inversion toolkit: train, search and score TI embeddings of a person.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_sections(sections: dict[str, dict[str, str]]) -> None:
+    for title, rows in sections.items():
+        table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in rows.items():
+            table.add_row(key, str(value))
+        console.print(table)
+        console.print()
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Versions, devices and what they support, where models and face packs are looked for, the hub."""
+    from .doctor import report
+
+    data = report()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_sections(data)
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="a model: diffusers folder, .safetensors/.ckpt checkpoint or hub id"),
+    model_config: Optional[Path] = typer.Option(None, help="diffusers config folder for a non-standard single file"),
+    dtype: str = typer.Option("fp32", help="precision to load in: fp32, bf16, fp16 or auto"),
+    device: str = typer.Option("cpu", help="device to load on"),
+):
+    """Load a model and describe it: family, prediction type, encoders, sizes and A1111 short hash."""
+    from .models import load_model
+
+    bundle = load_model(path, config_dir=model_config, dtype=dtype, device=device)
+    _print_sections({"model": bundle.describe()})
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        result = app(args=argv, prog_name="titk", standalone_mode=False)
+    except TitkError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

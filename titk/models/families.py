@@ -1,0 +1,211 @@
+"""Model families: how to recognise each one and how it turns token ids into UNet conditioning.
+
+A family adapter is the only place that knows a family's text encoders: SD1 has CLIP ViT-L (768),
+SD2 OpenCLIP ViT-H (1024, usually v-prediction at 768 px), SDXL CLIP-L + OpenCLIP bigG (768 + 1280) with a
+pooled embedding and size/crop time ids. The training loop and the sampler only call `encode` and
+`unet_kwargs`, so adding a family does not touch them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from ..errors import TitkError, UnknownArchitecture
+from . import ldm
+
+
+class Family(str, Enum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+
+    @property
+    def encoder_keys(self) -> tuple[str, ...]:
+        """Names of the text encoders, as used for the per-encoder tensors of an embedding."""
+        return {"sd1": ("clip_l",), "sd2": ("clip_h",), "sdxl": ("clip_l", "clip_g")}[self.value]
+
+    @property
+    def pipeline_class_name(self) -> str:
+        return "StableDiffusionXLPipeline" if self is Family.SDXL else "StableDiffusionPipeline"
+
+
+# Widths of the text encoders each family uses, in encoder order.
+FAMILY_WIDTHS = {Family.SD1: (768,), Family.SD2: (1024,), Family.SDXL: (768, 1280)}
+
+_UNSUPPORTED_MARKERS = {
+    "joint_blocks.": "SD3/SD3.5",
+    "double_blocks.": "Flux",
+    "control_model.": "a ControlNet",
+    "lora_unet_": "a LoRA",
+    "lora_te_": "a LoRA",
+}
+
+
+def family_of_pipeline(pipe) -> Family:
+    if hasattr(pipe, "text_encoder_2"):
+        return Family.SDXL
+    return Family.SD2 if pipe.text_encoder.config.hidden_act == "gelu" else Family.SD1
+
+
+def detect_folder(folder: Path) -> Family:
+    """Family of a diffusers pipeline folder, from its model_index.json and text-encoder config."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise TitkError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TitkError(f"{index_path}: unreadable model_index.json ({exc})") from None
+    cls = index.get("_class_name", "?")
+    if cls == "StableDiffusionXLPipeline":
+        family = Family.SDXL
+    elif cls == "StableDiffusionPipeline":
+        te_config = _read_json(folder / "text_encoder" / "config.json")
+        family = Family.SD2 if te_config.get("hidden_act") == "gelu" else Family.SD1
+    else:
+        raise UnknownArchitecture(
+            f"{folder}: a {cls}, which titk does not support (it trains SD1, SD2 and SDXL pipelines)"
+        )
+    unet_config = _read_json(folder / "unet" / "config.json")
+    if unet_config.get("in_channels", 4) != 4:
+        raise UnknownArchitecture(
+            f"{folder}: UNet with {unet_config['in_channels']} input channels (inpainting or other "
+            "conditioning models are not supported; use the base text-to-image model)"
+        )
+    return family
+
+
+def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
+    """Family of an original-layout single-file checkpoint, from its key names.
+
+    `shape(key)` returns a tensor's shape without loading the others.
+    """
+    has_unet = any(k.startswith(ldm.UNET_PREFIX) for k in keys)
+    for marker, what in _UNSUPPORTED_MARKERS.items():
+        if any(k.startswith(marker) or k.startswith(ldm.UNET_PREFIX + marker) for k in keys):
+            raise UnknownArchitecture(f"{path}: this looks like {what}, which titk cannot load as a base model")
+    if not has_unet:
+        raise UnknownArchitecture(
+            f"{path}: no Stable Diffusion UNet (model.diffusion_model.*) in this file; "
+            "is it a VAE, LoRA or embedding rather than a checkpoint?"
+        )
+    conv_in = ldm.UNET_PREFIX + "input_blocks.0.0.weight"
+    if conv_in in keys and shape(conv_in)[1] != 4:
+        raise UnknownArchitecture(
+            f"{path}: UNet with {shape(conv_in)[1]} input channels (inpainting or other conditioning "
+            "models are not supported; use the base text-to-image model)"
+        )
+    if ldm.SDXL_CLIP_G_PREFIX + "token_embedding.weight" in keys:
+        if not any(k.startswith(ldm.SDXL_CLIP_L_PREFIX.removesuffix("text_model.")) for k in keys):
+            raise UnknownArchitecture(f"{path}: SDXL checkpoint without its CLIP-L encoder")
+        return Family.SDXL
+    if "conditioner.embedders.0.model.token_embedding.weight" in keys:
+        raise UnknownArchitecture(f"{path}: this looks like the SDXL refiner, which has no use for TI")
+    if ldm.SD2_OPENCLIP_PREFIX + "token_embedding.weight" in keys:
+        return Family.SD2
+    sd1_clip = ldm.SD1_CLIP_PREFIX.removesuffix("text_model.")
+    if any(k.startswith(sd1_clip) for k in keys):
+        return Family.SD1
+    raise UnknownArchitecture(f"{path}: a UNet but no text encoder titk recognises (SD1, SD2 or SDXL layouts)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TitkError(f"{path}: missing; the pipeline folder is incomplete") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TitkError(f"{path}: unreadable ({exc})") from None
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on for a batch of prompts."""
+
+    hidden: torch.Tensor  # [B, 77, cross_attention_dim]
+    pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]
+
+    def repeat(self, n: int) -> Conditioning:
+        pooled = None if self.pooled is None else self.pooled.repeat_interleave(n, 0)
+        return Conditioning(self.hidden.repeat_interleave(n, 0), pooled)
+
+
+def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    # The first end token; placeholder ids above the vocabulary must not be mistaken for it.
+    return (ids == eos_id).int().argmax(dim=-1)
+
+
+class FamilyAdapter:
+    family: Family
+
+    def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1) -> Conditioning:
+        raise NotImplementedError
+
+    def unet_kwargs(self, cond: Conditioning, height: int, width: int) -> dict:
+        return {"encoder_hidden_states": cond.hidden}
+
+    def pipeline_kwargs(self, cond: Conditioning, negative: Conditioning) -> dict:
+        """Conditioning passed to a diffusers pipeline call in place of prompt strings."""
+        return {"prompt_embeds": cond.hidden, "negative_prompt_embeds": negative.hidden}
+
+
+class SDAdapter(FamilyAdapter):
+    """SD1 and SD2: one CLIP encoder; the (clip-skipped) last hidden state after the final norm."""
+
+    def __init__(self, family: Family):
+        self.family = family
+
+    def encode(self, encoders, ids, clip_skip=1):
+        te = encoders[0].model
+        if clip_skip <= 1:
+            return Conditioning(te(ids[0]).last_hidden_state)
+        out = te(ids[0], output_hidden_states=True)
+        return Conditioning(te.final_layer_norm(out.hidden_states[-clip_skip]))
+
+
+class SDXLAdapter(FamilyAdapter):
+    """SDXL: penultimate hidden states of both encoders side by side, plus CLIP-G's pooled projection."""
+
+    family = Family.SDXL
+
+    def encode(self, encoders, ids, clip_skip=1):
+        hidden = []
+        for enc, enc_ids in zip(encoders, ids):
+            text_model = getattr(enc.model, "text_model", enc.model)
+            out = text_model(enc_ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-(clip_skip + 1)])
+            if hasattr(enc.model, "text_projection"):
+                eos = _eos_positions(enc_ids, enc.tokenizer.eos_token_id)
+                last = out.last_hidden_state[torch.arange(len(enc_ids)), eos]
+                pooled = enc.model.text_projection(last)
+        return Conditioning(torch.cat(hidden, dim=-1), pooled)
+
+    @staticmethod
+    def time_ids(height: int, width: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        # Original size, crop top-left, target size: the image is shown uncropped at its own size.
+        ids = torch.tensor([height, width, 0, 0, height, width], dtype=like.dtype, device=like.device)
+        return ids.expand(batch, 6)
+
+    def unet_kwargs(self, cond, height, width):
+        time_ids = self.time_ids(height, width, len(cond.hidden), cond.hidden)
+        return {
+            "encoder_hidden_states": cond.hidden,
+            "added_cond_kwargs": {"text_embeds": cond.pooled, "time_ids": time_ids},
+        }
+
+    def pipeline_kwargs(self, cond, negative):
+        return {
+            "prompt_embeds": cond.hidden,
+            "negative_prompt_embeds": negative.hidden,
+            "pooled_prompt_embeds": cond.pooled,
+            "negative_pooled_prompt_embeds": negative.pooled,
+        }
+
+
+def adapter_for(family: Family) -> FamilyAdapter:
+    return SDXLAdapter() if family is Family.SDXL else SDAdapter(family)

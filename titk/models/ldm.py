@@ -1,0 +1,179 @@
+"""diffusers → original LDM key layout, for writing single-file checkpoints.
+
+diffusers converts LDM checkpoints to its own layout but not back. titk writes its fixtures (and any
+pipeline a user wants as one file) in the layout A1111, ComfyUI and kohya load: `model.diffusion_model.*`
+for the UNet, `first_stage_model.*` for the VAE, the HF CLIP layout under
+`cond_stage_model.transformer.text_model.*` (SD1) or `conditioner.embedders.0.transformer.text_model.*`
+(SDXL's CLIP-L), and the OpenCLIP layout under `cond_stage_model.model.*` (SD2) or
+`conditioner.embedders.1.model.*` (SDXL's CLIP-G).
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SD1_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+
+_UNET_TOP = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",
+    "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+_UNET_RESNET = {
+    "norm1.": "in_layers.0.",
+    "conv1.": "in_layers.2.",
+    "time_emb_proj.": "emb_layers.1.",
+    "norm2.": "out_layers.0.",
+    "conv2.": "out_layers.3.",
+    "conv_shortcut.": "skip_connection.",
+}
+_VAE_RESNET = {"conv_shortcut.": "nin_shortcut."}
+_VAE_ATTENTION = {
+    "group_norm.": "norm.",
+    "to_q.": "q.",
+    "to_k.": "k.",
+    "to_v.": "v.",
+    "to_out.0.": "proj_out.",
+}
+
+
+def _rename(rest: str, table: dict[str, str]) -> str:
+    for old, new in table.items():
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    return rest
+
+
+def _unet_prefix_map(config) -> dict[str, tuple[str, dict[str, str]]]:
+    """diffusers block prefix → (LDM prefix, renames inside that block)."""
+    lpb = config.layers_per_block
+    if not isinstance(lpb, int):
+        raise ValueError("per-block layers_per_block lists are not supported by the LDM writer")
+    mapping: dict[str, tuple[str, dict[str, str]]] = {}
+    for i in range(len(config.down_block_types)):
+        for j in range(lpb):
+            ldm = 1 + i * (lpb + 1) + j
+            mapping[f"down_blocks.{i}.resnets.{j}."] = (f"input_blocks.{ldm}.0.", _UNET_RESNET)
+            mapping[f"down_blocks.{i}.attentions.{j}."] = (f"input_blocks.{ldm}.1.", {})
+        mapping[f"down_blocks.{i}.downsamplers.0.conv."] = (f"input_blocks.{(i + 1) * (lpb + 1)}.0.op.", {})
+    mapping["mid_block.resnets.0."] = ("middle_block.0.", _UNET_RESNET)
+    mapping["mid_block.attentions.0."] = ("middle_block.1.", {})
+    mapping["mid_block.resnets.1."] = ("middle_block.2.", _UNET_RESNET)
+    for i, block_type in enumerate(config.up_block_types):
+        for j in range(lpb + 1):
+            ldm = i * (lpb + 1) + j
+            mapping[f"up_blocks.{i}.resnets.{j}."] = (f"output_blocks.{ldm}.0.", _UNET_RESNET)
+            mapping[f"up_blocks.{i}.attentions.{j}."] = (f"output_blocks.{ldm}.1.", {})
+        slot = 2 if "CrossAttn" in block_type else 1
+        mapping[f"up_blocks.{i}.upsamplers.0."] = (f"output_blocks.{i * (lpb + 1) + lpb}.{slot}.", {})
+    return mapping
+
+
+def unet_to_ldm(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    blocks = _unet_prefix_map(config)
+    out = {}
+    for key, value in state_dict.items():
+        new = None
+        for old, ldm in _UNET_TOP.items():
+            if key.startswith(old):
+                new = ldm + key[len(old) :]
+                break
+        if new is None:
+            for old, (ldm, renames) in blocks.items():
+                if key.startswith(old):
+                    new = ldm + _rename(key[len(old) :], renames)
+                    break
+        if new is None:
+            raise ValueError(f"no LDM name for UNet key {key!r}")
+        out[UNET_PREFIX + new] = value
+    return out
+
+
+def vae_to_ldm(state_dict: dict[str, torch.Tensor], n_blocks: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        part, _, rest = key.partition(".")
+        new = key
+        if part in ("encoder", "decoder"):
+            if rest.startswith("conv_norm_out."):
+                new = f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
+            elif rest.startswith("mid_block.resnets."):
+                idx, _, tail = rest[len("mid_block.resnets.") :].partition(".")
+                new = f"{part}.mid.block_{int(idx) + 1}.{_rename(tail, _VAE_RESNET)}"
+            elif rest.startswith("mid_block.attentions.0."):
+                tail = _rename(rest[len("mid_block.attentions.0.") :], _VAE_ATTENTION)
+                new = f"{part}.mid.attn_1.{tail}"
+                if value.ndim == 2:  # LDM stores the attention projections as 1×1 convolutions
+                    value = value[:, :, None, None]
+            elif rest.startswith(("down_blocks.", "up_blocks.")):
+                kind, idx, tail = rest.split(".", 2)
+                i = int(idx)
+                ldm_i = i if kind == "down_blocks" else n_blocks - 1 - i
+                stage = "down" if kind == "down_blocks" else "up"
+                if tail.startswith("resnets."):
+                    _, j, inner = tail.split(".", 2)
+                    new = f"{part}.{stage}.{ldm_i}.block.{j}.{_rename(inner, _VAE_RESNET)}"
+                elif tail.startswith(("downsamplers.0.", "upsamplers.0.")):
+                    sampler = "downsample" if stage == "down" else "upsample"
+                    new = f"{part}.{stage}.{ldm_i}.{sampler}.{tail.split('.', 2)[2]}"
+        out[VAE_PREFIX + new] = value
+    return out
+
+
+def clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """HF CLIP text layout (with or without the `text_model.` level) under an LDM prefix."""
+    return {prefix + key.removeprefix("text_model."): value for key, value in state_dict.items()}
+
+
+def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """HF CLIP text weights in OpenCLIP's layout: fused q/k/v, `resblocks`, transposed projection."""
+    sd = {key.removeprefix("text_model."): value for key, value in state_dict.items()}
+    out = {
+        prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": sd.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": sd.pop("final_layer_norm.bias"),
+    }
+    if "text_projection.weight" in sd:
+        out[prefix + "text_projection"] = sd.pop("text_projection.weight").T.contiguous()
+    layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
+    for i in layers:
+        src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(qkv, dim=0)
+            out[f"{dst}attn.out_proj.{kind}"] = sd.pop(f"{src}self_attn.out_proj.{kind}")
+            out[f"{dst}ln_1.{kind}"] = sd.pop(f"{src}layer_norm1.{kind}")
+            out[f"{dst}ln_2.{kind}"] = sd.pop(f"{src}layer_norm2.{kind}")
+            out[f"{dst}mlp.c_fc.{kind}"] = sd.pop(f"{src}mlp.fc1.{kind}")
+            out[f"{dst}mlp.c_proj.{kind}"] = sd.pop(f"{src}mlp.fc2.{kind}")
+    if sd:
+        raise ValueError(f"no OpenCLIP name for text-encoder keys {sorted(sd)[:3]}")
+    return out
+
+
+def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
+    """The whole pipeline as one original-layout state dict (SD1, SD2 or SDXL)."""
+    from .families import Family, family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
+    sd.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
+    te = pipe.text_encoder.state_dict()
+    if family is Family.SD1:
+        sd.update(clip_to_ldm(te, SD1_CLIP_PREFIX))
+    elif family is Family.SD2:
+        sd.update(open_clip_to_ldm(te, SD2_OPENCLIP_PREFIX))
+    else:
+        sd.update(clip_to_ldm(te, SDXL_CLIP_L_PREFIX))
+        sd.update(open_clip_to_ldm(pipe.text_encoder_2.state_dict(), SDXL_CLIP_G_PREFIX))
+    return {k: v.detach().contiguous() for k, v in sd.items()}

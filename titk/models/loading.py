@@ -1,0 +1,314 @@
+"""Loading a model into a ModelBundle from a diffusers folder, a single-file checkpoint or a hub id.
+
+Single files load fully offline: titk ships the small config folders of each family (JSON only) and
+builds the CLIP tokenizer from open_clip's vocabulary, so nothing is fetched from a hub. `.ckpt` files
+are read with `torch.load(weights_only=True)` only: a pickle that would run code is refused, never run.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import pickle
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, parse
+from ..devices import resolve_device, resolve_dtype
+from ..errors import TitkError, UnknownArchitecture
+from ..hashing import short_hash
+from . import ldm
+from .bundle import ModelBundle, TextEncoderSlot
+from .families import Family, detect_checkpoint, detect_folder, family_of_pipeline
+from .tokenizer import PAD_END, PAD_EXCLAMATION, clip_tokenizer
+
+SAFETENSORS_SUFFIXES = {".safetensors"}
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def shipped_config(name: str) -> Path:
+    """One of the per-family config folders inside the package: sd1, sd2, sd2-v, sdxl."""
+    return Path(str(importlib.resources.files("titk.models").joinpath("configs", name)))
+
+
+def load_model(source: str | Path | ModelConfig, **settings) -> ModelBundle:
+    """Load a diffusers folder, a .safetensors/.ckpt file or a hub id as a frozen ModelBundle.
+
+    `settings` are ModelConfig fields (dtype, device, config_dir, prediction_type, clip_skip).
+    """
+    config = source if isinstance(source, ModelConfig) else parse(
+        ModelConfig, {"source": str(source), **settings}, "model"
+    )
+    torch_device = resolve_device(config.device)
+    torch_dtype = resolve_dtype(config.dtype, torch_device)
+    kind, where = _resolve_source(config.source)
+    with quiet_libraries():
+        if kind == "folder":
+            pipe, file_hash = _load_folder(where, torch_dtype), _folder_hash(where)
+            name = where.name
+        elif kind == "file":
+            pipe = _load_single_file(where, torch_dtype, config.config_dir, config.prediction_type)
+            file_hash, name = short_hash(where), where.stem
+        else:
+            folder = _download(str(where))
+            pipe, file_hash, name = _load_folder(folder, torch_dtype), _folder_hash(folder), str(where)
+    return bundle_from_pipeline(
+        pipe, name=name, source=config.source, short_hash=file_hash, device=torch_device,
+        prediction_type=config.prediction_type, clip_skip=config.clip_skip,
+    )
+
+
+def bundle_from_pipeline(
+    pipe,
+    *,
+    name: str,
+    source: str,
+    short_hash: str | None = None,
+    device: torch.device | str = "cpu",
+    prediction_type: str | None = None,
+    clip_skip: int = 1,
+) -> ModelBundle:
+    """Freeze a diffusers pipeline and wrap it as a ModelBundle (also used for models built in memory)."""
+    family = family_of_pipeline(pipe)
+    device = torch.device(device)
+    pipe.to(device)
+    for module in _modules(pipe):
+        module.requires_grad_(False)
+        module.eval()
+    prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
+    if pipe.scheduler.config.get("prediction_type") != prediction:
+        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction)
+    encoders = [TextEncoderSlot(family.encoder_keys[0], pipe.tokenizer, pipe.text_encoder)]
+    if family is Family.SDXL:
+        encoders.append(TextEncoderSlot(family.encoder_keys[1], pipe.tokenizer_2, pipe.text_encoder_2))
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return ModelBundle(
+        family=family, pipeline=pipe, encoders=encoders, prediction_type=prediction,
+        dtype=pipe.unet.dtype, device=device, name=name, source=source, short_hash=short_hash,
+        clip_skip=clip_skip,
+    )
+
+
+def _modules(pipe):
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.is_file():
+        if path.suffix.lower() not in SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES:
+            raise TitkError(f"{path}: not a model file titk reads (.safetensors or .ckpt, or a diffusers folder)")
+        return "file", path
+    text = str(source)
+    looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
+    if looks_like_path or not _HUB_ID.match(text):
+        raise TitkError(f"{source}: no such file or folder")
+    return "hub", text
+
+
+def _folder_hash(folder: Path) -> str | None:
+    # A diffusers folder has no single checkpoint file; its UNet weights identify the model.
+    for candidate in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        path = folder / "unet" / candidate
+        if path.is_file():
+            return short_hash(path)
+    return None
+
+
+def _pipeline_class(family: Family):
+    import diffusers
+
+    return getattr(diffusers, family.pipeline_class_name)
+
+
+def _sd_only_kwargs(family: Family) -> dict:
+    if family is Family.SDXL:
+        return {}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def _load_folder(folder: Path, dtype: torch.dtype):
+    family = detect_folder(folder)
+    cls = _pipeline_class(family)
+    try:
+        pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True, **_sd_only_kwargs(family))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise TitkError(f"{folder}: could not load the pipeline: {_first_line(exc)}") from None
+    _keep_vae_safe(pipe, family, dtype)
+    return pipe
+
+
+def _keep_vae_safe(pipe, family: Family, dtype: torch.dtype) -> None:
+    # The SDXL VAE overflows in fp16 (black images, NaN latents); bf16 and fp32 are safe.
+    if family is Family.SDXL and dtype == torch.float16:
+        pipe.vae.to(torch.float32)
+
+
+def _download(repo_id: str) -> Path:
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    try:
+        return Path(DiffusionPipeline.download(repo_id))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        reason = "offline: HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _first_line(exc)
+        raise TitkError(
+            f"{repo_id}: not on disk and the model hub could not provide it ({reason}); "
+            "pass a local path to a diffusers folder or a .safetensors checkpoint"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ single file
+
+
+def read_checkpoint_index(path: Path) -> tuple[set[str], callable]:
+    """Key names of a single-file checkpoint and a function giving a key's shape, loading as little as possible."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+        except Exception as exc:  # safetensors raises its own error type for every malformed file
+            raise TitkError(
+                f"{path}: not a readable .safetensors file ({_first_line(exc)}); it may be truncated or incomplete"
+            ) from None
+        return keys, lambda k: shapes[k]
+    state = load_pickle_state_dict(path)
+    return set(state), lambda k: tuple(state[k].shape)
+
+
+def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A `.ckpt`-style state dict, through `torch.load(weights_only=True)` only."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TitkError(
+            f"{path}: refused: this pickle needs code to run when loaded ({_unsafe_reason(exc)}); titk never "
+            "runs such files. Convert it to .safetensors with a tool you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise TitkError(f"{path}: not a readable checkpoint ({_first_line(exc)}); it may be truncated") from None
+    while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TitkError(f"{path}: not a checkpoint state dict")
+    return obj
+
+
+def _unsafe_reason(exc: Exception) -> str:
+    text = str(exc)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    return f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_type: str | None):
+    keys, shape = read_checkpoint_index(path)
+    family = detect_checkpoint(path, keys, shape)
+    if config_dir is not None:
+        config = Path(config_dir)
+        if not (config / "model_index.json").is_file():
+            raise TitkError(f"{config}: not a diffusers config folder (no model_index.json)")
+    else:
+        config = shipped_config({Family.SD1: "sd1", Family.SD2: "sd2", Family.SDXL: "sdxl"}[family])
+        _check_shapes(path, family, config, keys, shape)
+
+    tokenizers = {}
+    if not (config / "tokenizer").is_dir():
+        tokenizers["tokenizer"] = clip_tokenizer(PAD_EXCLAMATION if family is Family.SD2 else PAD_END)
+    if family is Family.SDXL and not (config / "tokenizer_2").is_dir():
+        tokenizers["tokenizer_2"] = clip_tokenizer(PAD_EXCLAMATION)
+    cls = _pipeline_class(family)
+    try:
+        pipe = cls.from_single_file(
+            str(path), config=str(config), dtype=dtype, local_files_only=True,
+            **tokenizers, **_sd_only_kwargs(family),
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise TitkError(f"{path}: could not build the pipeline: {_first_line(exc)}") from None
+    _keep_vae_safe(pipe, family, dtype)
+    if family is Family.SD2 and prediction_type is None and config_dir is None:
+        prediction_type = sd2_prediction_type(path, pipe)
+        if prediction_type == "v_prediction":
+            pipe.unet.register_to_config(sample_size=96)
+    if prediction_type is not None:
+        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    return pipe
+
+
+def _check_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:
+    """Compare a few telling shapes with the family's standard architecture before the costly load."""
+    import json
+
+    unet = json.loads((config / "unet" / "config.json").read_text())
+    checks = [(ldm.UNET_PREFIX + "input_blocks.0.0.weight", 0, unet["block_out_channels"][0], "UNet width")]
+    to_k = next((k for k in sorted(keys) if k.startswith(ldm.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    if to_k:
+        checks.append((to_k, 1, unet["cross_attention_dim"], "cross-attention width"))
+    te_key = {
+        Family.SD1: next((k for k in keys if k.endswith("embeddings.token_embedding.weight")), None),
+        Family.SD2: ldm.SD2_OPENCLIP_PREFIX + "token_embedding.weight",
+        Family.SDXL: ldm.SDXL_CLIP_G_PREFIX + "token_embedding.weight",
+    }[family]
+    te_config = "text_encoder_2" if family is Family.SDXL else "text_encoder"
+    hidden = json.loads((config / te_config / "config.json").read_text())["hidden_size"]
+    checks.append((te_key, 1, hidden, "text-encoder width"))
+    for key, dim, expected, what in checks:
+        if key in keys and shape(key)[dim] != expected:
+            raise UnknownArchitecture(
+                f"{path}: {what} is {shape(key)[dim]}, the standard {family.value} architecture has {expected}; "
+                "for a non-standard model pass --model-config DIR (a diffusers folder holding its configs)"
+            )
+
+
+def sd2_prediction_type(path: Path, pipe) -> str:
+    """eps or v for an SD2 single file: A1111's sidecar YAML if present, else A1111's probe of the UNet."""
+    sidecar = path.with_suffix(".yaml")
+    if sidecar.is_file():
+        text = sidecar.read_text(errors="replace")
+        match = re.search(r"parameterization:\s*[\"']?(\w+)", text)
+        return "v_prediction" if match and match.group(1) == "v" else "epsilon"
+    return probe_v_prediction(pipe.unet)
+
+
+@torch.no_grad()
+def probe_v_prediction(unet) -> str:
+    """A1111's test: at t=999 an eps model predicts roughly the input, a v model roughly its negative."""
+    device, dtype = unet.device, unet.dtype
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
+    cond_dim = unet.config.cross_attention_dim
+    context = torch.zeros((1, 77, cond_dim), device=device, dtype=dtype)
+    out = unet(x, torch.tensor([999], device=device), encoder_hidden_states=context).sample
+    return "v_prediction" if (out - x).mean().item() < -1 else "epsilon"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+@contextmanager
+def quiet_libraries():
+    """diffusers and transformers log progress bars and advice at load time; titk reports its own."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    old = dlogging.get_verbosity(), tlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(old[0])
+        tlogging.set_verbosity(old[1])
+        dlogging.enable_progress_bar()
+        tlogging.enable_progress_bar()

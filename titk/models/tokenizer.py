@@ -1,0 +1,67 @@
+"""The CLIP BPE tokenizer of Stable Diffusion, built offline from the vocabulary open_clip ships.
+
+open_clip carries `bpe_simple_vocab_16e6.txt.gz`, the same byte-pair vocabulary as OpenAI's CLIP
+tokenizer used by SD1 (CLIP ViT-L/14), SD2 (OpenCLIP ViT-H/14) and both SDXL encoders. The id order is
+fixed by CLIP: 256 byte symbols, the same with `</w>`, the first 48,894 merges, then the two special
+tokens, 49,408 in all. Building it needs no download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+from functools import lru_cache
+
+VOCAB_SIZE = 49408
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+N_MERGES = VOCAB_SIZE - 2 * 256 - 2
+MAX_LENGTH = 77
+
+# SD1 and CLIP-L pad with the end token; the OpenCLIP encoders (SD2, SDXL's second) pad with "!" (id 0).
+PAD_END = EOS
+PAD_EXCLAMATION = "!"
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for bytes, in CLIP's order (printable bytes first)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    symbols = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in printable] + [symbols[b] for b in range(256) if b not in printable]
+
+
+@lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    bpe = importlib.resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 1 + N_MERGES]]
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != VOCAB_SIZE:
+        raise RuntimeError(f"open_clip's BPE file gave {len(vocab)} tokens, expected {VOCAB_SIZE}")
+    return vocab, merges
+
+
+def clip_tokenizer(pad_token: str = PAD_END):
+    """A transformers CLIPTokenizer equal to SD's (`openai/clip-vit-large-patch14`), built offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=pad_token,
+        model_max_length=MAX_LENGTH,
+    )
