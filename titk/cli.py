@@ -66,6 +66,52 @@ def inspect(
     _print_sections({"model": bundle.describe()})
 
 
+DatasetOption = typer.Option(None, "--dataset", "-d", help="image folder (overrides data.path)")
+SetOption = typer.Option([], "--set", help="override a setting: section.key=value (repeatable)")
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="training config (YAML)"),
+    dataset: Optional[Path] = DatasetOption,
+    set_: list[str] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+):
+    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs."""
+    from .config import load_train_config
+    from .models.loading import read_architecture
+    from .train.loop import load_dataset
+    from .train.plan import make_plan
+
+    cfg = load_train_config(config, dataset=dataset, overrides=set_)
+    result = make_plan(cfg, load_dataset(cfg), read_architecture(cfg.model))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        from .train.report import print_plan
+
+        print_plan(result, console)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config (YAML)"),
+    dataset: Optional[Path] = DatasetOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (overrides output.dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest saved state in the run folder"),
+    set_: list[str] = SetOption,
+):
+    """Train a TI embedding: checkpoints, previews, a log and resumable states in the run folder."""
+    from .config import load_train_config
+    from .train.loop import train as run_training
+    from .train.report import print_plan
+
+    cfg = load_train_config(config, dataset=dataset, output=output, overrides=set_)
+    result = run_training(cfg, resume=resume, show_progress=True)
+    print_plan(result.plan, console, brief=True)
+    console.print(f"[bold green]done[/]: {result.steps_done} steps; final embedding: " + ", ".join(str(f) for f in result.files))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import TitkError
 
@@ -72,3 +72,139 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(model: type[M], path: str | Path) -> M:
     return parse(model, read_yaml(path), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+SEMANTICS_DEFAULTS = {
+    # A1111: AdamW without weight decay, no clipping, init text stretched over the vectors, file names
+    # numbered one ahead of the step they hold, captions through a template with [name] and [filewords].
+    "a1111": dict(weight_decay=0.0, clip_mode="none", clip_threshold="0.1", init_mode="stretch", numbering="a1111", template="subject_filewords"),
+    # kohya (accelerate): weight decay 0.01, gradient-norm clip 1.0, init tokens cycled, the caption is the prompt.
+    "kohya": dict(weight_decay=0.01, clip_mode="norm", clip_threshold="1.0", init_mode="cycle", numbering="exact", template="filewords"),
+}
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class EmbeddingConfig(Strict):
+    name: str = Field(description="the trigger word; files are <name>.pt / <name>.safetensors")
+    vectors: int = Field(1, description="vectors per token, 1..75")
+    init_text: str = Field("*", description="text whose token rows start the vectors; empty = zeros")
+    init_mode: Literal["stretch", "cycle"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya cycle)")
+
+
+class DataConfig(Strict):
+    path: Path | None = Field(None, description="the image folder (or --dataset)")
+    recursive: bool = False
+    caption_extension: str = ".txt"
+    filename_regex: str = ""
+    filename_join: str = " "
+    template: str | None = Field(None, description="shipped template name or file; default: the semantics'")
+    shuffle_tags: bool = False
+    tag_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    resize: Literal["stretch", "native", "buckets"] = "stretch"
+    width: int | None = Field(None, ge=8, description="default: the model's resolution")
+    height: int | None = Field(None, ge=8)
+    bucket_step: int = Field(64, ge=8)
+    latent_sampling: Literal["once", "deterministic", "random"] = "once"
+    use_alpha: bool = Field(False, description="PNG alpha as loss weight (min 0, mean 1)")
+    repeats: int = Field(1, ge=1, description="kohya: times each image appears per epoch")
+    min_side: int = Field(32, ge=1, description="smaller images are refused")
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+class TrainSettings(Strict):
+    semantics: Literal["a1111", "kohya"] = "a1111"
+    learning_rate: str = Field("0.005", description='a rate or an A1111 schedule like "0.005:100, 1e-3:1000"')
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer updates; or give epochs")
+    epochs: int | None = Field(None, ge=1, description="derive max_steps from this many passes over the data")
+    weight_decay: float | None = Field(None, ge=0.0)
+    clip_mode: Literal["none", "value", "norm"] | None = None
+    clip_threshold: str | None = Field(None, description="a value or a schedule string like the learning rate")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    @field_validator("learning_rate", "clip_threshold", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        # YAML reads `learning_rate: 0.005` as a number; the schedule grammar works on text.
+        return repr(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    def resolved(self, key: str):
+        value = getattr(self, key)
+        return SEMANTICS_DEFAULTS[self.semantics][key] if value is None else value
+
+
+class PreviewConfig(Strict):
+    every: int = Field(500, ge=0, description="updates between preview grids; 0 = none")
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of [name]"])
+    negative_prompt: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [1, 2])
+    steps: int = Field(20, ge=1)
+    cfg: float = 7.0
+    sampler: str = "dpm++2m"
+
+
+class OutputConfig(Strict):
+    dir: Path | None = Field(None, description="default: runs/<name>")
+    save_every: int = Field(500, ge=0, description="updates between checkpoints; 0 = final only")
+    numbering: Literal["a1111", "exact"] | None = Field(None, description="a1111: file <name>-N holds N-1 updates")
+    formats: list[Literal["pt", "safetensors"]] = Field(default_factory=lambda: ["pt", "safetensors"])
+    keep_states: int = Field(2, ge=1, description="resume states kept")
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+
+
+class TrainConfig(Strict):
+    model: ModelConfig
+    embedding: EmbeddingConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def template(self) -> str:
+        return self.data.template or SEMANTICS_DEFAULTS[self.train.semantics]["template"]
+
+    @property
+    def init_mode(self) -> str:
+        return self.embedding.init_mode or SEMANTICS_DEFAULTS[self.train.semantics]["init_mode"]
+
+    @property
+    def numbering(self) -> str:
+        return self.output.numbering or SEMANTICS_DEFAULTS[self.train.semantics]["numbering"]
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output.dir or Path("runs") / self.embedding.name
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`section.key=value` pairs (values parsed as YAML) applied to a config mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise TitkError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise TitkError(f"--set {item!r}: the value is not valid YAML") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TitkError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_train_config(path: str | Path, *, dataset: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    data = apply_overrides(read_yaml(path), list(overrides))
+    if dataset is not None:
+        data.setdefault("data", {})["path"] = str(dataset)
+    if output is not None:
+        data.setdefault("output", {})["dir"] = str(output)
+    return parse(TrainConfig, data, str(path))

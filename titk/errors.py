@@ -16,3 +16,9 @@ class TitkError(Exception):
 
 class UnknownArchitecture(TitkError):
     """A model or file whose architecture titk does not support."""
+
+
+class TrainingDiverged(TitkError):
+    """The loss became NaN or infinite; what was saved before stays valid."""
+
+    exit_code = 3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 
+from ..embeddings.placeholder import tokenize_with_placeholders
 from .families import Conditioning, Family, FamilyAdapter, adapter_for
 
 
@@ -23,8 +26,19 @@ class TextEncoderSlot:
         return self.model.config.hidden_size
 
     @property
-    def token_embedding(self) -> torch.nn.Embedding:
+    def spliced(self):
+        """The encoder's token-embedding wrapper that holds the active embedding's vectors."""
         return self.model.get_input_embeddings()
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The frozen vocabulary embedding matrix [49408, width]."""
+        return self.spliced.weight
+
+    @property
+    def truncates_init_text(self) -> bool:
+        # A1111 cuts the init text to N tokens for OpenAI CLIP encoders, not for OpenCLIP ones.
+        return self.key == "clip_l"
 
 
 @dataclass
@@ -67,6 +81,15 @@ class ModelBundle:
     def latent_scaling(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    @cached_property
+    def vae_fingerprint(self) -> str:
+        """A hash of the VAE's weights and dtype, so cached latents of another VAE or precision are never reused."""
+        digest = hashlib.sha256(str(self.vae.dtype).encode())
+        for name, tensor in sorted(self.vae.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(enc.width for enc in self.encoders)
@@ -76,25 +99,24 @@ class ModelBundle:
         """The resolution the model was trained at (UNet sample size × VAE factor)."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
-    def tokenize(self, prompts: list[str]) -> list[torch.Tensor]:
-        """Token ids per encoder, [B, 77], truncated and padded as the encoder expects."""
-        ids = []
+    def set_vectors(self, vectors: dict[str, torch.Tensor] | None) -> None:
+        """Make `vectors` (per encoder key, [N, width]) the rows behind the placeholder ids; None clears them."""
         for enc in self.encoders:
-            tok = enc.tokenizer
-            ids.append(
-                tok(
-                    prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                    return_tensors="pt",
-                ).input_ids.to(self.device)
-            )
-        return ids
+            enc.spliced.extra = None if vectors is None else vectors[enc.key]
+
+    def tokenize(self, prompts: list[str], name: str | None = None, n_vectors: int = 0) -> list[torch.Tensor]:
+        """Token ids per encoder, [B, 77]; with `name`, its occurrences become N placeholder ids."""
+        return [
+            tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, enc.spliced.vocab_size).to(self.device)
+            for enc in self.encoders
+        ]
 
     def encode_ids(self, ids: list[torch.Tensor]) -> Conditioning:
         return self.adapter.encode(self.encoders, ids, self.clip_skip)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> Conditioning:
-        return self.encode_ids(self.tokenize(prompts))
+    def encode_prompts(self, prompts: list[str], name: str | None = None, n_vectors: int = 0) -> Conditioning:
+        return self.encode_ids(self.tokenize(prompts, name, n_vectors))
 
     def describe(self) -> dict[str, Any]:
         def params(module) -> int:

@@ -8,15 +8,18 @@ are read with `torch.load(weights_only=True)` only: a pickle that would run code
 from __future__ import annotations
 
 import importlib.resources
+import json
 import pickle
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig, parse
 from ..devices import resolve_device, resolve_dtype
+from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
 from ..hashing import short_hash
 from . import ldm
@@ -84,6 +87,8 @@ def bundle_from_pipeline(
     encoders = [TextEncoderSlot(family.encoder_keys[0], pipe.tokenizer, pipe.text_encoder)]
     if family is Family.SDXL:
         encoders.append(TextEncoderSlot(family.encoder_keys[1], pipe.tokenizer_2, pipe.text_encoder_2))
+    for enc in encoders:
+        splice(enc.model)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return ModelBundle(
@@ -245,8 +250,6 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_typ
 
 def _check_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:
     """Compare a few telling shapes with the family's standard architecture before the costly load."""
-    import json
-
     unet = json.loads((config / "unet" / "config.json").read_text())
     checks = [(ldm.UNET_PREFIX + "input_blocks.0.0.weight", 0, unet["block_out_channels"][0], "UNet width")]
     to_k = next((k for k in sorted(keys) if k.startswith(ldm.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
@@ -312,3 +315,50 @@ def quiet_libraries():
         tlogging.set_verbosity(old[1])
         dlogging.enable_progress_bar()
         tlogging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------------------------ architecture
+
+
+@dataclass
+class Architecture:
+    """What planning needs to know about a model, read from its config files without loading weights."""
+
+    family: Family
+    unet: dict
+    vae_scale: int
+
+    @property
+    def default_size(self) -> int:
+        return int(self.unet.get("sample_size", 64)) * self.vae_scale
+
+
+def read_architecture(config: ModelConfig) -> Architecture | None:
+    """The model's family and UNet config from JSON alone; None for a hub id that is not cached here."""
+    kind, where = _resolve_source(config.source)
+    if kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            where = Path(snapshot_download(str(where), allow_patterns=["*.json"], local_files_only=True))
+        except Exception:  # not cached: planning goes on without FLOPs
+            return None
+        kind = "folder"
+    if kind == "folder":
+        family, folder = detect_folder(where), where
+    else:
+        keys, shape = read_checkpoint_index(where)
+        family = detect_checkpoint(where, keys, shape)
+        if config.config_dir is not None:
+            folder = Path(config.config_dir)
+        elif family is Family.SD2:
+            v = config.prediction_type == "v_prediction" or (
+                config.prediction_type is None and where.with_suffix(".yaml").is_file()
+                and sd2_prediction_type(where, None) == "v_prediction"
+            )
+            folder = shipped_config("sd2-v" if v else "sd2")
+        else:
+            folder = shipped_config(family.value)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return Architecture(family, unet, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))

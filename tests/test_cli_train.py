@@ -1,0 +1,66 @@
+"""`titk plan` and `titk train` from the command line, with bad inputs giving one line and writing nothing."""
+
+import numpy as np
+import pytest
+import yaml
+from helpers import assert_one_line_error
+from PIL import Image
+
+
+@pytest.fixture
+def setup(tmp_path, fixtures):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"source": str(fixtures["tiny-sd1"].folder), "dtype": "fp32"},
+        "embedding": {"name": "ohwx", "vectors": 2},
+        "train": {"batch_size": 3, "grad_accum": 6, "max_steps": 3},
+        "output": {"save_every": 1, "preview": {"every": 0}},
+    }))
+    return tmp_path, config, data
+
+
+def test_plan_prints_the_effective_numbers(run_cli, setup):
+    tmp, config, data = setup
+    code, out, err = run_cli("plan", config, "--dataset", data)
+    assert code == 0, err
+    assert "2 (asked for 6)" in out and "A1111 clamps" in out and "3 steps" in out.replace("\n", " ")
+    code, out, _ = run_cli("plan", config, "--dataset", data, "--json", "--set", "train.semantics=kohya")
+    assert code == 0 and '"grad_accum_eff": 6' in out
+
+
+def test_train_then_resume(run_cli, setup):
+    tmp, config, data = setup
+    out_dir = tmp / "run"
+    code, out, err = run_cli("train", config, "-d", data, "-o", out_dir)
+    assert code == 0, err
+    assert (out_dir / "ohwx.pt").is_file() and (out_dir / "embeddings" / "ohwx-2.pt").is_file()
+    code, out, err = run_cli("train", config, "-d", data, "-o", out_dir, "--set", "train.max_steps=5", "--resume")
+    assert code == 0, err
+    assert "5 steps" in out
+
+
+@pytest.mark.parametrize("case", ["empty", "corrupt", "setting", "vectors", "no-dataset"])
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, setup, case):
+    tmp, config, data = setup
+    args = ["train", config, "-d", data, "-o", tmp / "run"]
+    needle = {"empty": "no images", "corrupt": "bad.png", "setting": "train.lr: unknown setting",
+              "vectors": "1..75", "no-dataset": "data.path"}[case]
+    if case == "empty":
+        args[3] = tmp / "empty"
+        (tmp / "empty").mkdir()
+    elif case == "corrupt":
+        (data / "bad.png").write_bytes(b"not a png")
+    elif case == "setting":
+        args += ["--set", "train.lr=0.1"]
+    elif case == "vectors":
+        args += ["--set", "embedding.vectors=80"]
+    else:
+        args = ["train", config, "-o", tmp / "run"]
+    code, _, err = run_cli(*args)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp / "run").exists()

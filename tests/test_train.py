@@ -1,0 +1,189 @@
+"""The training loop on the tiny fixtures: outputs, resume, what is trainable, failures, semantics, families."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from titk.config import TrainConfig, parse
+from titk.errors import TitkError, TrainingDiverged
+from titk.models import load_model
+from titk.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"ohwx, photo {i}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd1(fixtures):
+    return load_model(fixtures["tiny-sd1"].folder, dtype="fp32")
+
+
+def cfg(tmp_path, images, model="m", **over):
+    data = {
+        "model": {"source": str(model)},
+        "embedding": {"name": "ohwx", "vectors": 2, "init_text": "person"},
+        "data": {"path": str(images)},
+        "train": {"batch_size": 2, "grad_accum": 3, "max_steps": 4, "learning_rate": "0.01"},
+        "output": {"dir": str(tmp_path / "run"), "save_every": 2, "preview": {"every": 0}},
+    }
+    for key, value in over.items():
+        section, name = key.split("__")
+        data.setdefault(section, {})[name] = value
+    return parse(TrainConfig, data, "test")
+
+
+def test_training_writes_checkpoints_log_previews_and_a1111_files(tmp_path, images, sd1):
+    c = cfg(tmp_path, images, output__preview={"every": 2, "steps": 2, "seeds": [1]})
+    result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    run = tmp_path / "run"
+    assert result.steps_done == 4
+    # A1111 numbering: <name>-N written after N-1 updates, storing step N-1 and name <name>-N
+    for number in (2, 4):
+        pt = torch.load(run / "embeddings" / f"ohwx-{number}.pt", weights_only=True)
+        assert pt["step"] == number - 1 and pt["name"] == f"ohwx-{number}"
+    assert (run / "previews" / "ohwx-2.png").is_file() and (run / "previews" / "ohwx-4.png").is_file()
+    final = torch.load(run / "ohwx.pt", weights_only=True)
+    assert set(final) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
+    assert final["string_to_token"] == {"*": 265} and final["name"] == "ohwx" and final["step"] == 4
+    vec = final["string_to_param"]["*"]
+    assert vec.shape == (2, 32) and vec.dtype == torch.float32 and not vec.requires_grad
+    assert final["sd_checkpoint"] == sd1.short_hash
+    from safetensors import safe_open
+
+    with safe_open(str(run / "ohwx.safetensors"), "pt") as f:
+        assert list(f.keys()) == ["ohwx"] and f.metadata()["step"] == "4"
+    with open(run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    # 6 images, bs 2, GA 3: one update per epoch of 6 images
+    assert [int(r["images_seen"]) for r in rows] == [6, 12, 18, 24] and rows[-1]["epoch"] == "4"
+    assert (run / "plan.json").is_file() and (run / "config.yaml").is_file()
+
+
+def test_only_the_placeholder_rows_train(tmp_path, images, sd1):
+    before = {k: v.detach().clone() for k, v in sd1.unet.state_dict().items()}
+    table = sd1.encoders[0].table.detach().clone()
+    result = train(cfg(tmp_path, images), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    assert torch.equal(sd1.encoders[0].table, table)
+    assert all(torch.equal(v, before[k]) for k, v in sd1.unet.state_dict().items())
+    init = sd1.encoders[0].table[sd1.encoders[0].tokenizer("person", add_special_tokens=False).input_ids[0]]
+    assert not torch.allclose(result.embedding.vectors["clip_l"][0], init.float())  # the vectors did move
+    assert sd1.encoders[0].spliced.extra is None  # the bundle is left clean for the next user
+
+
+def test_optimizer_sees_only_the_vectors(tmp_path, images, sd1, monkeypatch):
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kw):
+        params = list(params)
+        seen.extend(p.shape for p in params)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    train(cfg(tmp_path, images, train__max_steps=1), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    assert seen == [torch.Size([2, 32])]
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, images, sd1):
+    straight = train(cfg(tmp_path / "a", images, train__max_steps=6), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    part = cfg(tmp_path / "b", images, train__max_steps=3)
+    train(part, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    resumed = train(cfg(tmp_path / "b", images, train__max_steps=6), bundle=sd1, resume=True, show_progress=False, latent_cache=tmp_path / "cache")
+    assert resumed.steps_done == 6
+    assert torch.equal(resumed.embedding.vectors["clip_l"], straight.embedding.vectors["clip_l"])
+    with open(tmp_path / "a" / "run" / "train_log.csv") as fa, open(tmp_path / "b" / "run" / "train_log.csv") as fb:
+        a = [(r["step"], r["loss"]) for r in csv.DictReader(fa)]
+        b = [(r["step"], r["loss"]) for r in csv.DictReader(fb)]
+    assert a == b
+
+
+def test_resume_refuses_a_changed_config_and_finished_runs_need_resume(tmp_path, images, sd1):
+    train(cfg(tmp_path, images, train__max_steps=2), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    with pytest.raises(TitkError, match="pass --resume"):
+        train(cfg(tmp_path, images, train__max_steps=2), bundle=sd1, show_progress=False)
+    with pytest.raises(TitkError, match="cannot resume.*train.batch_size"):
+        train(cfg(tmp_path, images, train__max_steps=4, train__batch_size=3), bundle=sd1, resume=True, show_progress=False)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, images, sd1, monkeypatch):
+    import titk.train.loop as loop
+
+    real = loop.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] > 6 else loss  # updates 1–2 fine (3 micro-batches each)
+
+    monkeypatch.setattr(loop, "diffusion_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="nan at step 3"):
+        train(cfg(tmp_path, images, output__save_every=1), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    run = tmp_path / "run"
+    assert (run / "embeddings" / "ohwx-2.pt").is_file() and not (run / "ohwx.pt").exists()
+    assert torch.load(run / "embeddings" / "ohwx-2.pt", weights_only=True)["step"] == 1
+    assert sd1.encoders[0].spliced.extra is None
+
+
+def test_kohya_semantics_trains_and_requires_the_token_in_captions(tmp_path, images, sd1):
+    c = cfg(tmp_path, images, train__semantics="kohya", output__numbering=None)
+    result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    assert result.plan.weight_decay == 0.01 and result.plan.clip_mode == "norm" and result.plan.loss_divisor == 3
+    assert (tmp_path / "run" / "embeddings" / "ohwx-2.pt").is_file()  # exact numbering: after 2 updates
+    bare = tmp_path / "bare"
+    shutil.copytree(images, bare)
+    (bare / "3.txt").write_text("a photo without the token")
+    with pytest.raises(TitkError, match="1 of 6 captions lack the token 'ohwx' \\(3.txt\\)"):
+        train(cfg(tmp_path / "x", bare, train__semantics="kohya"), bundle=sd1, show_progress=False)
+    assert not (tmp_path / "x" / "run").exists()  # refused before anything was written
+
+
+def test_kohya_norm_includes_caption_rows(tmp_path, images, sd1, monkeypatch):
+    """The clip coefficient under kohya uses a norm at least as large as the vectors' alone."""
+    import titk.train.loop as loop
+
+    norms = []
+    real = loop._clip
+
+    def spy(vectors, mode, threshold, captured, scaler):
+        own = sum(float(p.grad.pow(2).sum()) for p in vectors.values()) ** 0.5
+        norms.append((own, len(captured)))
+        return real(vectors, mode, threshold, captured, scaler)
+
+    monkeypatch.setattr(loop, "_clip", spy)
+    train(cfg(tmp_path, images, train__semantics="kohya", train__max_steps=1), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    assert norms and norms[0][1] > 0  # token-embedding outputs were captured for the matrix norm
+
+
+@pytest.mark.parametrize("name, dtype", [("tiny-sdxl", "fp32"), ("tiny-sd2-v", "fp32"), ("tiny-sd1", "bf16")])
+def test_other_families_and_precisions_train(tmp_path, images, fixtures, name, dtype):
+    bundle = load_model(fixtures[name].folder, dtype=dtype)
+    result = train(cfg(tmp_path, images, train__max_steps=2), bundle=bundle, show_progress=False, latent_cache=tmp_path / "cache")
+    assert result.steps_done == 2 and all(np.isfinite(result.losses))
+    assert set(result.embedding.vectors) == {enc.key for enc in bundle.encoders}
+
+
+def test_alpha_weights_and_gradient_checkpointing(tmp_path, sd1):
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        rgba = np.dstack([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))])
+        Image.fromarray(rgba, "RGBA").save(folder / f"{i}.png")
+    c = cfg(tmp_path, folder, data__use_alpha=True, train__batch_size=2, train__grad_accum=1, train__max_steps=2,
+            train__gradient_checkpointing=True)
+    result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    assert result.steps_done == 2 and all(np.isfinite(result.losses))
+    assert not sd1.unet.is_gradient_checkpointing

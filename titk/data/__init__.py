@@ -1,0 +1,1 @@
+"""Datasets: scanning and validating folders, captions and templates, sizes, the latent cache."""

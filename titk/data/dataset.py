@@ -1,0 +1,155 @@
+"""A training dataset: a folder of images with captions, every file validated before any model work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import TitkError
+from ..hashing import sha256_bytes
+from .images import BadImage, is_image_path, open_image
+from .prompts import filename_caption, read_caption
+
+RESIZE_MODES = ("stretch", "native", "buckets")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    sha256: str
+    width: int  # upright size, after EXIF rotation
+    height: int
+    caption: str
+    caption_from_file: bool
+    has_alpha: bool
+
+
+@dataclass
+class Dataset:
+    root: Path
+    records: list[ImageRecord]
+    skipped: list[str] = field(default_factory=list)  # "path: reason" for files left out
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def subset(self, indices: list[int]) -> Dataset:
+        return replace(self, records=[self.records[i] for i in indices])
+
+
+def scan_dataset(
+    root: str | Path,
+    *,
+    recursive: bool = False,
+    caption_extension: str = ".txt",
+    filename_regex: str = "",
+    filename_join: str = " ",
+    min_side: int = 32,
+    on_bad_image: str = "error",
+) -> Dataset:
+    """Find, fully decode and describe every image under `root` (flat unless `recursive`).
+
+    A file with an image suffix that cannot be used (corrupt, truncated, too small, a decompression bomb)
+    is an error naming it, or with `on_bad_image="skip"` is left out and listed in `skipped`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise TitkError(f"{root}: dataset folder not found")
+    candidates = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file() and is_image_path(p))
+    if not candidates:
+        raise TitkError(f"{root}: no images found (looked for {', '.join(sorted({'.png', '.jpg', '.jpeg', '.webp'}))} and similar)")
+    records, skipped = [], []
+    for path in candidates:
+        try:
+            data = path.read_bytes()
+            img = open_image(path, min_side=min_side)
+        except BadImage as exc:
+            if on_bad_image == "skip":
+                skipped.append(str(exc))
+                continue
+            raise
+        caption = read_caption(path, caption_extension)
+        records.append(
+            ImageRecord(
+                path=path, sha256=sha256_bytes(data), width=img.rgb.width, height=img.rgb.height,
+                caption=caption if caption is not None else filename_caption(path, filename_regex, filename_join),
+                caption_from_file=caption is not None, has_alpha=img.alpha is not None,
+            )
+        )
+    if not records:
+        raise TitkError(f"{root}: none of the {len(candidates)} images could be used; first problem: {skipped[0]}")
+    return Dataset(root, records, skipped)
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+
+
+def bucket_sizes(base: int, step: int = 64) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets of about base² pixels with sides multiple of `step`, from base/2 to 2·base."""
+    sizes = set()
+    side = base // 2 // step * step
+    while side <= 2 * base:
+        other = (base * base // side) // step * step
+        if base // 2 <= other <= 2 * base:
+            sizes.add((side, other))
+            sizes.add((other, side))
+        side += step
+    return sorted(sizes)
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def target_size(record: ImageRecord, mode: str, width: int, height: int, buckets: list[tuple[int, int]] | None) -> tuple[int, int]:
+    """The (width, height) the image is trained at under a resize mode."""
+    if mode == "stretch":
+        return width, height
+    if mode == "native":
+        return record.width, record.height
+    return nearest_bucket(record.width, record.height, buckets or bucket_sizes(width))
+
+
+def prepare_pixels(record: ImageRecord, size: tuple[int, int], mode: str) -> tuple[torch.Tensor, Image.Image | None]:
+    """The image as a [3, H, W] tensor in [-1, 1] at `size`, and its alpha at that size (or None)."""
+    img = open_image(record.path)
+    rgb, alpha = img.rgb, img.alpha
+    if (rgb.width, rgb.height) != size:
+        if mode == "buckets":
+            rgb, alpha = _cover_crop(rgb, size), _cover_crop(alpha, size) if alpha is not None else None
+        else:  # A1111 stretches with bicubic, ignoring the aspect ratio
+            rgb = rgb.resize(size, Image.BICUBIC)
+            alpha = alpha.resize(size, Image.BICUBIC) if alpha is not None else None
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    return pixels, alpha
+
+
+def _cover_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize to cover `size` keeping the aspect ratio, then crop the centre."""
+    w, h = size
+    scale = max(w / img.width, h / img.height)
+    rw, rh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+    img = img.resize((rw, rh), Image.BICUBIC)
+    left, top = (rw - w) // 2, (rh - h) // 2
+    return img.crop((left, top, left + w, top + h))
+
+
+def alpha_weight(alpha: Image.Image | None, latent_size: tuple[int, int]) -> torch.Tensor | None:
+    """A1111's loss weight from PNG alpha at the latent grid: shifted to min 0, scaled to mean 1.
+
+    Unlike A1111, a uniform alpha gives ones rather than NaN, and the map is resized to (w, h), not (h, w).
+    """
+    if alpha is None:
+        return None
+    w = torch.from_numpy(np.asarray(alpha.resize(latent_size), dtype=np.float32))
+    w = w - w.min()
+    mean = w.mean()
+    if mean <= 0:
+        return torch.ones_like(w)
+    return w / mean

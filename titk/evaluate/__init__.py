@@ -1,0 +1,1 @@
+"""Evaluation: prompt suites, the sampler, scorers and the scorecard."""

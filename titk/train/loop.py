@@ -1,0 +1,283 @@
+"""The Textual Inversion training loop, read top to bottom.
+
+1. Scan and validate the dataset and compute the plan, before any model work.
+2. Load the frozen model (or take one already loaded, as a sweep worker does).
+3. Encode every image once into the latent cache.
+4. Create the N trainable vectors per text encoder; nothing else is trainable.
+5. For each optimizer update: the micro-batches the semantics assign to it, the denoising loss of each
+   divided as the semantics say, one backward each, then clip and step. Log, save and preview as asked.
+6. Save the final embedding.
+
+Every random draw of an update (data order, prompts, noise, timesteps, latent samples) is derived from the
+seed and the step number, so a run resumed from a saved state continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import ADAM_BETAS, ADAM_EPS, TrainConfig
+from ..data.dataset import Dataset, scan_dataset
+from ..data.latents import LatentCache
+from ..data.prompts import PromptBuilder, read_template
+from ..embeddings import Embedding
+from ..embeddings.placeholder import check_vector_count, init_vectors, prompt_has_name
+from ..errors import TitkError, TrainingDiverged
+from ..evaluate.grid import image_grid
+from ..evaluate.sampler import generate
+from ..models.tokenizer import clip_tokenizer
+from ..paths import cache_dir
+from .examples import Examples, step_generator
+from .loss import diffusion_loss
+from .outputs import RunFolder
+from .plan import TrainPlan, image_sizes, make_plan, size_groups
+from .schedule import Schedule
+from .semantics import make_batching
+
+
+@dataclass
+class TrainResult:
+    embedding: Embedding
+    plan: TrainPlan
+    run_dir: Path
+    steps_done: int
+    files: list[Path]
+    losses: list[float] = field(default_factory=list)
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    d = config.data
+    if d.path is None:
+        raise TitkError("data.path: no dataset folder given (set it in the config or pass --dataset)")
+    return scan_dataset(
+        d.path, recursive=d.recursive, caption_extension=d.caption_extension, filename_regex=d.filename_regex,
+        filename_join=d.filename_join, min_side=d.min_side, on_bad_image=d.on_bad_image,
+    )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    dataset: Dataset | None = None,
+    bundle=None,
+    resume: bool = False,
+    show_progress: bool = True,
+    latent_cache: str | Path | None = None,
+    callback=None,
+) -> TrainResult:
+    """Train one embedding. `callback(event, info)` is called after each update ("update") and each save
+    ("checkpoint"); an exception it raises (a sweep's pruning) stops training with what was saved kept."""
+    from ..models.loading import Architecture, load_model, read_architecture
+
+    t, name, n_vectors = config.train, config.embedding.name, check_vector_count(config.embedding.vectors)
+
+    # 1. Dataset and plan --------------------------------------------------------------------------
+    dataset = dataset or load_dataset(config)
+    arch = read_architecture(config.model) if bundle is None else Architecture(
+        bundle.family, dict(bundle.unet.config), bundle.vae_scale_factor
+    )
+    plan = make_plan(config, dataset, arch)
+    run = RunFolder(config, plan, dataset)
+    prompts = PromptBuilder(t.semantics, read_template(config.template), name, config.data.shuffle_tags, config.data.tag_dropout)
+
+    _check_prompts_name(dataset, prompts, name, t.semantics)
+    state = run.start(resume)
+    start_step = state["step"] if state else 0
+
+    # 2. Model -------------------------------------------------------------------------------------
+    bundle = bundle or load_model(config.model)
+
+    # 3. Latents, encoded once per image and cached on disk -----------------------------------------
+    progress = _progress(show_progress)
+    with progress:
+        sizes = image_sizes(config, dataset, bundle.default_size)
+        cache = LatentCache(latent_cache or cache_dir() / "latents", bundle)
+        latents = cache.load_or_encode(dataset, sizes, config.data.resize, use_alpha=config.data.use_alpha, progress=progress)
+        examples = Examples(dataset, latents, prompts, config.data.latent_sampling, bundle.latent_scaling, t.seed)
+        batching = make_batching(t.semantics, size_groups(sizes), t.batch_size, t.grad_accum, t.seed, config.data.repeats)
+
+        # 4. The trainable vectors: N rows per text encoder, and nothing else ---------------------------
+        if state:
+            initial = state["vectors"]
+        else:
+            initial = {
+                enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
+                for enc in bundle.encoders
+            }
+        vectors = {k: torch.nn.Parameter(v.to(bundle.device, torch.float32).clone()) for k, v in initial.items()}
+        optimizer = torch.optim.AdamW(
+            list(vectors.values()), lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
+        )
+        scaler = torch.amp.GradScaler(bundle.device.type, enabled=bundle.dtype == torch.float16)
+        if state:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+        lr_schedule = Schedule.from_string(t.learning_rate, plan.max_steps, start_step)
+        clip_schedule = Schedule.from_string(plan.clip_threshold, plan.max_steps, start_step, what="train.clip_threshold")
+        kohya_matrix_clip = t.semantics == "kohya" and plan.clip_mode == "norm"
+
+        # 5. The loop ---------------------------------------------------------------------------------
+        step, losses = start_step, []
+        views = sum(batching.update(s).views for s in range(start_step))
+        task = progress.add_task(f"training {name}", total=plan.stop_step, completed=start_step, status="")
+        started = time.monotonic()
+        if config.train.gradient_checkpointing:
+            bundle.unet.enable_gradient_checkpointing()
+        bundle.set_vectors(vectors)
+        try:
+            while step < plan.max_steps or t.semantics == "a1111":
+                update = batching.update(step)
+                captured = _capture(bundle, kohya_matrix_clip)
+                loss_sum, finished = 0.0, False
+                for micro, batch in enumerate(update.batches):
+                    lr = lr_schedule.apply(step)  # A1111 consults the schedule before every micro-batch
+                    if lr_schedule.finished and t.semantics == "a1111":
+                        finished = True
+                        break
+                    clip_threshold = clip_schedule.apply(step)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    generator = step_generator(t.seed, step, micro)
+                    latent, weights, texts = examples.micro_batch(batch, step, micro, generator)
+                    cond = bundle.encode_ids(bundle.tokenize(texts, name, n_vectors))
+                    loss = diffusion_loss(bundle, latent, cond, weights, generator)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"training stopped: the loss became {loss.item()} at step {step + 1} (micro-batch {micro + 1}); "
+                            f"checkpoints saved before stay valid. Lower the learning rate, or train in bf16/fp32 instead of fp16"
+                        )
+                    scaler.scale(loss / update.divisor).backward()
+                    loss_sum += loss.item() / update.divisor
+                if finished:
+                    break
+                scaler.unscale_(optimizer)
+                _clip(vectors, plan.clip_mode, clip_threshold, captured, scaler)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step, views = step + 1, views + update.views
+                losses.append(loss_sum)
+
+                # Log, save, preview ---------------------------------------------------------------------
+                run.log({  # A1111's columns: epoch = step // updates per epoch, epoch_step = the remainder
+                    "step": step, "epoch": step // batching.updates_per_pass, "epoch_step": step % batching.updates_per_pass,
+                    "loss": f"{loss_sum:.6f}",
+                    "learn_rate": lr, "images_seen": views, "seconds": f"{time.monotonic() - started:.2f}",
+                })
+                progress.update(task, completed=step, status=f"loss {loss_sum:.4f}  lr {lr:.2e}  epoch {plan.epoch_of(step):.2f}")
+                if callback:
+                    callback("update", {"step": step, "loss": loss_sum, "lr": lr, "epoch": plan.epoch_of(step), "images_seen": views})
+                number = run.checkpoint_number(step, config.output.save_every)
+                if number is not None:
+                    files = run.save_embedding(_embedding(config, bundle, vectors, step), str(number))
+                    run.save_state(step, vectors, optimizer, scaler)
+                    if callback:
+                        callback("checkpoint", {"step": step, "files": files, "vectors": vectors})
+                preview = run.checkpoint_number(step, config.output.preview.every)
+                if preview is not None:
+                    _save_preview(run.preview_path(str(preview)), config, bundle, n_vectors)
+        finally:
+            bundle.set_vectors(None)
+            _capture(bundle, False)
+            if config.train.gradient_checkpointing:
+                bundle.unet.disable_gradient_checkpointing()
+
+    # 6. The final embedding ---------------------------------------------------------------------------
+    final = _embedding(config, bundle, vectors, step)
+    run.save_state(step, vectors, optimizer, scaler)
+    files = run.save_embedding(final, None)
+    final.name = name
+    return TrainResult(final, plan, run.root, step, files, losses)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _embedding(config: TrainConfig, bundle, vectors, step: int) -> Embedding:
+    return Embedding(
+        config.embedding.name, {k: v.detach() for k, v in vectors.items()}, step=step,
+        base_model_hash=bundle.short_hash, base_model_name=bundle.name, family=bundle.family.value,
+    )
+
+
+def _check_prompts_name(dataset, prompts: PromptBuilder, name: str, semantics: str) -> None:
+    """kohya trains nothing on an image whose caption lacks the token; say so before training starts."""
+    if semantics != "kohya":
+        return
+    tokenizer = clip_tokenizer()  # every SD family shares CLIP's vocabulary
+    lacking = [
+        r.path.with_suffix(".txt").name if r.caption_from_file else r.path.name
+        for r in dataset.records
+        if not prompt_has_name(tokenizer, prompts.caption_text(r.caption), name)
+    ]
+    if lacking and all("[filewords]" in line and "[name]" not in line for line in prompts.lines):
+        shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+        raise TitkError(
+            f"kohya semantics: {len(lacking)} of {len(dataset)} captions lack the token {name!r} ({shown}); "
+            "those images would train nothing. Add the token to every caption or use a template with [name]"
+        )
+
+
+def _capture(bundle, on: bool) -> list:
+    """Start (or stop) recording the token-embedding outputs whose gradients kohya's clipping includes."""
+    captured = [] if on else None
+    for enc in bundle.encoders:
+        enc.spliced.capture = captured
+    return captured if on else []
+
+
+def _clip(vectors, mode: str, threshold: float, captured: list, scaler) -> None:
+    params = list(vectors.values())
+    if mode == "value":
+        torch.nn.utils.clip_grad_value_(params, threshold)
+    elif mode == "norm" and not captured:
+        torch.nn.utils.clip_grad_norm_(params, threshold)
+    elif mode == "norm":
+        # kohya clips the whole token-embedding matrix: the rows of the caption's ordinary tokens count
+        # towards the norm too (they are reset after the step), so fold their gradients in.
+        total = sum(float(p.grad.float().pow(2).sum()) for p in params if p.grad is not None)
+        rows: dict[int, torch.Tensor] = {}
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        for ids, out in captured:
+            if out.grad is None:
+                continue
+            flat_ids, flat_grad = ids.reshape(-1), out.grad.reshape(-1, out.shape[-1]).float() / scale
+            uniq, inverse = flat_ids.unique(return_inverse=True)
+            summed = torch.zeros(len(uniq), flat_grad.shape[1], device=flat_grad.device).index_add_(0, inverse, flat_grad)
+            for token, grad in zip(uniq.tolist(), summed):
+                rows[token] = rows[token] + grad if token in rows else grad
+        total += sum(float(g.pow(2).sum()) for g in rows.values())
+        coef = threshold / (total**0.5 + 1e-6)
+        if coef < 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+
+
+def _save_preview(path: Path, config: TrainConfig, bundle, n_vectors: int) -> None:
+    from ..embeddings.formats import atomic_path
+
+    p = config.output.preview
+    name = config.embedding.name
+    texts = [text.replace("[name]", name) for text in p.prompts]
+    pairs = [(text, seed) for text in texts for seed in p.seeds]
+    images = generate(
+        bundle, [a for a, _ in pairs], [b for _, b in pairs], name=name, n_vectors=n_vectors,
+        negative_prompt=p.negative_prompt, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        width=config.data.width, height=config.data.height,
+    )
+    grid = image_grid(images, len(texts), len(p.seeds), row_labels=texts, col_labels=[f"seed {s}" for s in p.seeds])
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+def _progress(show: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
+    )

@@ -1,0 +1,43 @@
+"""Printing a TrainPlan for people."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_plan(plan, console: Console, brief: bool = False) -> None:
+    table = Table(title="training plan", title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("semantics", plan.semantics),
+        ("dataset", f"{plan.n_images} images" + (f" × {plan.repeats} repeats" if plan.repeats > 1 else "")
+         + f" at {', '.join(f'{s} ({n})' for s, n in plan.sizes.items())}"),
+        ("batch size", _nominal(plan.batch_size, plan.batch_size_eff)),
+        ("gradient accumulation", _nominal(plan.grad_accum, plan.grad_accum_eff)),
+        ("per pass", f"{plan.micro_per_pass} micro-batches, {plan.updates_per_pass} update(s)"),
+        ("steps", f"{plan.stop_step} (max {plan.max_steps}{' from epochs' if plan.max_steps_from == 'epochs' else ''})"),
+        ("epochs", f"{plan.epochs:g}"),
+        ("image views", f"{plan.image_views}"),
+        ("learning rate", "; ".join(f"{r:g} for steps {a}–{b - 1}" for r, a, b in plan.lr_segments)),
+        ("optimizer", f"AdamW, weight decay {plan.weight_decay:g}; loss ÷ {plan.loss_divisor}"),
+        ("clipping", "none" if plan.clip_mode == "none" else f"{plan.clip_mode} {plan.clip_threshold} (unscaled gradients)"),
+    ]
+    if plan.total_tflops is not None:
+        per_view = ", ".join(f"{s}: {f:g}" for s, f in plan.tflops_per_view.items())
+        rows.append(("compute", f"{plan.total_tflops:g} TFLOP ({per_view} TFLOP per view, UNet forward + backward)"))
+    if brief:
+        rows = rows[:1] + rows[3:8]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    if not brief:
+        for note in plan.notes:
+            console.print(f"  [green]•[/] {note}", highlight=False)
+    for warning in plan.warnings:
+        console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
+
+
+def _nominal(nominal: int, effective: int) -> str:
+    return f"{effective}" if nominal == effective else f"{effective} (asked for {nominal})"
