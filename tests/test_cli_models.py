@@ -91,7 +91,7 @@ def test_unknown_architectures(run_cli, tmp_path):
     code, _, err = run_cli("inspect", sd3)
     assert_one_line_error(code, err, "sd3.safetensors", "SD3")
     other = tmp_path / "vae.safetensors"
-    save_file({"encoder.conv_in.weight": torch.zeros(2, 2)}, str(other))
+    save_file({f"encoder.down.{i}.conv.weight": torch.zeros(2, 2) for i in range(3)}, str(other))
     code, _, err = run_cli("inspect", other)
     assert_one_line_error(code, err, "vae.safetensors", "no Stable Diffusion UNet")
     inpaint = tmp_path / "inpaint.safetensors"

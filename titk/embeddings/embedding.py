@@ -8,13 +8,13 @@ import torch
 
 from ..errors import TitkError
 
-# Encoder keys by width, and the family a set of widths means.
+# Encoder keys by width, and the family a set of (key, width) pairs means.
 WIDTH_KEYS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g", 4096: "t5"}
-FAMILY_BY_KEYS = {
-    ("clip_l",): "sd1",
-    ("clip_h",): "sd2",
-    ("clip_g", "clip_l"): "sdxl",
-    ("clip_g", "clip_l", "t5"): "sd3",
+FAMILY_BY_WIDTHS = {
+    (("clip_l", 768),): "sd1",
+    (("clip_h", 1024),): "sd2",
+    (("clip_g", 1280), ("clip_l", 768)): "sdxl",
+    (("clip_g", 1280), ("clip_l", 768), ("t5", 4096)): "sd3",
 }
 ALLOWED_NAME_EXTRA = "._- "
 
@@ -39,24 +39,28 @@ class Embedding:
     base_model_name: str | None = None
     family: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # OneTrainer's "output embeddings" (`*_out` keys), which live in the encoder's output space; kept so
+    # that OneTrainer files round-trip, and dropped by formats that have no place for them.
+    output_vectors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.vectors:
             raise TitkError(f"embedding {self.name!r} has no vectors")
-        fixed = {}
-        for key, t in self.vectors.items():
-            t = torch.as_tensor(t).detach().to("cpu", torch.float32)
-            if t.ndim == 1:
-                t = t[None]
-            if t.ndim != 2:
-                raise TitkError(f"embedding {self.name!r}: {key} has shape {tuple(t.shape)}, expected [vectors, width]")
-            fixed[key] = t.contiguous()
-        counts = {t.shape[0] for t in fixed.values()}
+        self.vectors = {k: self._matrix(k, t) for k, t in self.vectors.items()}
+        self.output_vectors = {k: self._matrix(k, t) for k, t in self.output_vectors.items()}
+        counts = {t.shape[0] for t in self.vectors.values()}
         if len(counts) != 1:
             raise TitkError(f"embedding {self.name!r}: encoders disagree on the number of vectors ({sorted(counts)})")
-        self.vectors = fixed
         if self.family is None:
-            self.family = FAMILY_BY_KEYS.get(tuple(sorted(fixed)))
+            self.family = FAMILY_BY_WIDTHS.get(tuple(sorted(self.widths.items())))
+
+    def _matrix(self, key: str, t) -> torch.Tensor:
+        t = torch.as_tensor(t).detach().to("cpu", torch.float32)
+        if t.ndim == 1:
+            t = t[None]
+        if t.ndim != 2:
+            raise TitkError(f"embedding {self.name!r}: {key} has shape {tuple(t.shape)}, expected [vectors, width]")
+        return t.contiguous()
 
     @property
     def n_vectors(self) -> int:
@@ -74,7 +78,9 @@ class Embedding:
         return next(iter(self.vectors.values()))
 
     @classmethod
-    def from_single(cls, name: str, tensor: torch.Tensor, **meta) -> Embedding:
+    def from_single(cls, name: str, tensor: torch.Tensor, output_vectors: dict | None = None, **meta) -> Embedding:
+        """A one-encoder embedding; the encoder key follows from the width (768 clip_l, 1024 clip_h, ...)."""
         tensor = torch.as_tensor(tensor)
         key = WIDTH_KEYS.get(tensor.shape[-1], "clip_l" if tensor.shape[-1] < 1024 else f"w{tensor.shape[-1]}")
-        return cls(name, {key: tensor}, **meta)
+        outputs = {key: v for v in (output_vectors or {}).values()}
+        return cls(name, {key: tensor}, output_vectors=outputs, **meta)

@@ -1,13 +1,23 @@
-"""Embedding files: A1111 `.pt` and single-key `.safetensors` (see docs/file-formats.md).
+"""Embedding files: every layout people exchange, read into the one Embedding value and written exactly.
 
-Every write is atomic: a temporary file in the same folder, then a rename, so a crash never leaves a
-half-written embedding behind.
+Read (the layout is recognised from the content, not the file name):
+    A1111 `.pt`/`.bin`: `string_to_param` with one entry (also the old pickled ParameterDict form)
+    A1111 `.png`/`.webp`: the `sd-ti-embedding` text chunk, or the pixel copy
+    kohya: `emb_params` (SD1/SD2); OneTrainer: `emp_params` (+ `emp_params_out`)
+    diffusers: `{token: tensor}` (.bin/.safetensors), and its SDXL pair `<stem>` + `<stem>_2`
+    SDXL single file: `clip_l` + `clip_g`; SD3: `clip_l` + `clip_g` + `t5` (each may have `_out` twins)
+Pickles are opened with `torch.load(weights_only=True)` only: one that needs code to load is refused.
+
+Write: `a1111`, `safetensors`, `kohya`, `diffusers`, `onetrainer`, `png` (see `write_embedding`). Every
+write is atomic: a temporary file in the same folder, then a rename.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +26,28 @@ from ..errors import TitkError
 from .embedding import Embedding
 
 A1111_TOKEN = 265  # the constant `string_to_token` value A1111 writes; it means nothing
+PICKLE_SUFFIXES = {".pt", ".bin", ".pth", ".ckpt"}
+IMAGE_SUFFIXES = {".png", ".webp", ".jxl", ".avif"}
+WRITE_FORMATS = ("a1111", "safetensors", "kohya", "diffusers", "onetrainer", "png")
+MULTI_KEYS = ("clip_l", "clip_g", "t5")
+# Every key an embedding file of several keys may hold (a one-key file may use any key: diffusers' token).
+EMBEDDING_KEYS = {k + out for k in (*MULTI_KEYS, "emb_params", "emp_params") for out in ("", "_out")}
+KOHYA_ARCH = {
+    "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base",
+}
+
+
+@dataclass
+class EmbeddingFile:
+    """An embedding as read from disk, with what the file itself says about it."""
+
+    embedding: Embedding
+    format: str  # a1111, a1111-png, kohya, onetrainer, diffusers, diffusers-sdxl-pair, sdxl, sd3, safetensors
+    path: Path
+    token: str  # the word A1111 (file stem, or the stored name for images) would use
+    stored_dtype: str = "float32"
+    metadata: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
 
 
 @contextmanager
@@ -31,6 +63,187 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+# ================================================================================================ reading
+
+
+def read_embedding(path: str | Path) -> Embedding:
+    return read_embedding_file(path).embedding
+
+
+def read_embedding_file(path: str | Path) -> EmbeddingFile:
+    path = Path(path)
+    if not path.is_file():
+        raise TitkError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise TitkError(f"{path}: the file is empty")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _read_image(path)
+    if suffix == ".safetensors":
+        state, metadata = _load_safetensors(path)
+    elif suffix in PICKLE_SUFFIXES:
+        state, metadata = _load_pickle(path), {}
+    else:
+        raise TitkError(f"{path}: not an embedding file type titk reads ({', '.join(sorted(PICKLE_SUFFIXES | IMAGE_SUFFIXES | {'.safetensors'}))})")
+    return _classify(state, path, metadata)
+
+
+def _load_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error type for any malformed file
+        raise TitkError(f"{path}: not a readable .safetensors file ({_first_line(exc)}); it may be truncated") from None
+
+
+def _load_pickle(path: Path):
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "ParameterDict" not in str(exc):
+                raise
+            # Old A1111 files pickled string_to_param as an nn.ParameterDict: allow exactly that class.
+            with torch.serialization.safe_globals([torch.nn.ParameterDict]):
+                return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        import re
+
+        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it calls {match.group(1)}" if match else "it holds objects other than tensors"
+        raise TitkError(
+            f"{path}: refused: this pickle needs code to run when loaded ({what}); titk never runs such files"
+        ) from None
+    except Exception as exc:  # a damaged pickle fails in many ways (EOFError, struct.error, RuntimeError ...)
+        raise TitkError(f"{path}: not a readable embedding ({_first_line(exc)}); it may be truncated") from None
+
+
+def _read_image(path: Path) -> EmbeddingFile:
+    from PIL import Image, UnidentifiedImageError
+
+    from .png import read_image_embedding
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            data = read_image_embedding(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TitkError(f"{path}: not a readable image ({_first_line(exc)})") from None
+    except ValueError as exc:
+        raise TitkError(f"{path}: its embedding chunk is damaged ({_first_line(exc)})") from None
+    if data is None:
+        raise TitkError(f"{path}: an image without an embedding (no sd-ti-embedding chunk and no pixel copy)")
+    found = _classify(data, path, {})
+    found.format = "a1111-png"
+    found.token = str(data.get("name") or path.stem)  # A1111 names image embeddings by their stored name
+    return found
+
+
+def _tensors(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
+    if not isinstance(state, dict):
+        raise TitkError(f"{path}: not an embedding (the file holds a {type(state).__name__}, not a dict of tensors)")
+    meta = {k: str(v) for k, v in metadata.items()}
+    common = dict(step=_int(meta.get("step")), base_model_hash=meta.get("sd_checkpoint"), base_model_name=meta.get("sd_checkpoint_name"))
+    stem = path.stem
+
+    if "string_to_param" in state:
+        params = state["string_to_param"]
+        params = getattr(params, "_parameters", params)
+        if not isinstance(params, dict) or len(params) != 1:
+            n = len(params) if isinstance(params, dict) else 0
+            raise TitkError(f"{path}: an A1111 embedding must hold exactly one term; this one has {n}")
+        tensor = next(iter(params.values()))
+        emb = Embedding.from_single(
+            str(state.get("name") or stem), tensor, step=_int(state.get("step")),
+            base_model_hash=state.get("sd_checkpoint"), base_model_name=state.get("sd_checkpoint_name"),
+        )
+        return EmbeddingFile(emb, "a1111", path, stem, _dtype(tensor), meta, [path])
+
+    tensors = _tensors(state)
+    if not tensors:
+        raise TitkError(f"{path}: not an embedding (no tensors in it)")
+    outputs = {k.removesuffix("_out"): v for k, v in tensors.items() if k.endswith("_out")}
+    inputs = {k: v for k, v in tensors.items() if not k.endswith("_out")}
+    stored = state.get("name")
+    name = meta.get("name") or (stored if isinstance(stored, str) and stored else stem)
+    keys = set(inputs)
+    if {"clip_l", "clip_g", "t5"} <= keys or {"clip_l", "clip_g"} <= keys:
+        fmt = "sd3" if "t5" in keys else "sdxl"
+        wanted = [k for k in MULTI_KEYS if k in keys]
+        extra = keys - set(wanted)
+        if extra:
+            raise TitkError(f"{path}: an {fmt.upper()} embedding with unexpected extra keys {sorted(extra)}")
+        emb = Embedding(name, {k: inputs[k] for k in wanted}, output_vectors={k: outputs[k] for k in outputs}, **common)
+        return EmbeddingFile(emb, fmt, path, stem, _dtype(inputs["clip_l"]), meta, [path])
+    if "emp_params" in keys and len(keys) == 1:
+        out = {"*": outputs["emp_params"]} if "emp_params" in outputs else {}
+        emb = Embedding.from_single(name, inputs["emp_params"], output_vectors=out, **common)
+        return EmbeddingFile(emb, "onetrainer", path, stem, _dtype(inputs["emp_params"]), meta, [path])
+    if "emb_params" in keys and len(keys) == 1 and not outputs:
+        emb = Embedding.from_single(name, inputs["emb_params"], **common)
+        return EmbeddingFile(emb, "kohya", path, stem, _dtype(inputs["emb_params"]), meta, [path])
+    if len(tensors) == 1:
+        (token, tensor), = tensors.items()
+        pair = _diffusers_pair(path)
+        if pair is not None and tensor.shape[-1] == 768:
+            second, _ = _load_safetensors(pair) if pair.suffix == ".safetensors" else (_load_pickle(pair), {})
+            second_tensors = _tensors(second) if isinstance(second, dict) else {}
+            if len(second_tensors) == 1 and next(iter(second_tensors.values())).shape[-1] == 1280:
+                emb = Embedding(token, {"clip_l": tensor, "clip_g": next(iter(second_tensors.values()))}, **common)
+                return EmbeddingFile(emb, "diffusers-sdxl-pair", path, stem, _dtype(tensor), meta, [path, pair])
+        fmt = "safetensors" if meta.get("name") else "diffusers"
+        emb = Embedding.from_single(meta.get("name") or token, tensor, **common)
+        return EmbeddingFile(emb, fmt, path, stem, _dtype(tensor), meta, [path])
+    raise TitkError(
+        f"{path}: not an embedding layout titk knows (keys: {', '.join(sorted(tensors)[:6])}); "
+        "expected string_to_param, emb_params, emp_params, clip_l/clip_g, or one token"
+    )
+
+
+def _diffusers_pair(path: Path) -> Path | None:
+    candidate = path.with_name(f"{path.stem}_2{path.suffix}")
+    return candidate if candidate.is_file() else None
+
+
+def _int(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+# ================================================================================================ writing
+
+
+def a1111_dict(emb: Embedding) -> dict:
+    """A1111's `Embedding.save` dict (tensor detached, CPU, float32); multi-encoder embeddings as a key dict."""
+    if len(emb.vectors) > 1:
+        return {k: v.clone() for k, v in emb.vectors.items()}
+    return {
+        "string_to_token": {"*": A1111_TOKEN},
+        "string_to_param": {"*": emb.single.clone()},
+        "name": emb.name,
+        "step": int(emb.step),
+        "sd_checkpoint": emb.base_model_hash,
+        "sd_checkpoint_name": emb.base_model_name,
+    }
+
+
 def _metadata(emb: Embedding) -> dict[str, str]:
     meta = {"name": emb.name, "step": str(emb.step), "format": "pt"}
     if emb.base_model_hash:
@@ -43,76 +256,117 @@ def _metadata(emb: Embedding) -> dict[str, str]:
     return meta
 
 
-def write_a1111_pt(emb: Embedding, path: str | Path) -> Path:
-    """A1111's `Embedding.save` dict, with the tensor detached, on the CPU, float32.
-
-    An SDXL embedding has no `string_to_param` form; A1111 loads a dict holding `clip_l` and `clip_g`.
-    """
-    if len(emb.vectors) > 1:
-        with atomic_path(path) as tmp:
-            torch.save({k: v.clone() for k, v in emb.vectors.items()}, tmp)
-        return Path(path)
-    data = {
-        "string_to_token": {"*": A1111_TOKEN},
-        "string_to_param": {"*": emb.single.clone()},
-        "name": emb.name,
-        "step": int(emb.step),
-        "sd_checkpoint": emb.base_model_hash,
-        "sd_checkpoint_name": emb.base_model_name,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
-    return Path(path)
+def _keyed(emb: Embedding, single_key: str, with_outputs: bool = False) -> dict[str, torch.Tensor]:
+    if len(emb.vectors) == 1:
+        out = {single_key: emb.single.clone()}
+        if with_outputs and emb.output_vectors:
+            out[f"{single_key}_out"] = next(iter(emb.output_vectors.values())).clone()
+        return out
+    out = {k: v.clone() for k, v in emb.vectors.items()}
+    if with_outputs:
+        out.update({f"{k}_out": v.clone() for k, v in emb.output_vectors.items()})
+    return out
 
 
-def write_safetensors(emb: Embedding, path: str | Path) -> Path:
-    """One key, the embedding's name (diffusers' convention; A1111 and ComfyUI take the single tensor),
-    with name, step and base model in the file's metadata, never as extra keys. SDXL: `clip_l` + `clip_g`."""
+def _save(tensors: dict, path: Path, metadata: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
-    if len(emb.vectors) == 1:
-        tensors = {emb.name: emb.single.clone()}
-    else:
-        tensors = {k: v.clone() for k, v in emb.vectors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_metadata(emb))
-    return Path(path)
+        if path.suffix.lower() == ".safetensors":
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        else:
+            torch.save(tensors, tmp)
+    return path
 
 
-WRITERS = {".pt": write_a1111_pt, ".safetensors": write_safetensors}
+def write_a1111(emb: Embedding, path: Path) -> list[Path]:
+    with atomic_path(path) as tmp:
+        torch.save(a1111_dict(emb), tmp)
+    return [path]
+
+
+def write_safetensors(emb: Embedding, path: Path) -> list[Path]:
+    """One key, the name (diffusers' convention; A1111, ComfyUI and kohya take the single tensor), with
+    name, step and base model in the file's metadata, never as extra keys. SDXL/SD3: clip_l, clip_g (, t5)."""
+    return [_save(_keyed(emb, emb.name), path, _metadata(emb))]
+
+
+def write_kohya(emb: Embedding, path: Path) -> list[Path]:
+    """kohya's `save_weights`: `{"emb_params": T}` (SDXL: clip_l, clip_g); .safetensors with sai-modelspec metadata."""
+    metadata = None
+    if path.suffix.lower() == ".safetensors":
+        arch = KOHYA_ARCH.get(emb.family or "", "stable-diffusion-v1")
+        metadata = {
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/textual-inversion",
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if emb.family == "sdxl"
+            else "diffusers", "modelspec.title": emb.name,
+        }
+    return [_save(_keyed(emb, "emb_params"), path, metadata)]
+
+
+def write_diffusers(emb: Embedding, path: Path) -> list[Path]:
+    """`{token: T}`, metadata `{"format": "pt"}`; SDXL as diffusers' two files `<stem>` (CLIP-L) and `<stem>_2` (CLIP-G)."""
+    metadata = {"format": "pt"} if path.suffix.lower() == ".safetensors" else None
+    if len(emb.vectors) == 1:
+        return [_save({emb.name: emb.single.clone()}, path, metadata)]
+    if set(emb.vectors) != {"clip_l", "clip_g"}:
+        raise TitkError(f"{path}: diffusers has no file layout for a {emb.family or 'multi-encoder'} embedding; use safetensors or onetrainer")
+    second = path.with_name(f"{path.stem}_2{path.suffix}")
+    return [_save({emb.name: emb.vectors["clip_l"].clone()}, path, metadata), _save({emb.name: emb.vectors["clip_g"].clone()}, second, metadata)]
+
+
+def write_onetrainer(emb: Embedding, path: Path) -> list[Path]:
+    """OneTrainer's saver: `emp_params` (sic) for SD1/SD2, clip_l/clip_g(/t5) otherwise, `_out` twins, no metadata."""
+    if path.suffix.lower() != ".safetensors":
+        raise TitkError(f"{path}: OneTrainer embeddings are .safetensors files")
+    return [_save(_keyed(emb, "emp_params", with_outputs=True), path, None)]
+
+
+def write_png(emb: Embedding, path: Path, picture=None) -> list[Path]:
+    """A1111's image embedding: a picture (a plain card by default) carrying the embedding in a text chunk and in pixels."""
+    from .png import save_image_embedding
+
+    if picture is None:
+        picture = embedding_card(emb)
+    data = a1111_dict(emb)
+    if len(emb.vectors) > 1:
+        data = {**data, "name": emb.name, "step": int(emb.step)}
+    with atomic_path(path) as tmp:
+        save_image_embedding(picture, data, tmp)
+    return [path]
+
+
+def embedding_card(emb: Embedding, size: int = 512):
+    """A plain picture naming the embedding, as A1111's preview captions do: title, vectors and steps, base model."""
+    from PIL import Image, ImageDraw
+
+    from ..evaluate.grid import _font
+
+    img = Image.new("RGB", (size, size), (40, 44, 52))
+    draw = ImageDraw.Draw(img)
+    draw.text((16, 16), emb.name, fill="white", font=_font(40))
+    footer = f"{emb.n_vectors}v {emb.step}s" + (f"  {emb.base_model_name} [{emb.base_model_hash}]" if emb.base_model_hash else "")
+    draw.text((16, size - 32), footer, fill=(220, 220, 220), font=_font(16))
+    return img
+
+
+WRITERS = {
+    "a1111": write_a1111, "safetensors": write_safetensors, "kohya": write_kohya, "diffusers": write_diffusers,
+    "onetrainer": write_onetrainer, "png": write_png,
+}
+DEFAULT_SUFFIX = {"a1111": ".pt", "safetensors": ".safetensors", "kohya": ".safetensors", "diffusers": ".safetensors", "onetrainer": ".safetensors", "png": ".png"}
+FORMAT_BY_SUFFIX = {".pt": "a1111", ".bin": "a1111", ".safetensors": "safetensors", ".png": "png"}
+
+
+def write_embedding(emb: Embedding, path: str | Path, fmt: str | None = None) -> list[Path]:
+    """Write `emb` to `path` in `fmt` (default: from the suffix); return the files written."""
+    path = Path(path)
+    fmt = fmt or FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if fmt not in WRITERS:
+        raise TitkError(f"{path}: unknown embedding format {fmt!r} (choose from {', '.join(WRITE_FORMATS)})")
+    return WRITERS[fmt](emb, path)
 
 
 def save_embedding(emb: Embedding, path: str | Path) -> Path:
-    path = Path(path)
-    writer = WRITERS.get(path.suffix.lower())
-    if writer is None:
-        raise TitkError(f"{path}: unknown embedding file type (use .pt or .safetensors)")
-    return writer(emb, path)
-
-
-def read_a1111_pt(path: str | Path) -> Embedding:
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TitkError(f"{path}: not a readable embedding ({str(exc).splitlines()[0][:200]})") from None
-    params = data.get("string_to_param") if isinstance(data, dict) else None
-    if not isinstance(params, dict) or len(params) != 1:
-        raise TitkError(f"{path}: not an A1111 embedding (needs exactly one entry in string_to_param)")
-    return Embedding.from_single(
-        str(data.get("name") or Path(path).stem), next(iter(params.values())), step=int(data.get("step") or 0),
-        base_model_hash=data.get("sd_checkpoint"), base_model_name=data.get("sd_checkpoint_name"),
-    )
-
-
-def read_safetensors(path: str | Path) -> Embedding:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    name = meta.get("name") or Path(path).stem
-    base = dict(step=int(meta.get("step", 0)), base_model_hash=meta.get("sd_checkpoint"), base_model_name=meta.get("sd_checkpoint_name"))
-    if len(tensors) == 1:
-        return Embedding.from_single(name, next(iter(tensors.values())), **base)
-    return Embedding(name, tensors, **base)
-
+    """The training outputs: `.pt` as A1111, `.safetensors` as single-key safetensors."""
+    return write_embedding(emb, path)[0]

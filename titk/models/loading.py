@@ -199,7 +199,7 @@ def load_pickle_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: refused: this pickle needs code to run when loaded ({_unsafe_reason(exc)}); titk never "
             "runs such files. Convert it to .safetensors with a tool you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # a damaged pickle fails in many ways (EOFError, struct.error, RuntimeError ...)
         raise TitkError(f"{path}: not a readable checkpoint ({_first_line(exc)}); it may be truncated") from None
     while isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

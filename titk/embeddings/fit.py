@@ -1,0 +1,45 @@
+"""Matching an embedding's tensors to a loaded model's text encoders."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import TitkError
+from .embedding import Embedding
+
+
+def vectors_for(emb: Embedding, bundle, where: str = "") -> dict[str, torch.Tensor]:
+    """The embedding's tensor for each of the model's encoders, or an error naming both widths."""
+    label = where or emb.name
+    widths = {enc.key: enc.width for enc in bundle.encoders}
+    if len(bundle.encoders) == 1:
+        enc = bundle.encoders[0]
+        if len(emb.vectors) != 1:
+            raise TitkError(
+                f"{label}: a {emb.family or 'multi-encoder'} embedding ({_widths(emb)}) does not fit "
+                f"{bundle.name}, which has one text encoder of width {enc.width}"
+            )
+        tensor = emb.single
+        if tensor.shape[1] != enc.width:
+            raise TitkError(
+                f"{label}: embedding width {tensor.shape[1]} does not fit {bundle.name} (text encoder width {enc.width}); "
+                f"it was made for another model family"
+            )
+        return {enc.key: tensor}
+    out = {}
+    for enc in bundle.encoders:
+        tensor = emb.vectors.get(enc.key)
+        if tensor is None:
+            by_width = [t for t in emb.vectors.values() if t.shape[1] == enc.width]
+            tensor = by_width[0] if len(by_width) == 1 and len(emb.vectors) == len(widths) else None
+        if tensor is None or tensor.shape[1] != enc.width:
+            raise TitkError(
+                f"{label}: embedding ({_widths(emb)}) does not fit {bundle.name}, which needs "
+                + " and ".join(f"{k} ({w})" for k, w in widths.items())
+            )
+        out[enc.key] = tensor
+    return out
+
+
+def _widths(emb: Embedding) -> str:
+    return ", ".join(f"{k} {w}" for k, w in emb.widths.items())
