@@ -1,19 +1,13 @@
 """`titk plan` and `titk train` from the command line, with bad inputs giving one line and writing nothing."""
 
-import numpy as np
 import pytest
 import yaml
-from helpers import assert_one_line_error
-from PIL import Image
+from helpers import assert_one_line_error, make_images
 
 
 @pytest.fixture
 def setup(tmp_path, fixtures):
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    data = make_images(tmp_path / "data", 6)
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"source": str(fixtures["tiny-sd1"].folder), "dtype": "fp32"},

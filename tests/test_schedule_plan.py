@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import make_images
 
 from titk.config import TrainConfig, load_train_config, parse
 from titk.data.dataset import scan_dataset
@@ -14,14 +13,6 @@ from titk.train.schedule import Schedule, parse_schedule
 from titk.train.semantics import A1111Batching, KohyaBatching
 
 RECIPES = Path(__file__).resolve().parents[1] / "experiments" / "recipes"
-
-
-def make_images(folder: Path, n: int, size=(64, 64), seed=0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import make_images
 from PIL import Image
 
 from titk.config import TrainConfig, parse
@@ -16,12 +17,7 @@ from titk.train.loop import train
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"ohwx, photo {i}")
-    return folder
+    return make_images(tmp_path_factory.mktemp("faces"), 6, captions="ohwx, photo {i}")
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +140,8 @@ def test_kohya_semantics_trains_and_requires_the_token_in_captions(tmp_path, ima
     assert (tmp_path / "run" / "embeddings" / "ohwx-2.pt").is_file()  # exact numbering: after 2 updates
     bare = tmp_path / "bare"
     shutil.copytree(images, bare)
-    (bare / "3.txt").write_text("a photo without the token")
-    with pytest.raises(TitkError, match="1 of 6 captions lack the token 'ohwx' \\(3.txt\\)"):
+    (bare / "003.txt").write_text("a photo without the token")
+    with pytest.raises(TitkError, match="1 of 6 captions lack the token 'ohwx' \\(003.txt\\)"):
         train(cfg(tmp_path / "x", bare, train__semantics="kohya"), bundle=sd1, show_progress=False)
     assert not (tmp_path / "x" / "run").exists()  # refused before anything was written
 

@@ -169,6 +169,101 @@ def train(
     console.print(f"[bold green]done[/]: {result.steps_done} steps; final embedding: " + ", ".join(str(f) for f in result.files))
 
 
+@app.command("eval")
+def evaluate(
+    embeddings: list[Path] = typer.Argument(..., help="embedding files (any format); several are scored on one loaded model"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model (overrides model.source)"),
+    references: Optional[Path] = typer.Option(None, "--references", "-r", help="photos of the person (the training images)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="evaluation config (YAML: model, references, evaluation)"),
+    suite: Optional[str] = typer.Option(None, help="prompt suite: experiments/prompts/<name>.yaml or a path"),
+    face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
+    scorers: Optional[str] = typer.Option(None, help="comma-separated: identity, clip, diversity, personality, norms"),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; one subfolder per embedding"),
+    set_: list[str] = SetOption,
+):
+    """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms."""
+    from .config import EvalConfig, apply_overrides, parse, read_yaml
+    from .embeddings.formats import read_embedding_file
+    from .evaluate.evaluator import Evaluator, load_references
+    from .models import load_model
+
+    data = read_yaml(config) if config else {}
+    given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack}
+    for key, value in given.items():
+        if value is not None:
+            apply_overrides(data, [f"{key}={json.dumps(str(value))}"])
+    if scorers:
+        data.setdefault("evaluation", {})["scorers"] = [x.strip() for x in scorers.split(",") if x.strip()]
+    cfg = parse(EvalConfig, apply_overrides(data, set_), str(config or "evaluation"))
+    if cfg.references is None:
+        raise TitkError("references: give the person's photos with --references DIR (usually the training images)")
+    found = [read_embedding_file(p) for p in embeddings]  # every file checked before the model loads
+    refs = load_references(cfg.references, cfg.evaluation.max_references)
+    bundle = load_model(cfg.model)
+    evaluator = Evaluator(bundle, cfg.evaluation, refs)
+    rows = []
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        for item in found:
+            task = progress.add_task(f"scoring {item.path.name}", total=len(evaluator.suite.items))
+            card = evaluator.evaluate(item.embedding, name=item.token, on_progress=lambda done, total: progress.update(task, completed=done))
+            card.save(out / item.path.stem)
+            rows.append({"embedding": item.path.name, **card.summary})
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    shown = [c for c in ("embedding", "identity.similarity", "identity.detection_rate", "identity.ceiling", "clip_t", "clip_i", "diversity.vendi") if c in table]
+    result = Table(title="scores", title_justify="left")
+    for column in shown:
+        result.add_column(column)
+    for row in table[shown].itertuples(index=False):
+        result.add_row(*[f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in row])
+    console.print(result)
+    console.print(f"per-image tables, scorecards and grids in {out}/<embedding>/; summary in {out / 'summary.csv'}", highlight=False, soft_wrap=True)
+
+
+dataset_app = typer.Typer(help="Look at a dataset before training.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    folder: Path = typer.Argument(..., help="a folder of photos of the person"),
+    face_pack: str = typer.Option("buffalo_l", help="insightface pack name or folder"),
+    no_faces: bool = typer.Option(False, "--no-faces", help="skip face detection (no face pack needed)"),
+    size: int = typer.Option(512, help="training size, for the bucket each image falls in"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
+):
+    """Per image: faces and face size, sharpness, near-duplicates, identity outliers, size and bucket,
+    caption; a table and a contact sheet."""
+    from .config import IdentitySettings
+    from .evaluate.dataset_check import check_dataset
+    from .evaluate.scorers.identity import InsightFaceEmbedder
+
+    embedder = None
+    if not no_faces:
+        defaults = IdentitySettings()
+        embedder = InsightFaceEmbedder(face_pack, defaults.root, defaults.det_size, defaults.det_thresh)
+    report = check_dataset(folder, face_embedder=embedder, base_size=size)
+    out = out or Path(f"dataset-check-{folder.resolve().name}")
+    paths = report.save(out)
+    table = Table(title=f"{folder} — {report.summary['images']} images, {report.summary['flagged']} flagged", title_justify="left")
+    headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face_share": "face",
+               "sharpness": "sharp", "identity_loo": "id LOO", "flags": "flags"}
+    for header in headers.values():
+        table.add_column(header, overflow="fold")
+    view = report.table.assign(size=report.table["width"].astype(str) + "×" + report.table["height"].astype(str))
+    for row in view[list(headers)].itertuples(index=False):
+        table.add_row(*["-" if v is None or (isinstance(v, float) and v != v) else escape(str(v)) for v in row])
+    console.print(table)
+    for skipped in report.summary["skipped"]:
+        console.print(f"[yellow]skipped:[/] {escape(skipped)}", soft_wrap=True)
+    console.print(f"table: {paths['table']}; contact sheet: {paths['sheet']}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)

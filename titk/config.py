@@ -208,3 +208,39 @@ def load_train_config(path: str | Path, *, dataset: str | Path | None = None, ou
     if output is not None:
         data.setdefault("output", {})["dir"] = str(output)
     return parse(TrainConfig, data, str(path))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+SCORERS = ("identity", "clip", "diversity", "personality", "norms")
+
+
+class IdentitySettings(Strict):
+    pack: str = Field("buffalo_l", description="insightface pack name (under <root>/models/) or folder")
+    root: Path | None = Field(None, description="default: $TITK_INSIGHTFACE_ROOT or ~/.insightface")
+    det_size: int = Field(640, ge=32)
+    det_thresh: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+class ClipSettings(Strict):
+    model: str = "ViT-B-32"
+    pretrained: str | None = Field("openai", description="open_clip tag, a local weights file, or null (random: tests only)")
+    second_model: str | None = Field(None, description="an independent second judge, e.g. ViT-H-14")
+    second_pretrained: str | None = None
+    batch_size: int = Field(32, ge=1)
+
+
+class EvalSettings(Strict):
+    suite: str = Field("person", description="experiments/prompts/<name>.yaml or a path")
+    scorers: list[Literal["identity", "clip", "diversity", "personality", "norms"]] = Field(default_factory=lambda: list(SCORERS))
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    clip: ClipSettings = Field(default_factory=ClipSettings)
+    labels: str = Field("personality-labels", description="label sets for personality: experiments/prompts/<name>.yaml or a path")
+    batch_size: int = Field(4, ge=1, description="images generated per batch")
+    max_references: int = Field(64, ge=1, description="reference images used at most (the first, in name order)")
+
+
+class EvalConfig(Strict):
+    model: ModelConfig
+    references: Path | None = Field(None, description="photos of the person (default for titk eval: --references)")
+    evaluation: EvalSettings = Field(default_factory=EvalSettings)

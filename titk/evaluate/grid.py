@@ -43,7 +43,8 @@ def image_grid(
         wrapped = [_wrap(probe, t, font, label_w - 8) for t in row_labels]
     line_h = 15 * scale
     top = (line_h + 6 if col_labels else 0) + (line_h + 8 if title else 0)
-    grid = Image.new("RGB", (label_w + cols * w, top + rows * h), "white")
+    width = max(label_w + cols * w, int(probe.textlength(title, font=font)) + 8 if title else 0)
+    grid = Image.new("RGB", (width, top + rows * h), "white")
     draw = ImageDraw.Draw(grid)
     y0 = 0
     if title:

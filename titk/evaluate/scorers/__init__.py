@@ -1,0 +1,41 @@
+"""Scorers: each takes generated samples (and prepared references) and returns one row per image plus
+set-level values. Scorers share one EvalContext, which holds the CLIP model and its cached features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    image: Image.Image
+    prompt: str  # as sent to the model, with the embedding's name
+    clean_prompt: str  # the name removed, for CLIP-T (the TI paper's protocol)
+    seed: int
+    kind: str  # identity, editability or personality
+    prompt_index: int
+
+
+@dataclass
+class References:
+    """The person's real images: identity references and the dataset side of CLIP-I and personality."""
+
+    images: list[Image.Image]
+    paths: list[Path] = field(default_factory=list)
+
+
+class Scorer:
+    name = "scorer"
+
+    def prepare(self, refs: References, ctx) -> None:
+        """Work on the references, done once for many evaluations."""
+
+    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
+        """(one dict per sample, in order; summary values)."""
+        raise NotImplementedError
+
+    def protocol(self) -> dict:
+        return {}
