@@ -14,6 +14,15 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 
+# The distributed tests start a private PostgreSQL server; install it where it is missing and we may.
+if [[ -n "$extras" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "note: PostgreSQL is not installed; the distributed tests will be skipped" >&2
+    fi
+fi
+
 stamp=".venv/.titk-installed$extras"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 
@@ -25,3 +26,40 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+def write_sweep_config(tmp_path, fixtures, **over) -> Path:
+    """A sweep over the tiny SD1 fixture on 6 random images; `a__b=value` overrides nested keys."""
+    data = make_images(tmp_path / "data", 6)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "steps": 2, "seeds": [1], "prompts": [{"text": "a photo of [name]", "kind": "identity"}, {"text": "[name] at home", "kind": "personality"}],
+    }))
+    config = {
+        "study": "tiny",
+        "base": {
+            "model": {"source": str(fixtures["tiny-sd1"].folder), "dtype": "fp32"},
+            "embedding": {"name": "ohwx", "vectors": 2, "init_text": "person"},
+            "data": {"path": str(data)},
+            "train": {"batch_size": 2, "max_steps": 6, "learning_rate": "0.05"},
+            "output": {"save_every": 0},
+        },
+        "space": {"train.learning_rate": {"low": 0.00001, "high": 0.1, "log": True}, "embedding.vectors": {"choice": [1, 2, 3]}},
+        "enqueue": [
+            {"train.learning_rate": 0.05, "embedding.vectors": 2},
+            {"train.learning_rate": 0.04, "embedding.vectors": 2},
+            {"train.learning_rate": 0.00001, "embedding.vectors": 2},
+        ],
+        "n_trials": 4,
+        "objective": {"metrics": {"norms.mean": 1.0}, "floors": {}, "eval_every": 2, "intermediate_suite": str(suite)},
+        "evaluation": {"suite": str(suite), "scorers": ["norms"]},
+    }
+    for key, value in over.items():
+        node = config
+        *path, last = key.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -264,6 +264,85 @@ def dataset_check(
     console.print(f"table: {paths['table']}; contact sheet: {paths['sheet']}", highlight=False, soft_wrap=True)
 
 
+WorkdirOption = typer.Option(Path("work"), "--workdir", "-w", help="the study's work directory (storages, artifacts, cache, trials)")
+StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://user@host/optuna); default: a journal file in the work dir")
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000); default: SQLite in the work dir")
+
+
+def _trial_line(study, trial) -> None:
+    value = "" if trial.values is None else "  value " + ", ".join(f"{v:.4f}" for v in trial.values)
+    reason = trial.user_attrs.get("fail_reason") or ""
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
+    console.print(f"[{colour}]trial {trial.number} {trial.state.name.lower()}[/]{value}  {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
+    from .config import load_sweep_config
+    from .sweep.runner import best_trials, run_sweep
+
+    cfg = load_sweep_config(config, set_)
+    try:
+        result = run_sweep(cfg, workdir=workdir, config_dir=config.parent, storage_url=storage, tracking=tracking_uri,
+                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished trials are kept; run the same command again to resume the study")
+        sys.exit(130)
+    if create_only:
+        console.print(f"study {cfg.study!r} ready in {result.storage}; start workers with `titk worker`", highlight=False)
+        return
+    table = result.table
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
+    best = best_trials(result.study, table)
+    view = Table(title=f"study {cfg.study}: {counts}", title_justify="left")
+    columns = [c for c in best.columns if c in ("trial", "value", "value0", "value1", "feasible", "mlflow_run_id") or c.startswith("param.")]
+    for column in columns:
+        view.add_column(column.removeprefix("param."), overflow="fold")
+    for row in best[columns].itertuples(index=False):
+        view.add_row(*[f"{v:.4g}" if isinstance(v, float) else escape(str(v)) for v in row])
+    console.print(view)
+    console.print(f"MLflow UI and Optuna dashboard: titk serve {workdir}    report: titk report {workdir} -o report.html", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="sweep config (YAML): base training config, space, subset, objective, evaluation"),
+    workdir: Path = WorkdirOption,
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+    n_trials: Optional[int] = typer.Option(None, help="finished trials wanted (default: the config's n_trials)"),
+    create_only: bool = typer.Option(False, "--create-only", help="create the study (and its MLflow experiment) and stop"),
+    set_: list[str] = SetOption,
+):
+    """Search training settings and dataset subsets with Optuna, scoring every trial and recording it in MLflow.
+    On an existing study it continues where it stopped."""
+    _run_sweep(config, workdir, storage, tracking_uri, n_trials, True, create_only, set_)
+
+
+@app.command()
+def worker(
+    config: Path = typer.Argument(..., help="the study's sweep config"),
+    workdir: Path = WorkdirOption,
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+    set_: list[str] = SetOption,
+):
+    """Join an existing study and run its trials one after another on this machine's GPU (one worker per GPU)."""
+    _run_sweep(config, workdir, storage, tracking_uri, None, False, False, set_)
+
+
+@app.command()
+def serve(
+    workdir: Path = typer.Argument(..., help="a sweep's work directory"),
+    port: int = typer.Option(5000, help="MLflow UI port"),
+    dashboard_port: int = typer.Option(8080, help="optuna-dashboard port"),
+    check: bool = typer.Option(False, "--check", help="start both, check they answer, then stop"),
+):
+    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1."""
+    from .sweep.serve import serve as run_servers
+
+    run_servers(workdir, port, dashboard_port, check=check, console=console)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)

@@ -231,6 +231,7 @@ class ClipSettings(Strict):
 
 
 class EvalSettings(Strict):
+    world: Literal["real", "toyworld"] = Field("real", description="toyworld: the toy world's own face embedder and attribute classifier")
     suite: str = Field("person", description="experiments/prompts/<name>.yaml or a path")
     scorers: list[Literal["identity", "clip", "diversity", "personality", "norms"]] = Field(default_factory=lambda: list(SCORERS))
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
@@ -244,3 +245,72 @@ class EvalConfig(Strict):
     model: ModelConfig
     references: Path | None = Field(None, description="photos of the person (default for titk eval: --references)")
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+
+class ParamSpec(Strict):
+    """One searched setting: a `choice` of values, or a range `low`..`high` (ints if both are ints)."""
+
+    choice: list | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+
+
+class SubsetSpec(Strict):
+    """Which images a trial trains on: all (default), random subsets, per-image include flags, or leave-one-out."""
+
+    size: int | ParamSpec | None = Field(None, description="random subsets of this size (or a searched range of sizes)")
+    include_flags: bool = Field(False, description="one include/exclude flag per image, searched")
+    leave_one_out: bool = Field(False, description="each trial leaves out one image (or none)")
+    min_images: int = Field(3, ge=1, description="with include flags: fewer images is infeasible")
+
+
+class ObjectiveSettings(Strict):
+    metrics: dict[str, float] = Field(default_factory=lambda: {"identity.similarity": 1.0}, description="weighted sum to maximise")
+    floors: dict[str, float] = Field(default_factory=lambda: {"identity.detection_rate": 0.5}, description="minimum values, as constraints")
+    pareto: list[str] | None = Field(None, description="two metrics to maximise together (no pruning)")
+    pruner: Literal["median", "wilcoxon", "none"] = "median"
+    eval_every: int | None = Field(None, ge=0, description="steps between intermediate evaluations; default: a quarter of the run; 0 = none")
+    intermediate_suite: str = "quick"
+    missing_value: float = Field(-1.0, description="value of a metric that is NaN (e.g. similarity when no face was found)")
+
+
+class SweepConfig(Strict):
+    study: str = Field(description="the Optuna study name, also the MLflow experiment name")
+    base: TrainConfig = Field(description="the training config every trial starts from")
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    subset: SubsetSpec = Field(default_factory=SubsetSpec)
+    repeats: int = Field(1, ge=1, description="seeds per trial; the objective is their mean")
+    n_trials: int = Field(20, ge=1, description="complete or pruned trials wanted in the study")
+    timeout_minutes: float | None = None
+    sampler: Literal["tpe", "random", "gp"] = "tpe"
+    seed: int = 0
+    enqueue: list[dict | str] = Field(default_factory=list, description="first trials: parameter mappings or recipe files")
+    bs_ga_within_dataset: bool = Field(True, description="constraint: batch size × GA ≤ number of images")
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    references: Path | None = Field(None, description="photos for identity and the dataset side of CLIP-I (default: the dataset)")
+    heartbeat_seconds: int = Field(60, ge=1, description="RDB storages: a trial whose worker is silent twice this long is failed and retried")
+    max_retries: int = Field(2, ge=0)
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
+    """A sweep YAML; `base` may be a mapping or the path of a training config (relative to the sweep file)."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), list(overrides))
+    base = data.get("base")
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        merged = read_yaml(base_path)
+        for section, values in (data.get("base_overrides") or {}).items():
+            if isinstance(values, dict):
+                merged.setdefault(section, {}).update(values)
+            else:
+                merged[section] = values
+        data["base"] = merged
+    data.pop("base_overrides", None)
+    return parse(SweepConfig, data, str(path))

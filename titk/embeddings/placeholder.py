@@ -27,7 +27,7 @@ class SplicedEmbedding(nn.Module):
         self.weight = base.weight
         self.padding_idx = base.padding_idx
         self.vocab_size = base.num_embeddings
-        self.extra: torch.Tensor | None = None
+        self.set_rows(None)
         # When a list, every forward appends (ids, output) with the output a leaf that receives gradients:
         # kohya clips the gradient norm of the whole table, caption-token rows included.
         self.capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -35,6 +35,16 @@ class SplicedEmbedding(nn.Module):
     @property
     def num_embeddings(self) -> int:
         return self.vocab_size
+
+    @property
+    def extra(self) -> torch.Tensor | None:
+        """The active embedding's rows [N, width]."""
+        return self.__dict__["_rows"]
+
+    def set_rows(self, rows: torch.Tensor | None) -> None:
+        # Written straight into the instance dict: nn.Module would register an nn.Parameter as the
+        # encoder's own parameter, and the rows must never appear in its state dict or parameter list.
+        self.__dict__["_rows"] = rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         is_extra = ids >= self.vocab_size

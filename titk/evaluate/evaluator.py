@@ -131,7 +131,11 @@ class Evaluator:
 
     def evaluate(self, embedding: Embedding, *, name: str | None = None, suite: Suite | None = None, on_progress=None) -> Scorecard:
         suite = suite or self.suite
-        samples = self.samples(embedding, name, suite, on_progress)
+        return self.score(self.samples(embedding, name, suite, on_progress), embedding, suite, name)
+
+    def score(self, samples: list[Sample], embedding: Embedding, suite: Suite | None = None, name: str | None = None) -> Scorecard:
+        """Run every scorer on generated samples (of `suite`, the evaluator's own by default)."""
+        suite = suite or self.suite
         ctx = EvalContext(self._reference_cache)
         ctx.embedding, ctx.encoders = embedding, self.bundle.encoders
         ctx.vectors = vectors_for(embedding, self.bundle)

@@ -37,12 +37,13 @@ def make_scheduler(bundle, name: str):
 
 @contextmanager
 def embedding_active(bundle, vectors: dict[str, torch.Tensor] | None):
-    """Set an embedding's vectors on the model for the duration of the block."""
-    bundle.set_vectors(vectors)
+    """Set an embedding's vectors on the model for the duration of the block, then restore the previous ones
+    (a sweep evaluates checkpoints while the training vectors are set)."""
+    previous = bundle.set_vectors(vectors)
     try:
         yield
     finally:
-        bundle.set_vectors(None)
+        bundle.set_vectors(previous)
 
 
 @torch.no_grad()

@@ -49,6 +49,10 @@ class Suite:
     def seeds(self) -> list[int]:
         return sorted({item[3] for item in self.items})
 
+    def only(self, prompt_index: int) -> Suite:
+        """The same suite restricted to one prompt's (prompt, seed) items."""
+        return Suite(self.name, self.spec, self.sha256, [item for item in self.items if item[0] == prompt_index])
+
 
 def find_in_experiments(name: str, folder: str) -> Path:
     """`name` as a path, or `experiments/<folder>/<name>.yaml` here or in titk's source tree."""

@@ -99,10 +99,13 @@ class ModelBundle:
         """The resolution the model was trained at (UNet sample size × VAE factor)."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
-    def set_vectors(self, vectors: dict[str, torch.Tensor] | None) -> None:
-        """Make `vectors` (per encoder key, [N, width]) the rows behind the placeholder ids; None clears them."""
+    def set_vectors(self, vectors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """Make `vectors` (per encoder key, [N, width]) the rows behind the placeholder ids; None clears them.
+        Returns the vectors set before."""
+        previous = {enc.key: enc.spliced.extra for enc in self.encoders}
         for enc in self.encoders:
-            enc.spliced.extra = None if vectors is None else vectors[enc.key]
+            enc.spliced.set_rows(None if vectors is None else vectors[enc.key])
+        return None if any(v is None for v in previous.values()) else previous
 
     def tokenize(self, prompts: list[str], name: str | None = None, n_vectors: int = 0) -> list[torch.Tensor]:
         """Token ids per encoder, [B, 77]; with `name`, its occurrences become N placeholder ids."""

@@ -171,7 +171,7 @@ def train(
                 })
                 progress.update(task, completed=step, status=f"loss {loss_sum:.4f}  lr {lr:.2e}  epoch {plan.epoch_of(step):.2f}")
                 if callback:
-                    callback("update", {"step": step, "loss": loss_sum, "lr": lr, "epoch": plan.epoch_of(step), "images_seen": views})
+                    callback("update", {"step": step, "loss": loss_sum, "lr": lr, "epoch": plan.epoch_of(step), "images_seen": views, "vectors": vectors})
                 number = run.checkpoint_number(step, config.output.save_every)
                 if number is not None:
                     files = run.save_embedding(_embedding(config, bundle, vectors, step), str(number))

@@ -1,0 +1,190 @@
+"""titk sweep on a tiny fixture: trials, pruning, failures, resume, MLflow contents, subsets, bad inputs."""
+
+import json
+
+import optuna
+import pytest
+from helpers import assert_one_line_error, write_sweep_config as write_config
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from titk.config import load_sweep_config
+from titk.sweep.runner import run_sweep
+
+
+def runs_of(workdir, study="tiny"):
+    client = MlflowClient(f"sqlite:///{(workdir / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("titk.role") == "trial"], [r for r in runs if r.data.tags.get("titk.role") == "study"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fixtures):
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = load_sweep_config(write_config(tmp, fixtures))
+    result = run_sweep(config, workdir=tmp / "work", show_progress=False)
+    return tmp, result
+
+
+def test_sweep_runs_trials_with_pruning(finished):
+    _, result = finished
+    states = {t.number: t.state for t in result.study.trials}
+    assert states[0] == states[1] == TrialState.COMPLETE
+    assert states[2] == TrialState.PRUNED  # a learning rate of 1e-5 barely moves the vectors: below the median
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == 4
+    assert result.study.trials[0].params == {"train.learning_rate": 0.05, "embedding.vectors": 2}  # the enqueued recipe first
+    assert list(result.study.trials[0].intermediate_values) == [2, 4]
+
+
+def test_mlflow_holds_everything_to_compare(finished):
+    tmp, result = finished
+    client, trials, studies = runs_of(tmp / "work")
+    assert len(studies) == 1 and len(trials) == 4
+    parent = studies[0].info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in trials)
+    by_trial = {int(r.data.tags["titk.trial"]): r for r in trials}
+    done, pruned = by_trial[0], by_trial[2]
+    assert (done.info.status, done.data.tags["titk.state"]) == ("FINISHED", "COMPLETE")
+    assert (pruned.info.status, pruned.data.tags["titk.state"]) == ("KILLED", "PRUNED")
+    params = done.data.params
+    assert params["search.train.learning_rate"] == "0.05" and params["effective.batch_size"] == "2"
+    assert {"effective.steps", "effective.epochs", "effective.image_views", "effective.grad_accum", "train.semantics"} <= set(params)
+    history = client.get_metric_history(done.info.run_id, "norms.mean")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert {m.step for m in client.get_metric_history(done.info.run_id, "train.loss")} == {2, 4, 6}
+    artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
+    assert {"images", "scores", "scorecards", "embeddings", "train"} <= artifacts
+    assert {a.path for a in client.list_artifacts(done.info.run_id, "embeddings")} == {"embeddings/ohwx.pt", "embeddings/ohwx.safetensors"}
+    dataset = done.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "tiny-trial-0" and "included" in json.loads(dataset.schema)["mlflow_colspec"][-1]["name"]
+    assert result.study.trials[0].user_attrs["mlflow_run_id"] == done.info.run_id
+    assert client.get_run(parent).data.metrics["trials.complete"] >= 2
+
+
+def test_serve_starts_the_ui_and_the_dashboard(finished, run_cli):
+    tmp, _ = finished
+    code, out, err = run_cli("serve", tmp / "work", "--port", 5911, "--dashboard-port", 5912, "--check")
+    assert code == 0, err
+    assert "http://127.0.0.1:5911" in out and "http://127.0.0.1:5912" in out
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, fixtures, monkeypatch):
+    import titk.train.loop as loop
+
+    real = loop.diffusion_loss
+
+    def nan_for_three_vectors(bundle, *args, **kw):
+        loss = real(bundle, *args, **kw)
+        return loss * float("nan") if bundle.encoders[0].spliced.extra.shape[0] == 3 else loss
+
+    monkeypatch.setattr(loop, "diffusion_loss", nan_for_three_vectors)
+    path = write_config(tmp_path, fixtures, n_trials=2, enqueue=[{"train.learning_rate": 0.05, "embedding.vectors": 3}, {"train.learning_rate": 0.05, "embedding.vectors": 2}])
+    result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
+    first = result.study.trials[0]
+    assert first.state == TrialState.FAIL and "loss became nan at step 1" in first.user_attrs["fail_reason"]
+    assert result.study.trials[1].state == TrialState.COMPLETE
+    _, trials, _ = runs_of(tmp_path / "work")
+    failed = next(r for r in trials if r.data.tags["titk.trial"] == "0")
+    assert failed.info.status == "FAILED" and "nan" in failed.data.tags["titk.reason"]
+
+
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, fixtures, monkeypatch):
+    import titk.train.loop as loop
+
+    path = write_config(tmp_path, fixtures, objective__pruner="none")
+    config = load_sweep_config(path)
+    run_sweep(config, workdir=tmp_path / "work", n_trials=2, show_progress=False)
+    real = loop.train
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, workdir=tmp_path / "work", n_trials=3, show_progress=False)
+    monkeypatch.setattr(loop, "train", real)
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "work" / "optuna.journal"))))
+    assert study.trials[2].state == TrialState.FAIL and study.trials[2].user_attrs["fail_reason"] == "interrupted"
+    result = run_sweep(config, workdir=tmp_path / "work", n_trials=3, show_progress=False)
+    trials = result.study.trials
+    retry = trials[3]
+    assert retry.user_attrs["retry_of"] == 2 and retry.params == trials[2].params and retry.state == TrialState.COMPLETE
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.COMPLETE] and len(trials) == 4
+    _, runs, _ = runs_of(tmp_path / "work")
+    numbers = sorted(int(r.data.tags["titk.trial"]) for r in runs)
+    assert numbers == [0, 1, 2, 3]  # finished trials were not run again
+    interrupted_run = next(r for r in runs if r.data.tags["titk.trial"] == "2")
+    assert interrupted_run.info.status == "KILLED" and "interrupted" in interrupted_run.data.tags["titk.reason"]
+
+
+def test_dataset_subsets(tmp_path, fixtures):
+    path = write_config(tmp_path, fixtures, n_trials=2, enqueue=[], space={}, subset={"size": 4})
+    result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
+    subsets = [t.user_attrs["subset"] for t in result.study.trials]
+    assert all(len(s) == 4 for s in subsets) and subsets[0] != subsets[1]
+    _, runs, _ = runs_of(tmp_path / "work")
+    source = runs[0].inputs.dataset_inputs[0].dataset
+    assert source.name.startswith("tiny-trial-")
+    flags = write_config(tmp_path / "f", fixtures, n_trials=1, enqueue=[], space={}, subset={"include_flags": True, "min_images": 2})
+    result = run_sweep(load_sweep_config(flags), workdir=tmp_path / "f" / "work", show_progress=False)
+    trial = result.study.trials[0]
+    included = [k for k, v in trial.params.items() if k.startswith("include:") and v]
+    assert len([k for k in trial.params if k.startswith("include:")]) == 6 and trial.user_attrs["subset"] == [k.split(":", 1)[1] for k in included]
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path, fixtures):
+    path = write_config(tmp_path, fixtures, n_trials=2, objective__pareto=["norms.mean", "norms.max"])
+    result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
+    done = result.study.get_trials(states=[TrialState.COMPLETE])
+    assert len(result.study.directions) == 2 and len(done) == 2 and all(len(t.values) == 2 for t in done)
+    assert result.study.best_trials
+
+
+def test_wilcoxon_pruner_reports_each_evaluation_image(tmp_path, fixtures):
+    path = write_config(tmp_path, fixtures, n_trials=2, objective__pruner="wilcoxon", objective__metrics={"clip_t": 1.0},
+                        evaluation__scorers=["clip"], evaluation__clip={"pretrained": None})
+    result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
+    first = result.study.trials[0]
+    assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [0, 1]  # one per (prompt, seed)
+
+
+@pytest.mark.parametrize("case", ["unknown", "empty", "subset", "storage", "tracking", "fixed", "metric"])
+def test_bad_sweeps_fail_in_one_line_before_training(tmp_path, fixtures, run_cli, case):
+    over = {
+        "unknown": {"space": {"train.lr": {"low": 0.001, "high": 0.1}}},
+        "empty": {"space": {"train.learning_rate": {"low": 0.1, "high": 0.001}}},
+        "subset": {"subset": {"size": 40}},
+        "fixed": {"space": {"model.dtype": {"choice": ["fp32", "bf16"]}}},
+        "metric": {"objective__metrics": {"identity.similarity": 1.0}},
+    }.get(case, {})
+    if case in ("unknown", "empty", "subset", "fixed"):
+        over["enqueue"] = []
+    path = write_config(tmp_path, fixtures, **over)
+    args = ["sweep", path, "-w", tmp_path / "work"]
+    if case == "storage":
+        args += ["--storage", "postgresql://nobody@127.0.0.1:1/optuna"]
+    if case == "tracking":
+        args += ["--tracking-uri", "http://127.0.0.1:1"]
+    needle = {"unknown": "train.lr", "empty": "empty range", "subset": "only 6", "storage": "cannot reach the database",
+              "tracking": "no MLflow server", "fixed": "fixed for a study", "metric": "needs the identity scorer"}[case]
+    code, _, err = run_cli(*args)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "work" / "trials").exists()
+
+
+@pytest.mark.parametrize("name", ["person-settings", "person-dataset", "person-pareto"])
+def test_shipped_sweep_configs_are_valid(name, tmp_path):
+    from pathlib import Path
+
+    from titk.sweep.runner import check_objective
+    from titk.sweep.space import check_space, recipe_params
+
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "sweeps"
+    config = load_sweep_config(folder / f"{name}.yaml")
+    check_space(config, 15)
+    check_objective(config)
+    for entry in config.enqueue:
+        params = recipe_params(entry, config, folder)
+        assert params["train.batch_size"] == 3 and params["train.grad_accum"] == 15

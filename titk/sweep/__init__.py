@@ -1,0 +1,1 @@
+"""Sweeps: the search space, the objective, storages and the study runner."""

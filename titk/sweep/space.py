@@ -1,0 +1,144 @@
+"""The search space: which training settings and which images a trial uses.
+
+Parameter names are training-config paths (`train.learning_rate`, `embedding.vectors`, `data.resize` ...),
+checked against the config before anything runs. The dataset is searched too: random subsets of a size,
+one include flag per image (so a study can tell which images help), or leaving one image out.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..config import ParamSpec, SweepConfig, TrainConfig, parse
+from ..errors import TitkError
+
+FIXED_SECTIONS = ("model", "output")  # one model per study; outputs are the sweep's own
+NO_IMAGE = "(none)"
+
+
+def _field(model, part: str):
+    fields = getattr(model, "model_fields", {})
+    if part not in fields:
+        return None
+    return fields[part].annotation
+
+
+def check_space(config: SweepConfig, n_images: int) -> None:
+    """Every problem with the space, before any training starts: unknown or fixed settings, empty ranges,
+    subsets that do not fit the dataset, values the training config refuses."""
+    base = config.base
+    for key, spec in config.space.items():
+        section, _, name = key.partition(".")
+        if section in FIXED_SECTIONS:
+            raise TitkError(f"space: {key}: {section} settings are fixed for a study")
+        part = getattr(base, section, None)
+        if part is None or not name or "." in name or name not in type(part).model_fields:
+            raise TitkError(f"space: {key!r} is not a training setting (use section.name, e.g. train.learning_rate)")
+        if spec.choice is not None:
+            if spec.low is not None or spec.high is not None:
+                raise TitkError(f"space: {key}: give either choice or low/high, not both")
+            if not spec.choice:
+                raise TitkError(f"space: {key}: empty choice")
+            values = spec.choice
+        else:
+            if spec.low is None or spec.high is None:
+                raise TitkError(f"space: {key}: needs a choice or both low and high")
+            if spec.low > spec.high:
+                raise TitkError(f"space: {key}: empty range {spec.low}..{spec.high}")
+            if spec.log and spec.low <= 0:
+                raise TitkError(f"space: {key}: a log range must be positive")
+            values = [spec.low, spec.high]
+        for value in values:  # each end and each choice must be a value the config accepts
+            data = base.model_dump(mode="json")
+            data[section][name] = str(value) if name in ("learning_rate", "clip_threshold") else value
+            if name == "epochs":
+                data["train"]["max_steps"] = None
+            elif name == "max_steps":
+                data["train"]["epochs"] = None
+            parse(TrainConfig, data, f"space: {key}={value!r}")
+    subset = config.subset
+    modes = sum([subset.size is not None, subset.include_flags, subset.leave_one_out])
+    if modes > 1:
+        raise TitkError("subset: choose one of size, include_flags and leave_one_out")
+    if subset.size is not None:
+        low, high = (subset.size, subset.size) if isinstance(subset.size, int) else (subset.size.low, subset.size.high)
+        if low is None or high is None or low < 1 or low > high:
+            raise TitkError(f"subset.size: empty or invalid range {low}..{high}")
+        if high > n_images:
+            raise TitkError(f"subset.size: subsets of {int(high)} images, but the dataset has only {n_images}")
+    if subset.include_flags and subset.min_images > n_images:
+        raise TitkError(f"subset.min_images: {subset.min_images} is more than the {n_images} images")
+
+
+def suggest(trial, key: str, spec: ParamSpec):
+    if spec.choice is not None:
+        return trial.suggest_categorical(key, spec.choice)
+    if all(isinstance(v, int) for v in (spec.low, spec.high)) and (spec.step is None or isinstance(spec.step, int)):
+        return trial.suggest_int(key, spec.low, spec.high, step=spec.step or 1, log=spec.log)
+    return trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log, step=spec.step)
+
+
+def suggest_settings(trial, config: SweepConfig) -> dict[str, object]:
+    return {key: suggest(trial, key, spec) for key, spec in config.space.items()}
+
+
+def apply_settings(base: TrainConfig, settings: dict[str, object], **sections) -> TrainConfig:
+    """The base config with searched settings (and extra section values, e.g. the output dir) applied."""
+    data = base.model_dump(mode="json")
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        if name in ("learning_rate", "clip_threshold") and isinstance(value, (int, float)):
+            value = repr(float(value))
+        data[section][name] = value
+        if name == "epochs":
+            data["train"]["max_steps"] = None
+        elif name == "max_steps":
+            data["train"]["epochs"] = None
+    for section, values in sections.items():
+        data[section].update(values)
+    return parse(TrainConfig, data, "trial settings")
+
+
+def suggest_subset(trial, config: SweepConfig, names: list[str]) -> list[int]:
+    """The indices of the images this trial trains on (records the choice on the trial)."""
+    subset, n = config.subset, len(names)
+    if subset.include_flags:
+        chosen = [i for i, name in enumerate(names) if trial.suggest_categorical(f"include:{name}", [True, False])]
+    elif subset.leave_one_out:
+        out = trial.suggest_categorical("leave_out", [NO_IMAGE, *names])
+        chosen = [i for i, name in enumerate(names) if name != out]
+    elif subset.size is not None:
+        size = subset.size if isinstance(subset.size, int) else suggest(trial, "subset_size", subset.size)
+        # Membership is drawn, not searched: a random subset per trial, reproducible from the study seed.
+        rng = random.Random(f"titk:subset:{config.seed}:{trial.number}")
+        chosen = sorted(rng.sample(range(n), int(size)))
+    else:
+        chosen = list(range(n))
+    trial.set_user_attr("subset", [names[i] for i in chosen])
+    return chosen
+
+
+def recipe_params(entry: dict | str, config: SweepConfig, base_dir) -> dict:
+    """Parameters to enqueue: a mapping as given, or the space's settings read from a recipe file."""
+    if isinstance(entry, dict):
+        unknown = set(entry) - set(config.space)
+        if unknown:
+            raise TitkError(f"enqueue: {sorted(unknown)} are not in the space")
+        return dict(entry)
+    from pathlib import Path
+
+    from ..config import read_yaml
+
+    path = Path(entry) if Path(entry).is_absolute() else base_dir / entry
+    recipe = read_yaml(path)
+    params = {}
+    for key in config.space:
+        section, _, name = key.partition(".")
+        if name in recipe.get(section, {}):
+            value = recipe[section][name]
+            if config.space[key].choice is None and name in ("learning_rate", "clip_threshold"):
+                value = float(value)  # a searched range of rates takes numbers; a choice keeps the text
+            params[key] = value
+    if not params:
+        raise TitkError(f"enqueue: {path} sets none of the searched settings")
+    return params

@@ -1,0 +1,111 @@
+"""Where a study lives: its Optuna storage and its MLflow tracking store, checked before any training.
+
+One machine (default): a work directory with `optuna.journal` (Optuna's journal file storage) and
+`mlflow.db` (MLflow's SQLite store, four-slash absolute URI) with artifacts in `mlruns/`. Many machines:
+`--storage postgresql://...` (Optuna's RDB storage with a heartbeat: a trial whose worker stops beating is
+failed and retried) and `--tracking-uri http://...` (an MLflow tracking server). Optuna and MLflow never
+share a database: both keep an Alembic version table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+
+from ..errors import TitkError
+
+JOURNAL = "optuna.journal"
+MLFLOW_DB = "mlflow.db"
+
+
+def optuna_storage(url: str | None, workdir: Path, heartbeat: int = 60, max_retries: int = 2, on_stale=None):
+    """The study's Optuna storage; raises a one-line error if it cannot be reached."""
+    if url is None:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = str(workdir / JOURNAL)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    if "://" not in url:
+        raise TitkError(f"--storage {url!r}: expected a database URL such as postgresql://user@host:5432/optuna or sqlite:////abs/optuna.db")
+    kwargs = {}
+    if not url.startswith("sqlite"):
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+        def stale(study, trial):
+            retry(study, trial)
+            if on_stale:
+                on_stale(study, trial)
+
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, failed_trial_callback=stale)
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        storage.get_all_studies()
+    except Exception as exc:  # SQLAlchemy wraps every driver error differently
+        raise TitkError(f"--storage {_redact(url)}: cannot reach the database ({_first_line(exc)})") from None
+    return storage
+
+
+def storage_label(url: str | None, workdir: Path) -> str:
+    return _redact(url) if url else str(workdir / JOURNAL)
+
+
+def tracking_uri(uri: str | None, workdir: Path, storage_url: str | None = None) -> str:
+    """The MLflow tracking URI, checked: SQLite in the work dir by default, or a reachable server."""
+    if uri is None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(workdir / MLFLOW_DB).resolve()}"  # an absolute path: four slashes in all
+    if storage_url and _same_database(uri, storage_url):
+        raise TitkError("--tracking-uri and --storage point at one database; Optuna and MLflow need separate ones")
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                if response.status != 200:
+                    raise urllib.error.URLError(f"status {response.status}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise TitkError(f"--tracking-uri {uri}: no MLflow server answers there ({getattr(exc, 'reason', exc)})") from None
+    return uri
+
+
+def artifact_location(uri: str, workdir: Path) -> str | None:
+    """Local stores keep artifacts in the work dir; a server decides for itself."""
+    return (workdir / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None
+
+
+def _same_database(a: str, b: str) -> bool:
+    return a.split("?")[0].rstrip("/") == b.split("?")[0].rstrip("/")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def worker_identity() -> dict[str, object]:
+    return {"titk.host": socket.gethostname(), "titk.pid": os.getpid()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

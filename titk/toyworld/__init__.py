@@ -1,0 +1,1 @@
+"""The toy world: a synthetic world and a small pretrained model where TI learning can be verified on a CPU."""

@@ -1,0 +1,89 @@
+"""The toy world's scorers, through the same interfaces as the real ones: its vision model stands in for
+insightface (identity) and for zero-shot CLIP (personality)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import TitkError
+from ..evaluate.metrics import normalise
+from ..evaluate.scorers.identity import Face, FaceEmbedder
+from ..evaluate.scorers.personality import AttributeClassifier
+from .vision import HEADS, ToyVision, to_tensor
+from .world import IDENTITY_ATTRIBUTES, PERSONALITY_ATTRIBUTES
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def model_path() -> Path:
+    """The pretrained toy model, a diffusers folder shipped with titk."""
+    path = WEIGHTS / "model"
+    if not (path / "model_index.json").is_file():
+        raise TitkError(f"{path}: the toy world's model is missing; build it with `titk toyworld pretrain --out {WEIGHTS}`")
+    return path
+
+
+@lru_cache(maxsize=2)
+def load_vision(path: str | Path | None = None) -> ToyVision:
+    from safetensors.torch import load_file
+
+    path = Path(path or WEIGHTS / "vision.safetensors")
+    if not path.is_file():
+        raise TitkError(f"{path}: the toy world's vision model is missing; build it with `titk toyworld pretrain`")
+    model = ToyVision()
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in state.items()})
+    return model.eval().requires_grad_(False)
+
+
+class ToyFaceEmbedder(FaceEmbedder):
+    """A "face" when the vision model sees a person; its embedding the identity-attribute probabilities,
+    so the cosine of two faces is about the share of identity attributes they have in common."""
+
+    name = "toyworld"
+
+    def __init__(self, vision: ToyVision | None = None, threshold: float = 0.5):
+        self.vision = vision or load_vision()
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def faces(self, image) -> list[Face]:
+        out = self.vision(to_tensor([image]))
+        person = float(out["person"].softmax(-1)[0, 1])
+        if person < self.threshold:
+            return []
+        parts = [out[name].softmax(-1)[0].numpy() for name in IDENTITY_ATTRIBUTES]
+        emb = normalise(np.concatenate(parts)).astype(np.float32)
+        return [Face((0.0, 0.0, float(image.width), float(image.height)), person, emb)]
+
+    @torch.no_grad()
+    def attributes(self, image) -> dict[str, str]:
+        out = self.vision(to_tensor([image]))
+        return {name: HEADS[name][int(out[name][0].argmax())] for name in HEADS}
+
+    def protocol(self) -> dict:
+        return {"face_model": "toy world vision model (identity-attribute probabilities)", "det_thresh": self.threshold,
+                "embedding_dim": sum(len(v) for v in IDENTITY_ATTRIBUTES.values())}
+
+
+class ToyAttributeClassifier(AttributeClassifier):
+    def __init__(self, vision: ToyVision | None = None):
+        self.vision = vision or load_vision()
+        self.label_sets = {name: list(labels) for name, labels in PERSONALITY_ATTRIBUTES.items()}
+
+    @torch.no_grad()
+    def probabilities(self, images, ctx, key):
+        out = self.vision(to_tensor(images))
+        return {name: out[name].softmax(-1).numpy() for name in self.label_sets}
+
+    def protocol(self):
+        return {"classifier": "toy world vision model", "label_sets": self.label_sets}
+
+
+def toy_scorers() -> dict:
+    vision = load_vision()
+    return {"face_embedder": ToyFaceEmbedder(vision), "classifier": ToyAttributeClassifier(vision)}

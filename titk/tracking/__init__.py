@@ -1,0 +1,1 @@
+"""Tracking in MLflow with explicit run ids, and dataset manifests."""

@@ -1,0 +1,121 @@
+"""MLflow logging through explicit run ids: an experiment per study, a parent run for the study, a child run
+per trial. Nothing uses MLflow's global active run, so workers and threads never step on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+_BAD = re.compile(r"[^\w\-. /]")
+MAX_PARAM = 6000
+
+
+def key(name: str) -> str:
+    """MLflow accepts letters, digits, `_-. /` in keys; `identity.similarity@identity` → `identity.similarity/identity`."""
+    return _BAD.sub("_", name.replace("@", "/").replace(":", "/"))
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        # MLflow warns about inferred schemas of every table and dataset it is given; titk's are fine.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+        self.client = MlflowClient(tracking_uri=uri)
+        self._mlflow = mlflow
+        self.experiment_id = self._experiment(experiment, artifact_location)
+
+    def _experiment(self, name: str, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another worker created it a moment ago
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def study_run(self, study: str, tags: dict) -> str:
+        """The study's parent run: found again on resume, created once."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`titk.role` = 'study' and tags.`titk.study` = '{study}'", max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"study {study}", tags={"titk.role": "study", "titk.study": study, **_tags(tags)})
+        return run.info.run_id
+
+    def start_trial(self, parent: str, number: int, tags: dict) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial {number}",
+            tags={"mlflow.parentRunId": parent, "titk.role": "trial", "titk.trial": str(number), "titk.state": "RUNNING", **_tags(tags)},
+        )
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key(k), _text(v)[:MAX_PARAM]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key(k), float(v), now, int(step)) for k, v in metrics.items() if _finite(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def log_tags(self, run_id: str, tags: dict) -> None:
+        for name, value in _tags(tags).items():
+            self.client.set_tag(run_id, name, value)
+
+    def log_scorecard(self, run_id: str, card, step: int, label: str) -> None:
+        """Metrics at `step`, the sample grid as a step image, the per-image table, and the scorecard."""
+        self.log_metrics(run_id, card.summary, step)
+        if card.grid is not None:
+            self.client.log_image(run_id, card.grid, key=f"{label}_samples", step=step)
+        self.client.log_table(run_id, data=card.table, artifact_file=f"scores/{label}-step-{step:06d}.json")
+        self.client.log_dict(run_id, card.to_json(), f"scorecards/{label}-step-{step:06d}.json")
+
+    def log_files(self, run_id: str, paths: list[Path], artifact_path: str) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, run_id: str, manifest: pd.DataFrame, name: str, source: str) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = self._mlflow.data.from_pandas(manifest, source=source, name=name)
+        self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+
+    def finish(self, run_id: str, state: str, reason: str | None = None) -> None:
+        tags = {"titk.state": state}
+        if reason:
+            tags["titk.reason"] = reason[:5000]
+        self.log_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FINISHED"))
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _tags(tags: dict) -> dict:
+    return {key(k): _text(v)[:5000] for k, v in tags.items()}
+
+
+def _finite(value) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return v == v and v not in (float("inf"), float("-inf"))
