@@ -14,12 +14,18 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 
-# The distributed tests start a private PostgreSQL server; install it where it is missing and we may.
-if [[ -n "$extras" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    else
-        echo "note: PostgreSQL is not installed; the distributed tests will be skipped" >&2
+# The tests start a private PostgreSQL server and render the HTML report in headless Chromium;
+# install what is missing where we may (Debian's packages).
+if [[ -n "$extras" ]]; then
+    missing=()
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    command -v chromium >/dev/null || missing+=(chromium)
+    if (( ${#missing[@]} )); then
+        if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        else
+            echo "note: ${missing[*]} not installed; the tests that need them will be skipped" >&2
+        fi
     fi
 fi
 

@@ -343,6 +343,24 @@ def serve(
     run_servers(workdir, port, dashboard_port, check=check, console=console)
 
 
+@app.command()
+def report(
+    workdir: Optional[Path] = typer.Argument(None, help="a sweep's work directory"),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="the HTML file to write"),
+    study: Optional[str] = typer.Option(None, help="study name (with --storage and --tracking-uri instead of a work dir)"),
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+):
+    """One self-contained HTML page about a study: progress, best trials and their samples, which settings
+    matter, identity against editability, learning curves, which images help, personality, seed variance."""
+    from .analysis import load_study
+    from .analysis.report import write_report
+
+    data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri)
+    path = write_report(data, output)
+    console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, opens offline)", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)

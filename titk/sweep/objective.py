@@ -85,11 +85,19 @@ class Worker:
             if self.config.bs_ga_within_dataset:
                 trial.set_constraint("bs_ga", config.train.batch_size * config.train.grad_accum - len(subset))
             self._log_start(trial, run_id, settings, config, plan, chosen)
-            values = []
+            values, summaries, personality = [], [], None
             for repeat in range(self.config.repeats):
                 run_config = apply_settings(config, {"train.seed": config.train.seed + repeat}, output={"dir": str(folder / f"seed-{repeat}")})
-                values.append(self._train_and_score(trial, run_id, run_config, subset, plan, prune=repeat == 0))
+                card = self._train_and_score(trial, run_id, run_config, subset, plan, prune=repeat == 0)
+                values.append(objective_value(card.summary, self.config))
+                summaries.append({k: v for k, v in card.summary.items() if isinstance(v, float) and v == v})
+                personality = _add_histograms(personality, card.extras.get("personality"))
             value = _mean(values)
+            # What analysis reads back: the mean summary over seeds, each seed's objective, the histograms.
+            trial.set_user_attr("summary", {k: sum(s.get(k, 0.0) for s in summaries) / len(summaries) for k in summaries[0]})
+            trial.set_user_attr("values_per_seed", [list(v) if isinstance(v, tuple) else v for v in values])
+            if personality:
+                trial.set_user_attr("personality", personality)
             self._constraints(trial, run_id)
             self.tracker.log_metrics(run_id, {"objective": value} if not isinstance(value, tuple) else {f"objective_{i}": v for i, v in enumerate(value)}, plan.stop_step)
             self.tracker.finish(run_id, "COMPLETE")
@@ -168,8 +176,10 @@ class Worker:
         self.tracker.log_scorecard(run_id, card, result.steps_done, "final")
         self.tracker.log_files(run_id, result.files, "embeddings")
         self.tracker.log_files(run_id, [result.run_dir / "train_log.csv", result.run_dir / "plan.json"], f"train/seed-{config.train.seed}")
-        trial.set_user_attr("summary", {k: v for k, v in card.summary.items() if isinstance(v, float) and v == v})
-        return objective_value(card.summary, self.config)
+        value = objective_value(card.summary, self.config)
+        if self.config.repeats > 1 and not isinstance(value, tuple):
+            self.tracker.log_metrics(run_id, {f"seed.{config.train.seed}.objective": value}, result.steps_done)
+        return card
 
     def _final_score(self, trial, run_id, embedding, name, prune: bool):
         """The final evaluation; with the Wilcoxon pruner it goes prompt by prompt, each image an instance."""
@@ -201,6 +211,17 @@ def _row_value(row, name: str, missing: float) -> float:
         raise TitkError(f"objective.metrics: {name} has no per-image value; the Wilcoxon pruner needs one of {', '.join(PER_IMAGE)}")
     value = getattr(row, column, float("nan"))
     return missing if value is None or value != value else float(value)
+
+
+def _add_histograms(total: dict | None, hists: dict | None) -> dict | None:
+    """Label counts summed over seeds."""
+    if not hists:
+        return total
+    if total is None:
+        return {name: dict(h) for name, h in hists.items()}
+    for name, h in hists.items():
+        total[name]["generated"] = [a + b for a, b in zip(total[name]["generated"], h["generated"])]
+    return total
 
 
 def _mean(values: list):

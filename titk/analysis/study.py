@@ -1,0 +1,114 @@
+"""Loading a study into pandas: one row per trial, learning curves, personality histograms.
+
+From a work directory (its `sweep.json` names the storage and tracking URI) or from explicit URIs (a
+PostgreSQL storage and an MLflow tracking server). Optuna holds the trial states, parameters and what each
+trial recorded (its subset, mean summary, per-seed values, histograms); MLflow holds the metric histories.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from ..errors import TitkError
+
+
+@dataclass
+class StudyData:
+    name: str
+    study: optuna.Study
+    trials: pd.DataFrame  # one row per trial
+    images: list[str] = field(default_factory=list)  # every dataset image, for attribution
+    tracking_uri: str | None = None
+    workdir: Path | None = None
+
+    @property
+    def objectives(self) -> list[str]:
+        return [c for c in ("value", "value0", "value1") if c in self.trials]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.trials[self.trials["state"] == "COMPLETE"]
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        if not self.tracking_uri:
+            raise TitkError("this study was loaded without a tracking URI")
+        return MlflowClient(self.tracking_uri)
+
+    def curves(self, metrics: tuple[str, ...] = ("train.loss", "identity.similarity", "objective")) -> pd.DataFrame:
+        """Metric histories of every trial from MLflow, long format: trial, metric, step, value."""
+        client, rows = self.client(), []
+        for trial, run_id in self.trials[["trial", "mlflow_run_id"]].itertuples(index=False):
+            if not isinstance(run_id, str):
+                continue
+            for metric in metrics:
+                for m in client.get_metric_history(run_id, metric.replace("@", "/")):
+                    rows.append({"trial": trial, "metric": metric, "step": m.step, "value": m.value})
+        table = pd.DataFrame(rows, columns=["trial", "metric", "step", "value"])
+        # Trials with several seeds log each metric once per seed at the same steps: their mean is the curve.
+        return table.groupby(["trial", "metric", "step"], as_index=False)["value"].mean()
+
+
+def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None) -> StudyData:
+    from ..sweep.storage import optuna_storage
+
+    meta = {}
+    if workdir is not None:
+        workdir = Path(workdir)
+        path = workdir / "sweep.json"
+        if not path.is_file():
+            raise TitkError(f"{workdir}: not a sweep work directory (no sweep.json); run `titk sweep` first")
+        meta = json.loads(path.read_text())
+        study = study or meta["config"]["study"]
+        tracking_uri = tracking_uri or meta.get("tracking_uri")
+        stored = meta.get("storage", "")
+        storage = storage or (stored if "://" in stored else None)
+    if study is None:
+        raise TitkError("give a work directory, or --study with --storage and --tracking-uri")
+    backend = optuna_storage(storage, workdir or Path("."), heartbeat=60) if (storage or workdir) else None
+    if backend is None:
+        raise TitkError("give a work directory or an Optuna storage URL")
+    try:
+        loaded = optuna.load_study(study_name=study, storage=backend)
+    except KeyError:
+        raise TitkError(f"study {study!r} not found in its storage") from None
+    images = _dataset_images(meta)
+    return StudyData(study, loaded, trials_frame(loaded), images, tracking_uri, workdir)
+
+
+def _dataset_images(meta: dict) -> list[str]:
+    from ..data.images import is_image_path
+
+    try:
+        folder = Path(meta["config"]["base"]["data"]["path"])
+    except (KeyError, TypeError):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_path(p)) if folder.is_dir() else []
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, value(s), parameters, the mean summary metrics, subset, seeds' values."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.WAITING:
+            continue
+        row = {"trial": t.number, "state": t.state.name, "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+        if t.values is not None:
+            if len(t.values) == 1:
+                row["value"] = t.values[0]
+            else:
+                row.update({f"value{i}": v for i, v in enumerate(t.values)})
+        row.update({f"param.{k}": v for k, v in t.params.items() if not k.startswith("include:")})
+        row.update({f"metric.{k}": v for k, v in t.user_attrs.get("summary", {}).items()})
+        row["subset"] = t.user_attrs.get("subset")
+        row["values_per_seed"] = t.user_attrs.get("values_per_seed")
+        row["personality"] = t.user_attrs.get("personality")
+        row["reason"] = t.user_attrs.get("fail_reason")
+        rows.append(row)
+    return pd.DataFrame(rows)
