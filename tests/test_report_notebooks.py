@@ -1,6 +1,5 @@
 """`titk report` rendered in headless Chromium, and the notebooks run top to bottom, on a study made here."""
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
