@@ -40,6 +40,22 @@ def _print_sections(sections: dict[str, dict[str, str]]) -> None:
         console.print()
 
 
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
+
+
+def _print_frame(frame, title: str, columns: dict[str, str]) -> None:
+    """Some columns of a DataFrame as a table; `columns` maps each column to its header."""
+    table = Table(title=escape(title), title_justify="left")
+    for header in columns.values():
+        table.add_column(header, overflow="fold")
+    for row in frame[list(columns)].itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    console.print(table)
+
+
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Versions, devices and what they support, where models and face packs are looked for, the hub."""
@@ -55,7 +71,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print the report 
 def _is_model_source(path: str) -> bool:
     """A model (folder, checkpoint, hub id) rather than an embedding file."""
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() or path == "toyworld":
         return True
     if not p.exists():
         return "/" in path and p.suffix == ""  # a hub id
@@ -215,13 +231,8 @@ def evaluate(
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    shown = [c for c in ("embedding", "identity.similarity", "identity.detection_rate", "identity.ceiling", "clip_t", "clip_i", "diversity.vendi") if c in table]
-    result = Table(title="scores", title_justify="left")
-    for column in shown:
-        result.add_column(column)
-    for row in table[shown].itertuples(index=False):
-        result.add_row(*[f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in row])
-    console.print(result)
+    shown = ("embedding", "identity.similarity", "identity.detection_rate", "identity.ceiling", "clip_t", "clip_i", "diversity.vendi")
+    _print_frame(table, "scores", {c: c for c in shown if c in table})
     console.print(f"per-image tables, scorecards and grids in {out}/<embedding>/; summary in {out / 'summary.csv'}", highlight=False, soft_wrap=True)
 
 
@@ -250,15 +261,10 @@ def dataset_check(
     report = check_dataset(folder, face_embedder=embedder, base_size=size)
     out = out or Path(f"dataset-check-{folder.resolve().name}")
     paths = report.save(out)
-    table = Table(title=f"{folder} — {report.summary['images']} images, {report.summary['flagged']} flagged", title_justify="left")
     headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face_share": "face",
                "sharpness": "sharp", "identity_loo": "id LOO", "flags": "flags"}
-    for header in headers.values():
-        table.add_column(header, overflow="fold")
     view = report.table.assign(size=report.table["width"].astype(str) + "×" + report.table["height"].astype(str))
-    for row in view[list(headers)].itertuples(index=False):
-        table.add_row(*["-" if v is None or (isinstance(v, float) and v != v) else escape(str(v)) for v in row])
-    console.print(table)
+    _print_frame(view, f"{folder} — {report.summary['images']} images, {report.summary['flagged']} flagged", headers)
     for skipped in report.summary["skipped"]:
         console.print(f"[yellow]skipped:[/] {escape(skipped)}", soft_wrap=True)
     console.print(f"table: {paths['table']}; contact sheet: {paths['sheet']}", highlight=False, soft_wrap=True)
@@ -293,13 +299,8 @@ def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, cre
     table = result.table
     counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
     best = best_trials(result.study, table)
-    view = Table(title=f"study {cfg.study}: {counts}", title_justify="left")
     columns = [c for c in best.columns if c in ("trial", "value", "value0", "value1", "feasible", "mlflow_run_id") or c.startswith("param.")]
-    for column in columns:
-        view.add_column(column.removeprefix("param."), overflow="fold")
-    for row in best[columns].itertuples(index=False):
-        view.add_row(*[f"{v:.4g}" if isinstance(v, float) else escape(str(v)) for v in row])
-    console.print(view)
+    _print_frame(best, f"study {cfg.study}: {counts}", {c: c.removeprefix("param.") for c in columns})
     console.print(f"MLflow UI and Optuna dashboard: titk serve {workdir}    report: titk report {workdir} -o report.html", highlight=False, soft_wrap=True)
 
 
@@ -359,6 +360,66 @@ def report(
     data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri)
     path = write_report(data, output)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, opens offline)", highlight=False)
+
+
+toyworld_app = typer.Typer(help="The toy world: a synthetic world where TI learning can be checked on a CPU.", no_args_is_help=True)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("dataset")
+def toyworld_dataset(
+    out: Path = typer.Argument(..., help="folder to write the images (and captions) to"),
+    identity: str = typer.Option("0", help="a held-out identity: its index or name"),
+    n: int = typer.Option(15, help="number of images"),
+    tank_tops: Optional[float] = typer.Option(None, help="share of images in a tank top (default: clothing uniform)"),
+    seed: int = typer.Option(0),
+    captions: bool = typer.Option(True, help="write <stem>.txt captions describing each look"),
+):
+    """Write a TI dataset of a toy-world identity that the toy model never saw."""
+    from .toyworld.world import clothing_bias, heldout, write_dataset
+
+    person = heldout(identity)
+    write_dataset(out, person, n, seed=seed, weights=clothing_bias("tank top", tank_tops) if tank_tops is not None else None, captions=captions)
+    console.print(f"wrote {n} images of {person.name} ({person.describe()}) to {out}", highlight=False, soft_wrap=True)
+
+
+@toyworld_app.command("pretrain")
+def toyworld_pretrain(
+    out: Path = typer.Option(Path("titk/toyworld/weights"), "--out", "-o", help="where the model folder, vision model and record go"),
+    unet_steps: int = typer.Option(4000, help="UNet and text-encoder training steps"),
+    vae_steps: int = typer.Option(1500),
+    vision_steps: int = typer.Option(1000),
+    seed: int = typer.Option(0),
+    continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
+):
+    """Train the toy world's model from scratch (about 2 hours on 2 CPU cores)."""
+    from .toyworld.pretrain import PretrainSettings, pretrain
+
+    settings = PretrainSettings(seed=seed, unet_steps=unet_steps, vae_steps=vae_steps, vision_steps=vision_steps,
+                                continue_from=str(continue_from) if continue_from else None)
+    record = pretrain(out, settings, log=lambda line: console.print(line, highlight=False))
+    console.print(f"done in {record['total_seconds'] / 60:.1f} min: {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("work/demo"), "--workdir", "-w", help="where the demo study goes"),
+    config: Optional[Path] = typer.Option(None, help="the demo sweep config (default: experiments/demo.yaml)"),
+    set_: list[str] = SetOption,
+):
+    """A small sweep in the toy world: a TI of a person the toy model never saw, searched over learning rate,
+    vectors and length, scored by the world's own face and attribute models. Run it again to continue."""
+    from .evaluate.suite import SOURCE_ROOT
+    from .toyworld.world import clothing_bias, heldout, write_dataset
+
+    config = config or next(p for p in (Path("experiments/demo.yaml"), SOURCE_ROOT / "experiments" / "demo.yaml") if p.is_file())
+    data = workdir / "data"
+    if not data.is_dir():
+        person = heldout(0)
+        write_dataset(data, person, 15, weights=clothing_bias("tank top", 0.6))
+        console.print(f"dataset: 15 images of {person.name} ({person.describe()}), 60 % in tank tops → {data}", highlight=False, soft_wrap=True)
+    _run_sweep(config, workdir, None, None, None, True, False, [f"base.data.path={data.resolve()}", *set_])
+    console.print(f"notebooks: TITK_WORKDIR={workdir} jupyter lab experiments/notebooks/", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,6 +103,10 @@ def _modules(pipe):
 
 
 def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
+    if str(source) == "toyworld":  # the toy world's pretrained model, shipped with titk
+        from ..toyworld.scorers import model_path
+
+        return "folder", model_path()
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder", path

@@ -59,6 +59,7 @@ class PretrainSettings:
     ema: float = 0.999
     caption_dropout: float = 0.1
     eval_every: int = 500
+    continue_from: str | None = None  # a saved toy model folder: continue its UNet and text encoder
 
 
 def render_set(settings: PretrainSettings):
@@ -147,16 +148,19 @@ def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> fl
     return hits / total
 
 
-def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None):
+def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..models.tokenizer import clip_tokenizer
 
-    torch.manual_seed(settings.seed + 1)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    torch.manual_seed(settings.seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    if start is not None:
+        unet, text_encoder = start
+    else:
+        torch.manual_seed(settings.seed + 1)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        torch.manual_seed(settings.seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     tokenizer = clip_tokenizer()
     ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     empty = ids[-1]
@@ -230,6 +234,31 @@ def save_pipeline(pipe, folder: Path) -> None:
         half.save_pretrained(folder, safe_serialization=True)
 
 
+def _continue(folder: Path, pixels, out: Path, record: dict):
+    """The VAE, vision model, UNet and text encoder of a saved toy model, and the latents of the images."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    from .scorers import load_vision
+
+    earlier = json.loads((folder.parent / "toyworld.json").read_text()) if (folder.parent / "toyworld.json").is_file() else {}
+    record.update({k: v for k, v in earlier.items() if k not in ("settings", "history", "total_seconds")})
+    record["earlier_history"] = earlier.get("history", [])
+    record["continued_from"] = {"settings": earlier.get("settings"), "seconds": earlier.get("total_seconds")}
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    vision_file = folder.parent / "vision.safetensors"
+    if (out / "vision.safetensors").resolve() != vision_file.resolve():
+        shutil.copy(vision_file, out / "vision.safetensors")
+    vision = load_vision(vision_file)
+    with torch.no_grad():
+        dists = [pipe.vae.encode(_to_unit(pixels[i : i + 256])).latent_dist for i in range(0, len(pixels), 256)]
+    means, stds = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+    pipe.unet.requires_grad_(True)
+    pipe.text_encoder.requires_grad_(True)
+    return pipe.vae, vision, (pipe.unet, pipe.text_encoder), means, stds
+
+
 def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=print) -> dict:
     settings = settings or PretrainSettings()
     out = Path(out)
@@ -240,17 +269,21 @@ def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=prin
 
     pixels, captions, owners = render_set(settings)
     log(f"rendered {len(pixels)} images of {len(pre)} identities")
+    start = None
+    if settings.continue_from:
+        vae, vision, start, means, stds = _continue(Path(settings.continue_from), pixels, out, record)
+        log(f"continuing from {settings.continue_from}")
+    else:
+        vision = train_vision(pre, steps=settings.vision_steps, seed=settings.seed, log=log)
+        record["vision_accuracy_pretrain_identities"] = accuracy(vision, pre)
+        record["vision_accuracy_heldout_identities"] = accuracy(vision, held)
+        log(f"vision accuracy on held-out identities: {record['vision_accuracy_heldout_identities']}")
+        save_vision(vision, out / "vision.safetensors")
+        record["vision_seconds"] = time.monotonic() - began
 
-    vision = train_vision(pre, steps=settings.vision_steps, seed=settings.seed, log=log)
-    record["vision_accuracy_pretrain_identities"] = accuracy(vision, pre)
-    record["vision_accuracy_heldout_identities"] = accuracy(vision, held)
-    log(f"vision accuracy on held-out identities: {record['vision_accuracy_heldout_identities']}")
-    save_vision(vision, out / "vision.safetensors")
-    record["vision_seconds"] = time.monotonic() - began
-
-    vae, means, stds, vae_stats = train_vae(pixels, settings, log)
-    record.update(vae_stats)
-    record["vae_seconds"] = time.monotonic() - began - record["vision_seconds"]
+        vae, means, stds, vae_stats = train_vae(pixels, settings, log)
+        record.update(vae_stats)
+        record["vae_seconds"] = time.monotonic() - began - record["vision_seconds"]
 
     def checkpoint(pipe, history):
         save_pipeline(pipe, out / "model")
@@ -258,8 +291,8 @@ def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=prin
         (out / "toyworld.json").write_text(json.dumps(record, indent=2))
 
     eval_people = pre[:8]
-    pipe, history = train_diffusion(means, stds, captions, settings, vae, vision, eval_people, log, checkpoint)
-    record["history"] = history
+    pipe, history = train_diffusion(means, stds, captions, settings, vae, vision, eval_people, log, checkpoint, start)
+    record["history"] = record.get("earlier_history", []) + history
     record["heldout_identities"] = [p.name for p in held]
     record["total_seconds"] = time.monotonic() - began
     save_pipeline(pipe, out / "model")

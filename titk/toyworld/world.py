@@ -212,3 +212,42 @@ def render(person: Identity | None, look: Look, seed: int) -> Image.Image:
 def sample(person: Identity | None, rng: random.Random, weights=None) -> tuple[Image.Image, Look, str]:
     look = random_look(rng, weights)
     return render(person, look, rng.randrange(2**31)), look, caption(person, look, rng)
+
+
+def heldout(name_or_index: str | int = 0) -> Identity:
+    """A held-out identity (never in pretraining), by index or name."""
+    _, held = identities()
+    if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+        return held[int(name_or_index)]
+    for person in held:
+        if person.name == name_or_index:
+            return person
+    from ..errors import TitkError
+
+    raise TitkError(f"toy world: no held-out identity named {name_or_index!r} (they are {', '.join(p.name for p in held)})")
+
+
+def write_dataset(folder, person: Identity, n: int = 15, *, seed: int = 0, weights: dict | None = None, captions: bool = True) -> list[Look]:
+    """`n` images of `person` as a TI dataset (`000.png` …), with A1111-style captions describing each look.
+
+    `weights` skews the looks, e.g. {"clothing": {"tank top": 0.8, "t-shirt": 0.2/3, ...}}.
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"dataset:{person.name}:{seed}")
+    looks = []
+    for i in range(n):
+        look = random_look(rng, weights)
+        render(person, look, rng.randrange(2**31)).save(folder / f"{i:03d}.png")
+        if captions:
+            (folder / f"{i:03d}.txt").write_text(f"{look.clothing_colour} {look.clothing}, {look.background}, {look.framing}")
+        looks.append(look)
+    return looks
+
+
+def clothing_bias(label: str, share: float) -> dict:
+    """Look weights where `share` of images wear `label` and the rest is spread over the other clothing."""
+    rest = (1.0 - share) / (len(CLOTHING) - 1)
+    return {"clothing": {c: share if c == label else rest for c in CLOTHING}}

@@ -1,0 +1,173 @@
+"""The toy world: its people, datasets and scorers; and the proofs that TI learns in it."""
+
+import random
+
+import numpy as np
+import pytest
+
+from titk.toyworld.world import (
+    CLOTHING, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
+)
+
+
+def test_identities_are_distinct_and_heldout_ones_are_new_combinations():
+    pre, held = identities()
+    assert len(pre) == 96 and len(held) == 8
+    people = pre + held
+    assert len({p.name for p in people}) == 104
+    combos = lambda ps: {tuple(p.attributes().values()) for p in ps}  # noqa: E731
+    assert not combos(held) & combos(pre)
+    for name, options in IDENTITY_ATTRIBUTES.items():  # every held-out attribute value occurs in pretraining
+        assert {getattr(p, name) for p in held} <= {getattr(p, name) for p in pre} <= set(options)
+    assert identities() == (pre, held) and heldout(0) == held[0] and heldout(held[1].name) == held[1]
+
+
+def test_rendering_and_looks():
+    person = heldout(0)
+    look = random_look(random.Random(0))
+    a, b = render(person, look, 7), render(person, look, 7)
+    assert a.size == (64, 64) and np.array_equal(np.asarray(a), np.asarray(b))
+    rng = random.Random(1)
+    draws = [random_look(rng, clothing_bias("tank top", 0.8)).clothing for _ in range(400)]
+    assert 0.74 < draws.count("tank top") / 400 < 0.86 and set(draws) <= set(CLOTHING)
+    text = caption(person, look, random.Random(0), style="both")
+    assert person.name in text and person.hair_colour in text and look.clothing in text
+
+
+def test_written_dataset(tmp_path):
+    looks = write_dataset(tmp_path, heldout(0), 15, weights=clothing_bias("tank top", 1.0))
+    assert len(list(tmp_path.glob("*.png"))) == 15 and all(look.clothing == "tank top" for look in looks)
+    assert "tank top" in (tmp_path / "000.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from titk.toyworld.scorers import ToyAttributeClassifier, ToyFaceEmbedder, load_vision
+
+    vision = load_vision()
+    return ToyFaceEmbedder(vision), ToyAttributeClassifier(vision)
+
+
+def test_toy_face_embedder_tells_people_apart(toy):
+    faces, _ = toy
+    _, held = identities()
+    rng = random.Random(3)
+    embs = {p.name: [faces.largest(render(p, random_look(rng), rng.randrange(2**31)))[0].embedding for _ in range(6)] for p in held}
+    same = [float(a @ b) for v in embs.values() for i, a in enumerate(v) for b in v[i + 1 :]]
+    other = [float(a @ b) for x in held for y in held if x.name < y.name for a in embs[x.name] for b in embs[y.name]]
+    assert np.mean(same) > np.mean(other) + 0.3
+    empty = render(None, random_look(rng), 1)
+    assert faces.faces(empty) == []  # no person, no face
+
+
+def test_toy_attribute_classifier_reads_clothing(toy, tmp_path):
+    from titk.evaluate.evaluator import EvalContext
+
+    _, classifier = toy
+    rng = random.Random(4)
+    people = identities()[1]
+    looks = [random_look(rng) for _ in range(60)]
+    images = [render(rng.choice(people), look, rng.randrange(2**31)) for look in looks]
+    probs = classifier.probabilities(images, EvalContext({}), "samples")
+    predicted = [CLOTHING[i] for i in probs["clothing"].argmax(1)]
+    assert np.mean([p == look.clothing for p, look in zip(predicted, looks)]) > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ proofs
+
+PROOF_SEEDS = list(range(1, 9))
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    from titk.models import load_model
+
+    return load_model("toyworld", dtype="fp32")
+
+
+def _train(bundle, data, out, cache, **train):
+    from titk.config import TrainConfig, parse
+    from titk.train.loop import train as run
+
+    settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 80, "learning_rate": "0.02", **train}
+    config = parse(TrainConfig, {
+        "model": {"source": "toyworld", "dtype": "fp32"},
+        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
+        "data": {"path": str(data), "template": "subject", "width": 64, "height": 64},
+        "train": settings,
+        "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
+    }, "proof")
+    return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
+
+
+def _generate(bundle, embedding, prompts, seeds):
+    from titk.embeddings.fit import vectors_for
+    from titk.evaluate.sampler import embedding_active, generate
+
+    pairs = [(p, s) for p in prompts for s in seeds]
+    with embedding_active(bundle, vectors_for(embedding, bundle)):
+        return generate(bundle, [p for p, _ in pairs], [s for _, s in pairs], name="ohwx", n_vectors=embedding.n_vectors,
+                        steps=20, cfg=5.0, width=64, height=64, batch_size=8)
+
+
+def _initial(bundle):
+    from titk.embeddings import Embedding
+    from titk.embeddings.placeholder import init_vectors
+
+    enc = bundle.encoders[0]
+    return Embedding("ohwx", {enc.key: init_vectors(enc.tokenizer, enc.table, "person", 4, "stretch", True)})
+
+
+def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, tmp_path):
+    """15 images of a held-out person: samples of the trained TI look like them, the init text's do not."""
+    from scipy import stats
+
+    faces, _ = toy
+    person = heldout(0)
+    write_dataset(tmp_path / "data", person, 15)
+    references = [render(person, random_look(random.Random(i)), i) for i in range(15)]
+    centroid = np.mean([faces.largest(img)[0].embedding for img in references], axis=0)
+    centroid /= np.linalg.norm(centroid)
+
+    def similarity(images):
+        return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
+
+    trained = _train(toy_model, tmp_path / "data", tmp_path / "run", tmp_path / "cache")
+    after = similarity(_generate(toy_model, trained, ["a photo of ohwx"], PROOF_SEEDS))
+    before = similarity(_generate(toy_model, _initial(toy_model), ["a photo of ohwx"], PROOF_SEEDS))
+    gain = after - before
+    assert gain.mean() > 0.2, f"mean gain {gain.mean():.3f}: before {before.round(2)}, after {after.round(2)}"
+    assert (gain > 0).sum() >= 7
+    assert stats.ttest_rel(after, before, alternative="greater").pvalue < 0.01
+
+
+def test_a_dataset_in_tank_tops_gives_a_ti_in_tank_tops(toy_model, toy, tmp_path):
+    """The same person, 80 % tank tops against a balanced wardrobe: the TI inherits the bias when the prompt
+    leaves clothing open."""
+    from titk.evaluate.evaluator import EvalContext
+
+    _, classifier = toy
+    person = heldout(0)
+    shares = {}
+    for name, weights in (("biased", clothing_bias("tank top", 0.8)), ("balanced", None)):
+        write_dataset(tmp_path / name, person, 15, seed=5, weights=weights)
+        embedding = _train(toy_model, tmp_path / name, tmp_path / f"run-{name}", tmp_path / "cache")
+        images = _generate(toy_model, embedding, ["ohwx", "a photo of ohwx"], list(range(1, 17)))
+        probs = classifier.probabilities(images, EvalContext({}), "samples")["clothing"]
+        shares[name] = float(np.mean(probs.argmax(1) == CLOTHING.index("tank top")))
+    assert shares["biased"] > shares["balanced"] + 0.2, shares
+
+
+@pytest.mark.slow
+def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
+    """The README's main job, made smaller: the same command and config, two trials of one seed."""
+    workdir = tmp_path / "demo"
+    code, out, err = run_cli("demo", "-w", workdir, "--set", "n_trials=2", "--set", "repeats=1")
+    assert code == 0, err
+    assert len(list((workdir / "data").glob("*.png"))) == 15
+    assert "study demo" in out and f"titk serve {workdir}" in out and f"titk report {workdir}" in out and "notebooks" in out
+    from titk.analysis import load_study
+
+    data = load_study(workdir)
+    assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
+    assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
