@@ -42,7 +42,7 @@ def optuna_storage(url: str | None, workdir: Path, heartbeat: int = 60, max_retr
             if on_stale:
                 on_stale(study, trial)
 
-        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, failed_trial_callback=stale)
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, heartbeat_stale_trial_callback=stale)
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
         storage.get_all_studies()
