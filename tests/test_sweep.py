@@ -117,6 +117,9 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, f
     assert numbers == [0, 1, 2, 3]  # finished trials were not run again
     interrupted_run = next(r for r in runs if r.data.tags["titk.trial"] == "2")
     assert interrupted_run.info.status == "KILLED" and "interrupted" in interrupted_run.data.tags["titk.reason"]
+    client, _, (parent,) = runs_of(tmp_path / "work")
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "trials.json", str(tmp_path))).read())
+    assert sorted(int(row[table["columns"].index("trial")]) for row in table["data"]) == [0, 1, 2, 3]  # replaced, not appended
 
 
 def test_dataset_subsets(tmp_path, fixtures):

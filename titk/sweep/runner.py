@@ -221,6 +221,8 @@ def _log_study(tracker, parent: str, study: optuna.Study, table: pd.DataFrame) -
         metrics["best.value"] = float(best.iloc[0]["value"])
         tracker.log_tags(parent, {"titk.best_trial": int(best.iloc[0]["trial"]), "titk.best_run_id": best.iloc[0]["mlflow_run_id"]})
     tracker.log_metrics(parent, metrics, step=len(table))
-    tracker.client.log_table(parent, data=table.astype(str), artifact_file="trials.json")
+    # log_table would append to the previous call's rows when a study is continued; this replaces them
+    rows = table.astype(str).to_dict(orient="split", index=False)
+    tracker.client.log_dict(parent, {"columns": rows["columns"], "data": rows["data"]}, "trials.json")
     tracker.log_tags(parent, {"titk.updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     tracker.client.set_terminated(parent, status="FINISHED")
