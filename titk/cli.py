@@ -277,6 +277,9 @@ TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI 
 
 def _trial_line(study, trial) -> None:
     value = "" if trial.values is None else "  value " + ", ".join(f"{v:.4f}" for v in trial.values)
+    if trial.state.name == "PRUNED" and trial.intermediate_values:  # not comparable with finished trials' values
+        step = max(trial.intermediate_values)
+        value = f"  at step {step}: {trial.intermediate_values[step]:.4f} on the intermediate suite"
     reason = trial.user_attrs.get("fail_reason") or ""
     colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
     console.print(f"[{colour}]trial {trial.number} {trial.state.name.lower()}[/]{value}  {escape(reason)}", highlight=False, soft_wrap=True)
@@ -299,8 +302,14 @@ def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, cre
     table = result.table
     counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
     best = best_trials(result.study, table)
-    columns = [c for c in best.columns if c in ("trial", "value", "value0", "value1", "feasible", "mlflow_run_id") or c.startswith("param.")]
-    _print_frame(best, f"study {cfg.study}: {counts}", {c: c.removeprefix("param.") for c in columns})
+    if "mlflow_run_id" in best:  # eight characters find a run in the MLflow UI's search, as with git hashes
+        best = best.assign(run=best["mlflow_run_id"].fillna("").str[:8])
+    params = [c for c in best.columns if c.startswith("param.")]
+    short = [c.rsplit(".", 1)[-1] for c in params]
+    headers = {c: c for c in ("trial", "value", "value0", "value1", "feasible") if c in best}
+    headers.update({c: s if short.count(s) == 1 else c.removeprefix("param.") for c, s in zip(params, short)})
+    headers.update({"run": "MLflow run"} if "run" in best else {})
+    _print_frame(best, f"study {cfg.study}: {counts}", headers)
     console.print(f"MLflow UI and Optuna dashboard: titk serve {workdir}    report: titk report {workdir} -o report.html", highlight=False, soft_wrap=True)
 
 
@@ -386,17 +395,20 @@ def toyworld_dataset(
 @toyworld_app.command("pretrain")
 def toyworld_pretrain(
     out: Path = typer.Option(Path("titk/toyworld/weights"), "--out", "-o", help="where the model folder, vision model and record go"),
-    unet_steps: int = typer.Option(4000, help="UNet and text-encoder training steps"),
-    vae_steps: int = typer.Option(1500),
-    vision_steps: int = typer.Option(1000),
-    seed: int = typer.Option(0),
+    unet_steps: Optional[int] = typer.Option(None, help="length of the UNet and text-encoder learning-rate schedule"),
+    stop_at: Optional[int] = typer.Option(None, help="end the UNet at this step of that schedule (the shipped model ends before the schedule does)"),
+    vae_steps: Optional[int] = typer.Option(None),
+    vision_steps: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
     continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
 ):
-    """Train the toy world's model from scratch (about 2 hours on 2 CPU cores)."""
+    """Train the toy world's model from scratch (about 2 hours on 2 CPU cores). Unset options take the
+    defaults of titk.toyworld.pretrain.PretrainSettings, which reproduce the shipped model."""
     from .toyworld.pretrain import PretrainSettings, pretrain
 
-    settings = PretrainSettings(seed=seed, unet_steps=unet_steps, vae_steps=vae_steps, vision_steps=vision_steps,
-                                continue_from=str(continue_from) if continue_from else None)
+    given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
+                 continue_from=str(continue_from) if continue_from else None)
+    settings = PretrainSettings(**{k: v for k, v in given.items() if v is not None})
     record = pretrain(out, settings, log=lambda line: console.print(line, highlight=False))
     console.print(f"done in {record['total_seconds'] / 60:.1f} min: {out}", highlight=False)
 
