@@ -89,7 +89,7 @@ def _train(bundle, data, out, cache, **train):
     from titk.config import TrainConfig, parse
     from titk.train.loop import train as run
 
-    settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 80, "learning_rate": "0.02", **train}
+    settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 400, "learning_rate": "0.02", **train}
     config = parse(TrainConfig, {
         "model": {"source": "toyworld", "dtype": "fp32"},
         "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
@@ -171,3 +171,23 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     data = load_study(workdir)
     assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
     assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
+
+
+def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path):
+    """The pretraining command end to end, minutes made into seconds: a diffusers folder titk loads, the vision
+    model, and a record whose history stops where stop_at says; a continuation keeps the earlier history."""
+    import json
+
+    from titk.models import load_model
+    from titk.toyworld.pretrain import PretrainSettings, pretrain
+
+    tiny = dict(images_per_identity=1, vision_steps=2, vae_steps=2, unet_steps=8, stop_at=4, batch_size=4, eval_every=2)
+    lines = []
+    record = pretrain(tmp_path / "a", PretrainSettings(**tiny), log=lines.append)
+    assert [h["step"] for h in record["history"]] == [2, 4] and "unet step 0" in "\n".join(lines)
+    assert json.loads((tmp_path / "a" / "toyworld.json").read_text())["settings"]["stop_at"] == 4
+    bundle = load_model(str(tmp_path / "a" / "model"), dtype="fp32")
+    assert bundle.family.name == "SD1" and (tmp_path / "a" / "vision.safetensors").is_file()
+
+    again = pretrain(tmp_path / "b", PretrainSettings(**{**tiny, "stop_at": 2, "continue_from": str(tmp_path / "a" / "model")}), log=lines.append)
+    assert [h["step"] for h in again["history"]] == [2, 4, 2] and again["continued_from"]["settings"]["stop_at"] == 4

@@ -54,6 +54,7 @@ class PretrainSettings:
     vision_steps: int = 1000
     vae_steps: int = 1500
     unet_steps: int = 4000
+    stop_at: int | None = 3500  # end the UNet here, still on unet_steps' learning-rate schedule (the shipped model)
     batch_size: int = 64
     learning_rate: float = 3e-4
     ema: float = 0.999
@@ -182,7 +183,8 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     scaling = vae.config.scaling_factor
     history = []
     started = time.monotonic()
-    for step in range(settings.unet_steps):
+    last = min(settings.stop_at or settings.unet_steps, settings.unet_steps)
+    for step in range(last):
         unet.train()
         text_encoder.train()
         idx = torch.randint(0, len(means), (settings.batch_size,), generator=gen)
@@ -207,7 +209,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
                     e.lerp_(p, 1 - decay)
         if step % 50 == 0:
             log(f"unet step {step}: loss {loss.item():.4f}  ({time.monotonic() - started:.0f} s)")
-        if (step + 1) % settings.eval_every == 0 or step == settings.unet_steps - 1:
+        if (step + 1) % settings.eval_every == 0 or step == last - 1:
             pipe = build_pipeline(vae, ema_unet, ema_te)
             acc = identity_accuracy(pipe, vision, eval_people)
             history.append({"step": step + 1, "loss": loss.item(), "identity_attribute_accuracy": acc, "seconds": time.monotonic() - started})
