@@ -5,6 +5,7 @@ per trial. Nothing uses MLflow's global active run, so workers and threads never
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -31,6 +32,9 @@ class Tracker:
         self.uri = uri
         # titk draws its own progress; MLflow's per-artifact bars would interleave with it
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # a new store's schema set-up is routine, not news on every first sweep
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         # MLflow warns about inferred schemas of every table and dataset it is given; titk's are fine.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
         self.client = MlflowClient(tracking_uri=uri)
