@@ -22,7 +22,8 @@ def runs_of(workdir, study="tiny"):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, fixtures):
     tmp = tmp_path_factory.mktemp("sweep")
-    config = load_sweep_config(write_config(tmp, fixtures))
+    # 7 steps, evaluated every 2: at 2 and 4 on the intermediate suite; not at 6, one step before the final one
+    config = load_sweep_config(write_config(tmp, fixtures, base__train__max_steps=7))
     result = run_sweep(config, workdir=tmp / "work", show_progress=False)
     return tmp, result
 
@@ -50,9 +51,9 @@ def test_mlflow_holds_everything_to_compare(finished):
     params = done.data.params
     assert params["search.train.learning_rate"] == "0.05" and params["effective.batch_size"] == "2"
     assert {"effective.steps", "effective.epochs", "effective.image_views", "effective.grad_accum", "train.semantics"} <= set(params)
-    history = client.get_metric_history(done.info.run_id, "norms.mean")
-    assert [m.step for m in history] == [2, 4, 6]
-    assert {m.step for m in client.get_metric_history(done.info.run_id, "train.loss")} == {2, 4, 6}
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "intermediate.norms.mean")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "norms.mean")] == [7]  # the final suite's, apart
+    assert {m.step for m in client.get_metric_history(done.info.run_id, "train.loss")} == {2, 4, 7}
     artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
     assert {"images", "scores", "scorecards", "embeddings", "train"} <= artifacts
     assert {a.path for a in client.list_artifacts(done.info.run_id, "embeddings")} == {"embeddings/ohwx.pt", "embeddings/ohwx.safetensors"}

@@ -57,16 +57,23 @@ def pareto(trials: pd.DataFrame, a: str, b: str, front: pd.DataFrame):
     return fig
 
 
-def curves(table: pd.DataFrame, metric: str, highlight: list[int] | None = None):
+def curves(table: pd.DataFrame, metric: str, highlight: list[int] | None = None, final: str | None = None):
+    """One line per trial; `final` names a metric (the final evaluation's, on another suite) drawn as an
+    unjoined marker at its step, in the colour of the trial's line."""
     fig, ax = _figure()
     data = table[table["metric"] == metric]
+    ends = table[table["metric"] == final] if final else table.iloc[:0]
     for trial, group in data.groupby("trial"):
         strong = highlight and trial in highlight
-        ax.plot(group["step"], group["value"], lw=2 if strong else 0.8, alpha=1 if strong else 0.45, label=f"trial {trial}" if strong else None)
+        (line,) = ax.plot(group["step"], group["value"], lw=2 if strong else 0.8, alpha=1 if strong else 0.45, label=f"trial {trial}" if strong else None)
+        end = ends[ends["trial"] == trial]
+        ax.scatter(end["step"], end["value"], marker="*", s=90 if strong else 40, color=line.get_color(), alpha=1 if strong else 0.45, zorder=3)
+    if not ends.empty:
+        ax.scatter([], [], marker="*", color="#555", label=f"{final} (final evaluation)")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} during training")
-    if highlight:
+    if highlight or not ends.empty:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

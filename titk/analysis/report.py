@@ -105,9 +105,10 @@ def build_report(data: StudyData, top: int = 3) -> str:
             curves = data.curves()
         except Exception:
             curves = pd.DataFrame(columns=["trial", "metric", "step", "value"])
-        for metric in ("identity.similarity", "train.loss"):
+        for metric, final in (("intermediate.identity.similarity", "identity.similarity"), ("train.loss", None)):
             if not curves[curves["metric"] == metric].empty:
-                parts += [f"<h2>Learning curves: {metric}</h2>", _img(plots.curves(curves, metric, list(best["trial"])), f"{metric} curves")]
+                parts += [f"<h2>Learning curves: {metric}</h2>",
+                          _img(plots.curves(curves, metric, list(best["trial"]), final=final), f"{metric} curves")]
 
     subsets = trials["subset"].map(lambda s: isinstance(s, list)).sum() if "subset" in trials else 0
     varied = len({tuple(s) for s in trials["subset"] if isinstance(s, list)}) > 1 if subsets else False

@@ -41,8 +41,9 @@ class StudyData:
             raise TitkError("this study was loaded without a tracking URI")
         return MlflowClient(self.tracking_uri)
 
-    def curves(self, metrics: tuple[str, ...] = ("train.loss", "identity.similarity", "objective")) -> pd.DataFrame:
-        """Metric histories of every trial from MLflow, long format: trial, metric, step, value."""
+    def curves(self, metrics: tuple[str, ...] = ("train.loss", "intermediate.identity.similarity", "identity.similarity")) -> pd.DataFrame:
+        """Metric histories of every trial from MLflow, long format: trial, metric, step, value. Intermediate
+        evaluations are `intermediate.<metric>`; `<metric>` alone is the final evaluation (one step)."""
         client, rows = self.client(), []
         for trial, run_id in self.trials[["trial", "mlflow_run_id"]].itertuples(index=False):
             if not isinstance(run_id, str):

@@ -156,7 +156,7 @@ class Worker:
             pending["loss"].append(info["loss"])
             pending["lr"].append(info["lr"])
             step = info["step"]
-            if not (every and step % every == 0 and step < plan.stop_step):
+            if not (every and step % every == 0 and step + every <= plan.stop_step):  # the final evaluation covers the last stretch
                 return
             emb = Embedding(config.embedding.name, {k: v.detach().clone() for k, v in info["vectors"].items()}, step=step)
             card = self.evaluator.evaluate(emb, name=config.embedding.name, suite=self.intermediate)

@@ -87,8 +87,11 @@ class Tracker:
             self.client.set_tag(run_id, name, value)
 
     def log_scorecard(self, run_id: str, card, step: int, label: str) -> None:
-        """Metrics at `step`, the sample grid as a step image, the per-image table, and the scorecard."""
-        self.log_metrics(run_id, card.summary, step)
+        """Metrics at `step`, the sample grid as a step image, the per-image table, and the scorecard.
+        The final scorecard's metrics keep their names: they are the run's results in MLflow's tables. Others
+        come from another prompt suite, so they are named apart (`intermediate.identity.similarity`) and a
+        chart never joins the two."""
+        self.log_metrics(run_id, card.summary if label == "final" else {f"{label}.{k}": v for k, v in card.summary.items()}, step)
         if card.grid is not None:
             self.client.log_image(run_id, card.grid, key=f"{label}_samples", step=step)
         self.client.log_table(run_id, data=card.table, artifact_file=f"scores/{label}-step-{step:06d}.json")
