@@ -84,31 +84,31 @@ def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return se, dof
 
 
+def _histograms(trials: pd.DataFrame):
+    """(trial, label set, histogram) for every trial that recorded personality histograms."""
+    for trial, hists in trials[["trial", "personality"]].itertuples(index=False):
+        if isinstance(hists, dict):
+            for name, h in hists.items():
+                yield trial, name, h
+
+
 def personality_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Long format: trial, label set, label, share among the trial's generated images, share in the dataset."""
     rows = []
-    for trial, hists in trials[["trial", "personality"]].itertuples(index=False):
-        if not isinstance(hists, dict):
-            continue
-        for name, h in hists.items():
-            gen, data = np.asarray(h["generated"], float), np.asarray(h["dataset"], float)
-            for label, g, d in zip(h["labels"], gen / max(gen.sum(), 1), data / max(data.sum(), 1)):
-                rows.append({"trial": trial, "set": name, "label": label, "generated": g, "dataset": d})
+    for trial, name, h in _histograms(trials):
+        gen, data = np.asarray(h["generated"], float), np.asarray(h["dataset"], float)
+        for label, g, d in zip(h["labels"], gen / max(gen.sum(), 1), data / max(data.sum(), 1)):
+            rows.append({"trial": trial, "set": name, "label": label, "generated": g, "dataset": d})
     return pd.DataFrame(rows, columns=["trial", "set", "label", "generated", "dataset"])
 
 
 def personality_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """Per trial and label set: entropy of the generated labels and of the dataset's, and their JS divergence."""
-    rows = []
-    for trial, hists in trials[["trial", "personality"]].itertuples(index=False):
-        if not isinstance(hists, dict):
-            continue
-        for name, h in hists.items():
-            rows.append({
-                "trial": trial, "set": name, "entropy": entropy(h["generated"]), "dataset_entropy": entropy(h["dataset"]),
-                "js_to_dataset": js_divergence(h["generated"], h["dataset"]),
-                "top_label": h["labels"][int(np.argmax(h["generated"]))] if sum(h["generated"]) else None,
-            })
+    rows = [{
+        "trial": trial, "set": name, "entropy": entropy(h["generated"]), "dataset_entropy": entropy(h["dataset"]),
+        "js_to_dataset": js_divergence(h["generated"], h["dataset"]),
+        "top_label": h["labels"][int(np.argmax(h["generated"]))] if sum(h["generated"]) else None,
+    } for trial, name, h in _histograms(trials)]
     return pd.DataFrame(rows)
 
 
