@@ -19,6 +19,18 @@ def test_help_lists_the_commands(run_cli):
         assert command in out
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["toyworld", "dataset", "out", "--n", "abc"], "--n"),
+    (["toyworld", "pretrain", "--stop-at", "0"], "--stop-at"),
+    (["train"], "config"),
+    (["nosuch"], "nosuch"),
+])
+def test_command_line_mistakes_are_one_line(run_cli, args, needle):
+    code, _, err = run_cli(*args)
+    assert_one_line_error(code, err, needle, "--help")
+    assert code == 2
+
+
 def test_doctor_runs_offline(run_cli):
     code, out, _ = run_cli("doctor", "--json")
     assert code == 0

@@ -395,10 +395,10 @@ def toyworld_dataset(
 @toyworld_app.command("pretrain")
 def toyworld_pretrain(
     out: Path = typer.Option(Path("titk/toyworld/weights"), "--out", "-o", help="where the model folder, vision model and record go"),
-    unet_steps: Optional[int] = typer.Option(None, help="length of the UNet and text-encoder learning-rate schedule"),
-    stop_at: Optional[int] = typer.Option(None, help="end the UNet at this step of that schedule (the shipped model ends before the schedule does)"),
-    vae_steps: Optional[int] = typer.Option(None),
-    vision_steps: Optional[int] = typer.Option(None),
+    unet_steps: Optional[int] = typer.Option(None, min=1, help="length of the UNet and text-encoder learning-rate schedule"),
+    stop_at: Optional[int] = typer.Option(None, min=1, help="end the UNet at this step of that schedule (the shipped model ends before the schedule does)"),
+    vae_steps: Optional[int] = typer.Option(None, min=1),
+    vision_steps: Optional[int] = typer.Option(None, min=1),
     seed: Optional[int] = typer.Option(None),
     continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
 ):
@@ -440,12 +440,15 @@ def main(argv: list[str] | None = None) -> None:
     except TitkError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
+    except (click.exceptions.ClickException, typer.TyperException) as exc:  # newer typer raises its own copy of click's
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err_console.print(f"[bold red]error:[/] {escape(message)}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
 
 
