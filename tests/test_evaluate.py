@@ -12,7 +12,7 @@ import torch
 from helpers import assert_one_line_error, make_images
 from PIL import Image
 
-from titk.config import EvalSettings, parse
+from titk.config import DatasetCheckSettings, EvalSettings, IdentitySettings, parse
 from titk.embeddings import Embedding
 from titk.embeddings.formats import write_embedding
 from titk.errors import TitkError
@@ -47,7 +47,7 @@ def test_histogram_measures():
 def faces(assets):
     from titk.evaluate.scorers.identity import InsightFaceEmbedder
 
-    return InsightFaceEmbedder(str(assets / "face-test-pack"), det_size=640)
+    return InsightFaceEmbedder(IdentitySettings(pack=str(assets / "face-test-pack"), det_size=640))
 
 
 def _embedding(faces, path):
@@ -73,16 +73,18 @@ def test_no_face_gives_detection_rate_zero_and_nan_similarity(faces, assets):
     from titk.evaluate.scorers.identity import IdentityScorer
 
     scorer = IdentityScorer(faces)
-    refs = load_references(assets / "faces")
+    refs = load_references(assets / "faces", 64)
     scorer.prepare(References([i for i, p in zip(refs.images, refs.paths) if "obama" in p.name], []), EvalContext({}))
     blank = Sample(Image.new("RGB", (256, 256), (128, 128, 128)), "a photo of x", "a photo of ", 1, "identity", 0)
-    rows, summary = scorer.score([blank, blank], EvalContext({}))
+    result = scorer.score([blank, blank], EvalContext({}))
+    rows, summary = result.rows, result.summary
     assert summary["identity.detection_rate"] == 0.0
     assert math.isnan(summary["identity.similarity"]) and math.isnan(rows[0]["id_sim"])
     assert 0.5 < summary["identity.ceiling"] < 1.0  # Obama's photos, leave-one-out
     biden = Image.open(assets / "faces" / "biden__2.jpg").convert("RGB")
     obama = Image.open(assets / "faces" / "obama__4.jpg").convert("RGB")
-    rows, summary = scorer.score([Sample(obama, "", "", 1, "identity", 0), Sample(biden, "", "", 2, "identity", 0)], EvalContext({}))
+    result = scorer.score([Sample(obama, "", "", 1, "identity", 0), Sample(biden, "", "", 2, "identity", 0)], EvalContext({}))
+    rows, summary = result.rows, result.summary
     assert summary["identity.detection_rate"] == 1.0 and rows[0]["id_sim"] > 0.6 > 0.3 > rows[1]["id_sim"]
 
 
@@ -92,7 +94,7 @@ def test_missing_pack_and_faceless_references(tmp_path):
     with pytest.raises(TitkError, match=f"looked in {tmp_path / 'models' / 'buffalo_l'}"):
         resolve_pack("buffalo_l", tmp_path)
     with pytest.raises(TitkError, match="no .onnx"):
-        InsightFaceEmbedder(str(tmp_path))
+        InsightFaceEmbedder(IdentitySettings(pack=str(tmp_path)))
 
 
 def test_reference_folder_without_faces(faces, tmp_path):
@@ -102,7 +104,7 @@ def test_reference_folder_without_faces(faces, tmp_path):
     for i in range(2):
         Image.new("RGB", (128, 128), (i * 100, 50, 50)).save(tmp_path / f"{i}.png")
     with pytest.raises(TitkError, match="no face found in any of the 2 reference images"):
-        IdentityScorer(faces).prepare(load_references(tmp_path), EvalContext({}))
+        IdentityScorer(faces).prepare(load_references(tmp_path, 64), EvalContext({}))
 
 
 def test_dataset_check_on_real_photos(faces, assets, tmp_path, run_cli):
@@ -113,7 +115,7 @@ def test_dataset_check_on_real_photos(faces, assets, tmp_path, run_cli):
     for name in ("obama__1.jpg", "obama__2.jpg", "obama__3.jpg", "obama__4.jpg", "obama__5.jpg", "biden__1.jpg"):
         shutil.copy(assets / "faces" / name, folder / name)
     (folder / "obama__2.txt").write_text("obama at a lectern")
-    report = check_dataset(folder, face_embedder=faces)
+    report = check_dataset(folder, DatasetCheckSettings(), face_embedder=faces)
     rows = report.table.set_index("file")
     assert rows.loc["obama__1.jpg", "near_duplicates"] == "obama__5.jpg"
     assert rows.loc["obama__5.jpg", "near_duplicates"] == "obama__1.jpg"
@@ -138,7 +140,7 @@ def test_dataset_check_flags_blur_and_works_without_faces(tmp_path):
     sharp = Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
     sharp.save(tmp_path / "sharp.png")
     sharp.filter(ImageFilter.GaussianBlur(6)).save(tmp_path / "soft.png")
-    rows = check_dataset(tmp_path).table.set_index("file")
+    rows = check_dataset(tmp_path, DatasetCheckSettings()).table.set_index("file")
     assert "blurry" in rows.loc["soft.png", "flags"] and "blurry" not in rows.loc["sharp.png", "flags"]
 
 
@@ -149,7 +151,7 @@ def test_clip_plumbing_with_random_weights():
     from titk.evaluate.evaluator import EvalContext
     from titk.evaluate.scorers.clip import ClipModel, ClipScorer
 
-    clip = ClipModel("ViT-B-32", pretrained=None)
+    clip = ClipModel("ViT-B-32", None, "cpu", 32)
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)) for i in range(3)]
     feats = clip.image_features(images)
     assert feats.shape == (3, 512) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
@@ -157,7 +159,8 @@ def test_clip_plumbing_with_random_weights():
     scorer = ClipScorer(clip)
     ctx = EvalContext({})
     scorer.prepare(References(images[:1]), ctx)
-    rows, summary = scorer.score([Sample(images[0], "a photo of ohwx", "a photo of ", 1, "identity", 0)], ctx)
+    result = scorer.score([Sample(images[0], "a photo of ohwx", "a photo of ", 1, "identity", 0)], ctx)
+    rows, summary = result.rows, result.summary
     assert rows[0]["clip_i"] == pytest.approx(1.0, abs=1e-5)  # an image against itself
     assert -1.0 <= rows[0]["clip_t"] <= 1.0 and "clip_t@identity" in summary
 
@@ -166,9 +169,9 @@ def test_clip_weights_offline_is_a_clear_error():
     from titk.evaluate.scorers.clip import ClipModel
 
     with pytest.raises(TitkError, match="clip.pretrained"):
-        ClipModel("ViT-B-32", pretrained="openai")
+        ClipModel("ViT-B-32", "openai", "cpu", 32)
     with pytest.raises(TitkError, match="no such weights file"):
-        ClipModel("ViT-B-32", pretrained="/nowhere/clip.bin")
+        ClipModel("ViT-B-32", "/nowhere/clip.bin", "cpu", 32)
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +191,10 @@ def refs(tmp_path_factory):
 
 
 def test_evaluator_scores_and_is_deterministic(sd1, refs, tmp_path):
-    from titk.evaluate.evaluator import Evaluator, load_references
+    from titk.evaluate.evaluator import build_evaluator, load_references
 
     settings = parse(EvalSettings, {"suite": "quick", "scorers": ["clip", "diversity", "personality", "norms"], "clip": {"pretrained": None}}, "t")
-    evaluator = Evaluator(sd1, settings, load_references(refs))
+    evaluator = build_evaluator(sd1, settings, load_references(refs, 64))
     card = evaluator.evaluate(tiny_embedding())
     n = len(evaluator.suite.items)
     assert len(card.table) == n == 10 and card.grid is not None
@@ -213,14 +216,14 @@ def test_evaluator_scores_and_is_deterministic(sd1, refs, tmp_path):
 
 
 def test_identity_through_the_evaluator_with_the_real_pack(sd1, assets, tmp_path):
-    from titk.evaluate.evaluator import Evaluator, load_references
+    from titk.evaluate.evaluator import build_evaluator, load_references
 
     folder = tmp_path / "obama"
     folder.mkdir()
     for p in sorted((assets / "faces").glob("obama__*"))[:3]:
         shutil.copy(p, folder / p.name)
     settings = parse(EvalSettings, {"suite": "quick", "scorers": ["identity", "norms"], "identity": {"pack": str(assets / "face-test-pack")}}, "t")
-    card = Evaluator(sd1, settings, load_references(folder)).evaluate(tiny_embedding())
+    card = build_evaluator(sd1, settings, load_references(folder, 64)).evaluate(tiny_embedding())
     assert card.summary["identity.detection_rate"] == 0.0  # a random tiny model draws no faces
     assert math.isnan(card.summary["identity.similarity"])
     assert card.protocol["identity"]["det_size"] == 640 and card.protocol["identity"]["embedding_dim"] == 128

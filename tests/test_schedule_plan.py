@@ -10,7 +10,7 @@ from titk.data.dataset import scan_dataset
 from titk.errors import TitkError
 from titk.train.plan import make_plan
 from titk.train.schedule import Schedule, parse_schedule
-from titk.train.semantics import A1111Batching, KohyaBatching
+from titk.train.batching import A1111Batching, KohyaBatching
 
 RECIPES = Path(__file__).resolve().parents[1] / "experiments" / "recipes"
 

@@ -42,7 +42,8 @@ def test_written_dataset(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy():
-    from titk.toyworld.scorers import ToyAttributeClassifier, ToyFaceEmbedder, load_vision
+    from titk.evaluate.scorers.toyworld import ToyAttributeClassifier, ToyFaceEmbedder
+    from titk.toyworld.vision import load_vision
 
     vision = load_vision()
     return ToyFaceEmbedder(vision), ToyAttributeClassifier(vision)
@@ -102,12 +103,13 @@ def _train(bundle, data, out, cache, **train):
 
 def _generate(bundle, embedding, prompts, seeds):
     from titk.embeddings.fit import vectors_for
-    from titk.evaluate.sampler import embedding_active, generate
+    from titk.config import SamplingSettings
+    from titk.models.sampling import embedding_active, generate
 
     pairs = [(p, s) for p in prompts for s in seeds]
     with embedding_active(bundle, vectors_for(embedding, bundle)):
-        return generate(bundle, [p for p, _ in pairs], [s for _, s in pairs], name="ohwx", n_vectors=embedding.n_vectors,
-                        steps=20, cfg=5.0, width=64, height=64, batch_size=8)
+        sampling = SamplingSettings(steps=20, cfg=5.0, width=64, height=64, batch_size=8)
+        return generate(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
 
 
 def _initial(bundle):
@@ -179,7 +181,8 @@ def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path):
     import json
 
     from titk.models import load_model
-    from titk.toyworld.pretrain import PretrainSettings, pretrain
+    from titk.config import PretrainSettings
+    from titk.toyworld.pretrain import pretrain
 
     tiny = dict(images_per_identity=1, vision_steps=2, vae_steps=2, unet_steps=8, stop_at=4, batch_size=4, eval_every=2)
     lines = []

@@ -109,7 +109,7 @@ def inspect(
         _print_sections({"model": bundle.describe()})
         return
     from .embeddings.formats import read_embedding_file
-    from .embeddings.report import describe
+    from .embeddings.describe import describe
 
     found = read_embedding_file(path)
     bundle = load_model(model, config_dir=model_config, dtype=dtype, device=device) if model else None
@@ -126,7 +126,7 @@ def convert(
     """Convert an embedding between the formats people exchange."""
     from .embeddings.embedding import check_name
     from .embeddings.formats import FORMAT_BY_SUFFIX, read_embedding_file, write_embedding
-    from .embeddings.report import summary
+    from .embeddings.describe import summary
 
     found = read_embedding_file(source)
     emb = found.embedding
@@ -161,7 +161,7 @@ def plan(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        from .train.report import print_plan
+        from .train.plan_table import print_plan
 
         print_plan(result, console)
 
@@ -176,11 +176,15 @@ def train(
 ):
     """Train a TI embedding: checkpoints, previews, a log and resumable states in the run folder."""
     from .config import load_train_config
+    from .models.loading import read_architecture
+    from .train.loop import load_dataset
     from .train.loop import train as run_training
-    from .train.report import print_plan
+    from .train.plan import make_plan
+    from .train.plan_table import print_plan
 
     cfg = load_train_config(config, dataset=dataset, output=output, overrides=set_)
-    result = run_training(cfg, resume=resume, show_progress=True)
+    data = load_dataset(cfg)
+    result = run_training(cfg, make_plan(cfg, data, read_architecture(cfg.model)), dataset=data, resume=resume, show_progress=True)
     print_plan(result.plan, console, brief=True)
     console.print(f"[bold green]done[/]: {result.steps_done} steps; final embedding: " + ", ".join(str(f) for f in result.files))
 
@@ -200,23 +204,21 @@ def evaluate(
     """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms."""
     from .config import EvalConfig, apply_overrides, parse, read_yaml
     from .embeddings.formats import read_embedding_file
-    from .evaluate.evaluator import Evaluator, load_references
+    from .evaluate.evaluator import build_evaluator, load_references
     from .models import load_model
 
     data = read_yaml(config) if config else {}
     given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack}
-    for key, value in given.items():
-        if value is not None:
-            apply_overrides(data, [f"{key}={json.dumps(str(value))}"])
+    data = apply_overrides(data, [f"{key}={json.dumps(str(value))}" for key, value in given.items() if value is not None])
     if scorers:
-        data.setdefault("evaluation", {})["scorers"] = [x.strip() for x in scorers.split(",") if x.strip()]
+        data = apply_overrides(data, [f"evaluation.scorers={json.dumps([x.strip() for x in scorers.split(',') if x.strip()])}"])
     cfg = parse(EvalConfig, apply_overrides(data, set_), str(config or "evaluation"))
     if cfg.references is None:
         raise TitkError("references: give the person's photos with --references DIR (usually the training images)")
     found = [read_embedding_file(p) for p in embeddings]  # every file checked before the model loads
     refs = load_references(cfg.references, cfg.evaluation.max_references)
     bundle = load_model(cfg.model)
-    evaluator = Evaluator(bundle, cfg.evaluation, refs)
+    evaluator = build_evaluator(bundle, cfg.evaluation, refs)
     rows = []
     from rich.progress import Progress
 
@@ -228,10 +230,12 @@ def evaluate(
             rows.append({"embedding": item.path.name, **card.summary})
     import pandas as pd
 
+    from .evaluate.registry import HEADLINES
+
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    shown = ("embedding", "identity.similarity", "identity.detection_rate", "identity.ceiling", "clip_t", "clip_i", "diversity.vendi")
+    shown = ("embedding", *HEADLINES)
     _print_frame(table, "scores", {c: c for c in shown if c in table})
     console.print(f"per-image tables, scorecards and grids in {out}/<embedding>/; summary in {out / 'summary.csv'}", highlight=False, soft_wrap=True)
 
@@ -243,22 +247,21 @@ app.add_typer(dataset_app, name="dataset")
 @dataset_app.command("check")
 def dataset_check(
     folder: Path = typer.Argument(..., help="a folder of photos of the person"),
-    face_pack: str = typer.Option("buffalo_l", help="insightface pack name or folder"),
+    face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder (default: buffalo_l)"),
     no_faces: bool = typer.Option(False, "--no-faces", help="skip face detection (no face pack needed)"),
-    size: int = typer.Option(512, help="training size, for the bucket each image falls in"),
+    size: Optional[int] = typer.Option(None, help="training size, for the bucket each image falls in (default: 512)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
 ):
     """Per image: faces and face size, sharpness, near-duplicates, identity outliers, size and bucket,
     caption; a table and a contact sheet."""
-    from .config import IdentitySettings
+    from .config import DatasetCheckSettings, merge, parse
     from .evaluate.dataset_check import check_dataset
     from .evaluate.scorers.identity import InsightFaceEmbedder
 
-    embedder = None
-    if not no_faces:
-        defaults = IdentitySettings()
-        embedder = InsightFaceEmbedder(face_pack, defaults.root, defaults.det_size, defaults.det_thresh)
-    report = check_dataset(folder, face_embedder=embedder, base_size=size)
+    given = {"size": size, "identity": {"pack": face_pack} if face_pack else {}}
+    settings = parse(DatasetCheckSettings, merge({}, {k: v for k, v in given.items() if v is not None}), "titk dataset check")
+    embedder = None if no_faces else InsightFaceEmbedder(settings.identity)
+    report = check_dataset(folder, settings, face_embedder=embedder)
     out = out or Path(f"dataset-check-{folder.resolve().name}")
     paths = report.save(out)
     headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face_share": "face",
@@ -287,7 +290,8 @@ def _trial_line(study, trial) -> None:
 
 def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
     from .config import load_sweep_config
-    from .sweep.runner import best_trials, run_sweep
+    from .sweep.runner import run_sweep
+    from .sweep.trials import best_trials
 
     cfg = load_sweep_config(config, set_)
     try:
@@ -364,7 +368,7 @@ def report(
     """One self-contained HTML page about a study: progress, best trials and their samples, which settings
     matter, identity against editability, learning curves, which images help, personality, seed variance."""
     from .analysis import load_study
-    from .analysis.report import write_report
+    from .analysis.html import write_report
 
     data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri)
     path = write_report(data, output)
@@ -403,8 +407,9 @@ def toyworld_pretrain(
     continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
 ):
     """Train the toy world's model from scratch (about 2 hours on 2 CPU cores). Unset options take the
-    defaults of titk.toyworld.pretrain.PretrainSettings, which reproduce the shipped model."""
-    from .toyworld.pretrain import PretrainSettings, pretrain
+    defaults of titk.config.PretrainSettings, which reproduce the shipped model."""
+    from .config import PretrainSettings
+    from .toyworld.pretrain import pretrain
 
     given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
                  continue_from=str(continue_from) if continue_from else None)
@@ -416,15 +421,14 @@ def toyworld_pretrain(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("work/demo"), "--workdir", "-w", help="where the demo study goes"),
-    config: Optional[Path] = typer.Option(None, help="the demo sweep config (default: experiments/demo.yaml)"),
+    config: Optional[Path] = typer.Option(None, help="the demo sweep config (default: titk/toyworld/demo.yaml, shipped with titk)"),
     set_: list[str] = SetOption,
 ):
     """A small sweep in the toy world: a TI of a person the toy model never saw, searched over learning rate,
     vectors and length, scored by the world's own face and attribute models. Run it again to continue."""
-    from .evaluate.suite import SOURCE_ROOT
-    from .toyworld.world import clothing_bias, heldout, write_dataset
+    from .toyworld.world import DEMO_CONFIG, clothing_bias, heldout, write_dataset
 
-    config = config or next(p for p in (Path("experiments/demo.yaml"), SOURCE_ROOT / "experiments" / "demo.yaml") if p.is_file())
+    config = config or DEMO_CONFIG
     data = workdir / "data"
     if not data.is_dir():
         person = heldout(0)

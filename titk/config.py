@@ -1,7 +1,13 @@
-"""Typed configuration and YAML loading. Every default of titk lives in this file, once."""
+"""Typed configuration and YAML loading. Every default of titk lives in this file, once.
+
+Configs are read in one way: a YAML file, then overrides deep-merged into it (`merge`), then validated by
+pydantic. A sweep's `base:` file is read first, and its `base_overrides` and every `--set` are merged
+into it, so a setting given on the command line works whether the base is inline or a file.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -11,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import TitkError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+CONTEXT_TOKENS = 77  # one CLIP prompt chunk: start, 75 tokens, end
+RESOLUTION = 512  # SD1's training size; used where no model says otherwise (a plan without a model, dataset check)
 
 
 class Strict(BaseModel):
@@ -138,14 +146,22 @@ class TrainSettings(Strict):
         return SEMANTICS_DEFAULTS[self.semantics][key] if value is None else value
 
 
-class PreviewConfig(Strict):
-    every: int = Field(500, ge=0, description="updates between preview grids; 0 = none")
-    prompts: list[str] = Field(default_factory=lambda: ["a photo of [name]"])
-    negative_prompt: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [1, 2])
+class SamplingSettings(Strict):
+    """How images are generated, for previews and prompt suites alike."""
+
+    sampler: str = Field("dpm++2m", description="dpm++2m, dpm++2m_karras, euler, euler_a, ddim, pndm, unipc")
     steps: int = Field(20, ge=1)
     cfg: float = 7.0
-    sampler: str = "dpm++2m"
+    negative_prompt: str = ""
+    width: int | None = Field(None, ge=8, description="default: the model's resolution")
+    height: int | None = Field(None, ge=8)
+    batch_size: int = Field(4, ge=1, description="images generated per batch (the images do not depend on it)")
+
+
+class PreviewConfig(SamplingSettings):
+    every: int = Field(500, ge=0, description="updates between preview grids; 0 = none")
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of [name]"])
+    seeds: list[int] = Field(default_factory=lambda: [1, 2])
 
 
 class OutputConfig(Strict):
@@ -181,38 +197,76 @@ class TrainConfig(Strict):
         return self.output.dir or Path("runs") / self.embedding.name
 
 
+def merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in: mappings key by key, any other value replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=value` (the value read as YAML) as the nested mapping {a: {b: {c: value}}}."""
+    key, sep, raw = item.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not sep or not all(parts):
+        raise TitkError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise TitkError(f"--set {item!r}: the value is not valid YAML") from None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`section.key=value` pairs (values parsed as YAML) applied to a config mapping."""
+    """`section.key=value` pairs merged into a config mapping, in order."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise TitkError(f"--set {item!r}: expected section.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise TitkError(f"--set {item!r}: the value is not valid YAML") from None
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise TitkError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = value
+        override = parse_override(item)
+        _check_sections(data, override, item)
+        data = merge(data, override)
     return data
+
+
+def _check_sections(data, override: dict, item: str, path: str = "") -> None:
+    """`--set a.b=1` where `a` holds a value rather than settings is a mistake, not a replacement."""
+    for key, value in override.items():
+        if isinstance(value, dict) and key in data and not isinstance(data[key], dict) and data[key] is not None:
+            raise TitkError(f"--set {item!r}: {path}{key} is a value ({data[key]!r}), not a section of settings")
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _check_sections(data[key], value, item, f"{path}{key}.")
 
 
 def load_train_config(path: str | Path, *, dataset: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     data = apply_overrides(read_yaml(path), list(overrides))
     if dataset is not None:
-        data.setdefault("data", {})["path"] = str(dataset)
+        data = merge(data, {"data": {"path": str(dataset)}})
     if output is not None:
-        data.setdefault("output", {})["dir"] = str(output)
+        data = merge(data, {"output": {"dir": str(output)}})
     return parse(TrainConfig, data, str(path))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
 SCORERS = ("identity", "clip", "diversity", "personality", "norms")
+SUITE_KINDS = ("identity", "editability", "personality")
+
+
+class SuitePrompt(Strict):
+    text: str
+    kind: Literal["identity", "editability", "personality"] = "identity"
+    seeds: list[int] | None = None
+
+
+class PromptSuite(SamplingSettings):
+    """A prompt suite file: sampling settings, seeds, and prompts each with a kind."""
+
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    prompts: list[SuitePrompt] = Field(min_length=1)
 
 
 class IdentitySettings(Strict):
@@ -237,8 +291,15 @@ class EvalSettings(Strict):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
     labels: str = Field("personality-labels", description="label sets for personality: experiments/prompts/<name>.yaml or a path")
-    batch_size: int = Field(4, ge=1, description="images generated per batch")
+    batch_size: int | None = Field(None, ge=1, description="images generated per batch; default: the suite's")
     max_references: int = Field(64, ge=1, description="reference images used at most (the first, in name order)")
+
+
+class DatasetCheckSettings(Strict):
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    size: int = Field(RESOLUTION, ge=8, description="training size, for the bucket each image falls in")
+    bucket_step: int = Field(64, ge=8)
+    caption_extension: str = ".txt"
 
 
 class EvalConfig(Strict):
@@ -274,6 +335,9 @@ class ObjectiveSettings(Strict):
     floors: dict[str, float] = Field(default_factory=lambda: {"identity.detection_rate": 0.5}, description="minimum values, as constraints")
     pareto: list[str] | None = Field(None, description="two metrics to maximise together (no pruning)")
     pruner: Literal["median", "wilcoxon", "none"] = "median"
+    pruner_startup_trials: int = Field(2, ge=0, description="median: trials that finish before any is pruned")
+    pruner_warmup_steps: int = Field(0, ge=0, description="median: steps of each trial before it may be pruned")
+    wilcoxon_p: float = Field(0.1, gt=0.0, lt=1.0, description="wilcoxon: p-value below which a trial is pruned")
     eval_every: int | None = Field(None, ge=0, description="steps between intermediate evaluations; default: a quarter of the run; 0 = none")
     intermediate_suite: str = "quick"
     missing_value: float = Field(-1.0, description="value of a metric that is NaN (e.g. similarity when no face was found)")
@@ -299,18 +363,39 @@ class SweepConfig(Strict):
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
-    """A sweep YAML; `base` may be a mapping or the path of a training config (relative to the sweep file)."""
+    """A sweep YAML; `base` may be a mapping or the path of a training config (relative to the sweep file).
+
+    The base is read first; `base_overrides`, then each `--set` (in order) are merged into the result."""
     path = Path(path)
-    data = apply_overrides(read_yaml(path), list(overrides))
+    data = read_yaml(path)
     base = data.get("base")
     if isinstance(base, str):
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        merged = read_yaml(base_path)
-        for section, values in (data.get("base_overrides") or {}).items():
-            if isinstance(values, dict):
-                merged.setdefault(section, {}).update(values)
-            else:
-                merged[section] = values
-        data["base"] = merged
-    data.pop("base_overrides", None)
-    return parse(SweepConfig, data, str(path))
+        base = read_yaml(Path(base) if Path(base).is_absolute() else path.parent / base)
+    elif base is not None and not isinstance(base, dict):
+        raise TitkError(f"{path}: base: expected a mapping of training settings or the path of a training config")
+    base_overrides = data.pop("base_overrides", None) or {}
+    if not isinstance(base_overrides, dict):
+        raise TitkError(f"{path}: base_overrides: expected a mapping of training settings")
+    data["base"] = merge(base or {}, base_overrides)
+    sets = [f"base.{item.removeprefix('base_overrides.')}" if item.startswith("base_overrides.") else item for item in overrides]
+    return parse(SweepConfig, apply_overrides(data, sets), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ toy world
+
+
+class PretrainSettings(Strict):
+    """The toy world's pretraining; the defaults reproduce the shipped model."""
+
+    seed: int = 0
+    images_per_identity: int = Field(64, ge=1)
+    vision_steps: int = Field(1000, ge=1)
+    vae_steps: int = Field(1500, ge=1)
+    unet_steps: int = Field(4000, ge=1)
+    stop_at: int | None = Field(3500, ge=1, description="end the UNet here, still on unet_steps' learning-rate schedule")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = 3e-4
+    ema: float = 0.999
+    caption_dropout: float = 0.1
+    eval_every: int = Field(500, ge=1)
+    continue_from: str | None = Field(None, description="a saved toy model folder: continue its UNet and text encoder")

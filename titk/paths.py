@@ -20,6 +20,16 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def toyworld_model() -> Path:
+    """The toy world's pretrained model, a diffusers folder shipped inside the package."""
+    from .errors import TitkError
+
+    path = Path(__file__).resolve().parent / "toyworld" / "weights" / "model"
+    if not (path / "model_index.json").is_file():
+        raise TitkError(f"{path}: the toy world's model is missing; build it with `titk toyworld pretrain --out {path.parent}`")
+    return path
+
+
 def insightface_root() -> Path:
     """Where named face packs are looked for: <root>/models/<pack>/.
 

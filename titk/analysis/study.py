@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 
 from ..errors import TitkError
+from ..sweep.trials import trials_frame
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load_study(workdir: str | Path | None = None, *, study: str | None = None, s
         storage = storage or (stored if "://" in stored else None)
     if study is None:
         raise TitkError("give a work directory, or --study with --storage and --tracking-uri")
-    backend = optuna_storage(storage, workdir or Path("."), heartbeat=60) if (storage or workdir) else None
+    backend = optuna_storage(storage, workdir or Path(".")) if (storage or workdir) else None
     if backend is None:
         raise TitkError("give a work directory or an Optuna storage URL")
     try:
@@ -91,25 +92,3 @@ def _dataset_images(meta: dict) -> list[str]:
     except (KeyError, TypeError):
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_path(p)) if folder.is_dir() else []
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, value(s), parameters, the mean summary metrics, subset, seeds' values."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.WAITING:
-            continue
-        row = {"trial": t.number, "state": t.state.name, "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
-        if t.values is not None:
-            if len(t.values) == 1:
-                row["value"] = t.values[0]
-            else:
-                row.update({f"value{i}": v for i, v in enumerate(t.values)})
-        row.update({f"param.{k}": v for k, v in t.params.items() if not k.startswith("include:")})
-        row.update({f"metric.{k}": v for k, v in t.user_attrs.get("summary", {}).items()})
-        row["subset"] = t.user_attrs.get("subset")
-        row["values_per_seed"] = t.user_attrs.get("values_per_seed")
-        row["personality"] = t.user_attrs.get("personality")
-        row["reason"] = t.user_attrs.get("fail_reason")
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -7,15 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import TitkError
-
-# Encoder keys by width, and the family a set of (key, width) pairs means.
-WIDTH_KEYS = {768: "clip_l", 1024: "clip_h", 1280: "clip_g", 4096: "t5"}
-FAMILY_BY_WIDTHS = {
-    (("clip_l", 768),): "sd1",
-    (("clip_h", 1024),): "sd2",
-    (("clip_g", 1280), ("clip_l", 768)): "sdxl",
-    (("clip_g", 1280), ("clip_l", 768), ("t5", 4096)): "sd3",
-}
+from ..families import KEY_BY_WIDTH, family_by_encoders
 ALLOWED_NAME_EXTRA = "._- "
 
 
@@ -52,7 +44,7 @@ class Embedding:
         if len(counts) != 1:
             raise TitkError(f"embedding {self.name!r}: encoders disagree on the number of vectors ({sorted(counts)})")
         if self.family is None:
-            self.family = FAMILY_BY_WIDTHS.get(tuple(sorted(self.widths.items())))
+            self.family = family_by_encoders(self.widths)
 
     def _matrix(self, key: str, t) -> torch.Tensor:
         t = torch.as_tensor(t).detach().to("cpu", torch.float32)
@@ -81,6 +73,6 @@ class Embedding:
     def from_single(cls, name: str, tensor: torch.Tensor, output_vectors: dict | None = None, **meta) -> Embedding:
         """A one-encoder embedding; the encoder key follows from the width (768 clip_l, 1024 clip_h, ...)."""
         tensor = torch.as_tensor(tensor)
-        key = WIDTH_KEYS.get(tensor.shape[-1], "clip_l" if tensor.shape[-1] < 1024 else f"w{tensor.shape[-1]}")
+        key = KEY_BY_WIDTH.get(tensor.shape[-1], "clip_l" if tensor.shape[-1] < 1024 else f"w{tensor.shape[-1]}")
         outputs = {key: v for v in (output_vectors or {}).values()}
         return cls(name, {key: tensor}, output_vectors=outputs, **meta)

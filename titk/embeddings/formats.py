@@ -14,27 +14,23 @@ write is atomic: a temporary file in the same folder, then a rename.
 
 from __future__ import annotations
 
-import os
 import pickle
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import TitkError
+from ..families import ENCODER_KEYS, FAMILIES
+from ..files import atomic_path
 from .embedding import Embedding
 
 A1111_TOKEN = 265  # the constant `string_to_token` value A1111 writes; it means nothing
 PICKLE_SUFFIXES = {".pt", ".bin", ".pth", ".ckpt"}
 IMAGE_SUFFIXES = {".png", ".webp", ".jxl", ".avif"}
 WRITE_FORMATS = ("a1111", "safetensors", "kohya", "diffusers", "onetrainer", "png")
-MULTI_KEYS = ("clip_l", "clip_g", "t5")
 # Every key an embedding file of several keys may hold (a one-key file may use any key: diffusers' token).
-EMBEDDING_KEYS = {k + out for k in (*MULTI_KEYS, "emb_params", "emp_params") for out in ("", "_out")}
-KOHYA_ARCH = {
-    "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base",
-}
+EMBEDDING_KEYS = {k + out for k in (*ENCODER_KEYS, "emb_params", "emp_params") for out in ("", "_out")}
 
 
 @dataclass
@@ -48,19 +44,6 @@ class EmbeddingFile:
     stored_dtype: str = "float32"
     metadata: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ================================================================================================ reading
@@ -175,7 +158,7 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
     keys = set(inputs)
     if {"clip_l", "clip_g", "t5"} <= keys or {"clip_l", "clip_g"} <= keys:
         fmt = "sd3" if "t5" in keys else "sdxl"
-        wanted = [k for k in MULTI_KEYS if k in keys]
+        wanted = [k for k in ENCODER_KEYS if k in keys]
         extra = keys - set(wanted)
         if extra:
             raise TitkError(f"{path}: an {fmt.upper()} embedding with unexpected extra keys {sorted(extra)}")
@@ -295,7 +278,8 @@ def write_kohya(emb: Embedding, path: Path) -> list[Path]:
     """kohya's `save_weights`: `{"emb_params": T}` (SDXL: clip_l, clip_g); .safetensors with sai-modelspec metadata."""
     metadata = None
     if path.suffix.lower() == ".safetensors":
-        arch = KOHYA_ARCH.get(emb.family or "", "stable-diffusion-v1")
+        spec = FAMILIES.get(emb.family or "")
+        arch = spec.kohya_arch if spec and spec.kohya_arch else FAMILIES["sd1"].kohya_arch
         metadata = {
             "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/textual-inversion",
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if emb.family == "sdxl"
@@ -340,13 +324,13 @@ def embedding_card(emb: Embedding, size: int = 512):
     """A plain picture naming the embedding, as A1111's preview captions do: title, vectors and steps, base model."""
     from PIL import Image, ImageDraw
 
-    from ..evaluate.grid import _font
+    from ..drawing import font
 
     img = Image.new("RGB", (size, size), (40, 44, 52))
     draw = ImageDraw.Draw(img)
-    draw.text((16, 16), emb.name, fill="white", font=_font(40))
+    draw.text((16, 16), emb.name, fill="white", font=font(40))
     footer = f"{emb.n_vectors}v {emb.step}s" + (f"  {emb.base_model_name} [{emb.base_model_hash}]" if emb.base_model_hash else "")
-    draw.text((16, size - 32), footer, fill=(220, 220, 220), font=_font(16))
+    draw.text((16, size - 32), footer, fill=(220, 220, 220), font=font(16))
     return img
 
 

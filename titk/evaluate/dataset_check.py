@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from ..config import DatasetCheckSettings
 from ..data.dataset import bucket_sizes, nearest_bucket, scan_dataset
 from ..data.images import open_image
-from .grid import _font, _wrap
+from ..drawing import font, wrap
 from .metrics import normalise
 
 SHARPNESS_MIN = 30.0  # Laplacian variance at 256 px: sharp photos measured 55–460, blurred copies under 20
@@ -57,7 +58,10 @@ def sharpness(image: Image.Image, bbox=None) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
 
-def _orb(image: Image.Image, side: int = 512):
+ORB_SIDE = 512  # near-duplicate matching works on images scaled to this side
+
+
+def _orb(image: Image.Image, side: int = ORB_SIDE):
     grey = np.asarray(image.convert("L"))
     scale = side / max(grey.shape)
     grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=cv2.INTER_AREA)
@@ -78,9 +82,9 @@ def homography_inliers(a, b) -> int:
     return int(mask.sum()) if mask is not None else 0
 
 
-def check_dataset(folder: str | Path, *, face_embedder=None, base_size: int = 512, bucket_step: int = 64, caption_extension: str = ".txt") -> DatasetReport:
-    dataset = scan_dataset(folder, caption_extension=caption_extension, on_bad_image="skip")
-    buckets = bucket_sizes(base_size, bucket_step)
+def check_dataset(folder: str | Path, settings: DatasetCheckSettings, *, face_embedder=None) -> DatasetReport:
+    dataset = scan_dataset(folder, caption_extension=settings.caption_extension, on_bad_image="skip")
+    buckets = bucket_sizes(settings.size, settings.bucket_step)
     rows, images, faces, orb = [], [], [], []
     for rec in dataset.records:
         image = open_image(rec.path).rgb
@@ -142,7 +146,7 @@ def check_dataset(folder: str | Path, *, face_embedder=None, base_size: int = 51
 def contact_sheet(images: list[Image.Image], rows: list[dict], thumb: int = 192) -> Image.Image:
     cols = max(1, min(6, math.ceil(math.sqrt(len(images)))))
     lines = 4
-    font = _font(11)
+    label_font = font(11)
     cell_h = thumb + 14 * lines
     sheet = Image.new("RGB", (cols * thumb, max(1, math.ceil(len(images) / cols)) * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
@@ -151,9 +155,9 @@ def contact_sheet(images: list[Image.Image], rows: list[dict], thumb: int = 192)
         small = image.copy()
         small.thumbnail((thumb - 4, thumb - 4))
         sheet.paste(small, (x + (thumb - small.width) // 2, y + (thumb - small.height) // 2))
-        draw.text((x + 3, y + thumb), row["file"][:30], fill="black", font=font)
+        draw.text((x + 3, y + thumb), row["file"][:30], fill="black", font=label_font)
         detail = f"{row['width']}x{row['height']} -> {row['bucket']}" + (f", face {row['face_share']:.0%}" if row["face_share"] else "")
-        draw.text((x + 3, y + thumb + 13), detail, fill=(60, 60, 60), font=font)
-        for n, line in enumerate(_wrap(draw, row["flags"], font, thumb - 6)[:2]):
-            draw.text((x + 3, y + thumb + 26 + 13 * n), line, fill=(190, 0, 0), font=font)
+        draw.text((x + 3, y + thumb + 13), detail, fill=(60, 60, 60), font=label_font)
+        for n, line in enumerate(wrap(draw, row["flags"], label_font, thumb - 6)[:2]):
+            draw.text((x + 3, y + thumb + 26 + 13 * n), line, fill=(190, 0, 0), font=label_font)
     return sheet

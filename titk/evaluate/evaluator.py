@@ -1,6 +1,7 @@
 """The Evaluator: generate a prompt suite with an embedding on an already loaded model, then score it.
 
-Scorers and their models (insightface, CLIP) are built once, and the references (the person's photos) are
+`build_evaluator` is the one way to make one (`titk eval` and sweeps alike): scorers and their models
+(insightface or the toy world's, CLIP) are built once, and the references (the person's photos) are
 prepared once, so a worker evaluates many checkpoints without reloading anything.
 """
 
@@ -15,14 +16,15 @@ from PIL import Image
 
 from ..config import EvalSettings
 from ..data.images import BadImage, is_image_path, open_image
+from ..drawing import image_grid
 from ..embeddings import Embedding
 from ..embeddings.fit import vectors_for
 from ..errors import TitkError
-from .grid import image_grid
-from .sampler import embedding_active, generate
+from ..models.sampling import embedding_active, generate
+from .registry import HEADLINES
 from .scorecard import Scorecard
 from .scorers import References, Sample, Scorer
-from .suite import Suite, find_in_experiments, load_suite
+from .suite import Suite, find_prompt_file, load_suite
 
 LIBRARIES = ("torch", "diffusers", "transformers", "open-clip-torch", "insightface", "onnxruntime", "titk")
 
@@ -33,8 +35,6 @@ class EvalContext:
     def __init__(self, reference_cache: dict):
         self._refs = reference_cache
         self._samples: dict = {}
-        self.extras: dict = {}
-        self.arrays: dict = {}
         self.embedding: Embedding | None = None
         self.vectors: dict = {}
         self.encoders: list = []
@@ -46,7 +46,7 @@ class EvalContext:
         return cache[(clip.key, key)]
 
 
-def load_references(folder: str | Path, limit: int = 64) -> References:
+def load_references(folder: str | Path, limit: int) -> References:
     """The person's photos from a folder (flat, image files in name order, at most `limit`)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -65,62 +65,70 @@ def load_references(folder: str | Path, limit: int = 64) -> References:
     return References(images, paths)
 
 
+def build_evaluator(bundle, settings: EvalSettings, references: References) -> Evaluator:
+    """The evaluator `settings` describe: the real world's scorers (insightface, CLIP) or the toy world's."""
+    from .scorers.clip import ClipModel, ClipScorer
+    from .scorers.diversity import DiversityScorer
+    from .scorers.identity import IdentityScorer, InsightFaceEmbedder
+    from .scorers.norms import NormScorer
+    from .scorers.personality import ClipZeroShot, PersonalityScorer, load_label_sets
+
+    face_embedder = classifier = None
+    if settings.world == "toyworld":
+        from .scorers.toyworld import ToyAttributeClassifier, ToyFaceEmbedder
+
+        face_embedder, classifier = ToyFaceEmbedder(), ToyAttributeClassifier()
+    wanted = set(settings.scorers)
+    needs_clip = bool(wanted & {"clip", "diversity"}) or ("personality" in wanted and classifier is None)
+    c = settings.clip
+
+    def clip_model(name, pretrained):
+        return ClipModel(name, pretrained, bundle.device, c.batch_size)
+
+    clip = clip_model(c.model, c.pretrained) if needs_clip else None
+    scorers: list[Scorer] = []
+    for name in settings.scorers:
+        if name == "identity":
+            scorers.append(IdentityScorer(face_embedder or InsightFaceEmbedder(settings.identity)))
+        elif name == "clip":
+            scorers.append(ClipScorer(clip))
+            if c.second_model:
+                scorers.append(ClipScorer(clip_model(c.second_model, c.second_pretrained), suffix="_2"))
+        elif name == "diversity":
+            scorers.append(DiversityScorer(clip))
+        elif name == "personality":
+            scorers.append(PersonalityScorer(classifier or ClipZeroShot(clip, load_label_sets(find_prompt_file(settings.labels)))))
+        elif name == "norms":
+            scorers.append(NormScorer())
+    return Evaluator(bundle, settings, references, scorers)
+
+
 class Evaluator:
-    def __init__(self, bundle, settings: EvalSettings, references: References, *, face_embedder=None, classifier=None):
+    def __init__(self, bundle, settings: EvalSettings, references: References, scorers: list[Scorer]):
         self.bundle, self.settings = bundle, settings
         self.suite = load_suite(settings.suite)
         self.references = references
         self._reference_cache: dict = {}
-        self.scorers: list[Scorer] = self._build(face_embedder, classifier)
+        self.scorers = scorers
         ctx = EvalContext(self._reference_cache)
         for scorer in self.scorers:
             scorer.prepare(references, ctx)
 
-    def _build(self, face_embedder, classifier) -> list[Scorer]:
-        from .scorers.clip import ClipModel, ClipScorer
-        from .scorers.diversity import DiversityScorer
-        from .scorers.identity import IdentityScorer, InsightFaceEmbedder
-        from .scorers.norms import NormScorer
-        from .scorers.personality import ClipZeroShot, PersonalityScorer, load_label_sets
-
-        s = self.settings
-        wanted = set(s.scorers)
-        needs_clip = bool(wanted & {"clip", "diversity"}) or ("personality" in wanted and classifier is None)
-        clip = ClipModel(s.clip.model, s.clip.pretrained, self.bundle.device, s.clip.batch_size) if needs_clip else None
-        scorers: list[Scorer] = []
-        for name in s.scorers:
-            if name == "identity":
-                embedder = face_embedder or InsightFaceEmbedder(s.identity.pack, s.identity.root, s.identity.det_size, s.identity.det_thresh)
-                scorers.append(IdentityScorer(embedder))
-            elif name == "clip":
-                scorers.append(ClipScorer(clip))
-                if s.clip.second_model:
-                    second = ClipModel(s.clip.second_model, s.clip.second_pretrained, self.bundle.device, s.clip.batch_size)
-                    scorers.append(ClipScorer(second, suffix="_2"))
-            elif name == "diversity":
-                scorers.append(DiversityScorer(clip))
-            elif name == "personality":
-                chosen = classifier or ClipZeroShot(clip, load_label_sets(find_in_experiments(s.labels, "prompts")))
-                scorers.append(PersonalityScorer(chosen))
-            elif name == "norms":
-                scorers.append(NormScorer())
-        return scorers
-
     def samples(self, embedding: Embedding, name: str | None = None, suite: Suite | None = None, on_progress=None) -> list[Sample]:
         """Generate the suite's (prompt, seed) images with `embedding` set on the loaded model."""
         suite = suite or self.suite
-        spec, name = suite.spec, name or embedding.name
+        name = name or embedding.name
+        sampling = suite.spec if self.settings.batch_size is None else suite.spec.model_copy(update={"batch_size": self.settings.batch_size})
         vectors = vectors_for(embedding, self.bundle)
         prompts = [text.replace("[name]", name) for _, text, _, _ in suite.items]
         seeds = [seed for *_, seed in suite.items]
         images: list[Image.Image] = []
-        step = self.settings.batch_size
+        step = sampling.batch_size
         with embedding_active(self.bundle, vectors):
             for start in range(0, len(prompts), step):
                 images += generate(
-                    self.bundle, prompts[start : start + step], seeds[start : start + step], name=name,
-                    n_vectors=embedding.n_vectors, negative_prompt=spec.negative_prompt, steps=spec.steps, cfg=spec.cfg,
-                    width=spec.width, height=spec.height, sampler=spec.sampler, batch_size=step,
+                    self.bundle, prompts[start : start + step], seeds[start : start + step], sampling, name=name,
+                    n_vectors=embedding.n_vectors,
                 )
                 if on_progress:
                     on_progress(len(images), len(prompts))
@@ -144,12 +152,16 @@ class Evaluator:
             for s in samples
         ]
         summary: dict[str, float] = {}
+        extras: dict = {}
+        arrays: dict = {}
         for scorer in self.scorers:
-            scorer_rows, scorer_summary = scorer.score(samples, ctx)
-            for row, extra in zip(rows, scorer_rows):
+            result = scorer.score(samples, ctx)
+            for row, extra in zip(rows, result.rows):
                 row.update(extra)
-            summary.update(scorer_summary)
-        card = Scorecard(pd.DataFrame(rows), summary, self.protocol(suite, embedding), ctx.extras, ctx.arrays, [s.image for s in samples])
+            summary.update(result.summary)
+            extras.update(result.extras)
+            arrays.update(result.arrays)
+        card = Scorecard(pd.DataFrame(rows), summary, self.protocol(suite, embedding), extras, arrays, [s.image for s in samples])
         card.grid = self.grid(samples, suite, name or embedding.name, summary)
         return card
 
@@ -162,8 +174,7 @@ class Evaluator:
         blank = Image.new("RGB", size, (235, 235, 235))
         cells = [by_key.get((p, seed), blank) for p in range(n_prompts) for seed in seeds]
         labels = [f"[{p.kind[:3]}] {p.text.replace('[name]', name)}" for p in suite.spec.prompts]
-        head = [f"{key.split('.')[-1] if '.' in key else key} {summary[key]:.3f}" for key in
-                ("identity.similarity", "identity.detection_rate", "clip_t", "clip_i", "diversity.vendi") if key in summary]
+        head = [f"{key.split('.')[-1] if '.' in key else key} {summary[key]:.3f}" for key in HEADLINES if key in summary]
         return image_grid(cells, n_prompts, len(seeds), row_labels=labels, col_labels=[f"seed {s}" for s in seeds],
                           title=f"{name}   " + "   ".join(head))
 

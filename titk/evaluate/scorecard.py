@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..embeddings.formats import atomic_path
+from ..files import atomic_path
 
 
 @dataclass

@@ -1,41 +1,19 @@
-"""Prompt suites: YAML files of prompts (each with a kind), seeds, negative prompt and sampler settings.
+"""Prompt suites: YAML files of prompts (each with a kind), seeds and sampling settings.
 
-A suite is named by a path, or by a name looked up as `experiments/prompts/<name>.yaml` in the current
-folder and then in titk's source tree.
+A suite (or a label-set file) is named by a path, or by a name looked up as `experiments/prompts/<name>.yaml`
+in the current folder (the user's own) and then among the suites titk ships in `titk/prompts/`.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
-
-from ..config import Strict, parse, read_yaml
+from ..config import PromptSuite, parse, read_yaml
 from ..errors import TitkError
 from ..hashing import sha256_bytes
-
-KINDS = ("identity", "editability", "personality")
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-class SuitePrompt(Strict):
-    text: str
-    kind: Literal["identity", "editability", "personality"] = "identity"
-    seeds: list[int] | None = None
-
-
-class PromptSuite(Strict):
-    sampler: str = "dpm++2m"
-    steps: int = Field(25, ge=1)
-    cfg: float = 7.0
-    negative_prompt: str = ""
-    width: int | None = None
-    height: int | None = None
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
-    prompts: list[SuitePrompt] = Field(min_length=1)
 
 
 @dataclass
@@ -54,24 +32,30 @@ class Suite:
         return Suite(self.name, self.spec, self.sha256, [item for item in self.items if item[0] == prompt_index])
 
 
-def find_in_experiments(name: str, folder: str) -> Path:
-    """`name` as a path, or `experiments/<folder>/<name>.yaml` here or in titk's source tree."""
+def shipped_prompts() -> Path:
+    """The suites and label sets shipped with titk (package data, so a non-editable install has them)."""
+    return Path(str(importlib.resources.files("titk.prompts")))
+
+
+def find_prompt_file(name: str) -> Path:
+    """`name` as a path, or `<name>.yaml` in ./experiments/prompts/, then among titk's shipped prompt files."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise TitkError(f"{path}: no such file")
         return path
-    for root in (Path.cwd(), SOURCE_ROOT):
-        candidate = root / "experiments" / folder / f"{name}.yaml"
+    for folder in (Path.cwd() / "experiments" / "prompts", shipped_prompts()):
+        candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    raise TitkError(f"{name!r}: not a file, and no experiments/{folder}/{name}.yaml here or in titk's source tree")
+    shipped = sorted(p.stem for p in shipped_prompts().glob("*.yaml"))
+    raise TitkError(f"{name!r}: not a file, nor experiments/prompts/{name}.yaml here, nor one of titk's ({', '.join(shipped)})")
 
 
 def load_suite(name: str) -> Suite:
-    path = find_in_experiments(name, "prompts")
+    path = find_prompt_file(name)
     spec = parse(PromptSuite, read_yaml(path), str(path))
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    canonical = json.dumps(spec.model_dump(mode="json", exclude={"batch_size"}), sort_keys=True).encode()  # images do not depend on it
     items = [
         (i, p.text, p.kind, seed)
         for i, p in enumerate(spec.prompts)

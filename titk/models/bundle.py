@@ -20,6 +20,7 @@ class TextEncoderSlot:
     key: str
     tokenizer: Any
     model: Any
+    truncates_init_text: bool = False  # A1111 cuts the init text to N tokens for OpenAI CLIP, not OpenCLIP
 
     @property
     def width(self) -> int:
@@ -34,11 +35,6 @@ class TextEncoderSlot:
     def table(self) -> torch.Tensor:
         """The frozen vocabulary embedding matrix [49408, width]."""
         return self.spliced.weight
-
-    @property
-    def truncates_init_text(self) -> bool:
-        # A1111 cuts the init text to N tokens for OpenAI CLIP encoders, not for OpenCLIP ones.
-        return self.key == "clip_l"
 
 
 @dataclass

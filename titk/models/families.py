@@ -1,8 +1,9 @@
 """Model families: how to recognise each one and how it turns token ids into UNet conditioning.
 
-A family adapter is the only place that knows a family's text encoders: SD1 has CLIP ViT-L (768),
-SD2 OpenCLIP ViT-H (1024, usually v-prediction at 768 px), SDXL CLIP-L + OpenCLIP bigG (768 + 1280) with a
-pooled embedding and size/crop time ids. The training loop and the sampler only call `encode` and
+What a family is (encoders, widths, pipeline class, shipped configs, file keys) is data in `titk.families`;
+this module adds what needs torch: recognising a model and the conditioning adapter. SD1 has CLIP ViT-L
+(768), SD2 OpenCLIP ViT-H (1024, usually v-prediction at 768 px), SDXL CLIP-L + OpenCLIP bigG (768 + 1280)
+with a pooled embedding and size/crop time ids. The training loop and the sampler only call `encode` and
 `unet_kwargs`, so adding a family does not touch them.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..errors import TitkError, UnknownArchitecture
-from . import ldm
+from ..families import FAMILIES, FamilySpec
+
+UNET_PREFIX = "model.diffusion_model."
 
 
 class Family(str, Enum):
@@ -25,17 +28,13 @@ class Family(str, Enum):
     SDXL = "sdxl"
 
     @property
-    def encoder_keys(self) -> tuple[str, ...]:
-        """Names of the text encoders, as used for the per-encoder tensors of an embedding."""
-        return {"sd1": ("clip_l",), "sd2": ("clip_h",), "sdxl": ("clip_l", "clip_g")}[self.value]
+    def spec(self) -> FamilySpec:
+        return FAMILIES[self.value]
 
     @property
-    def pipeline_class_name(self) -> str:
-        return "StableDiffusionXLPipeline" if self is Family.SDXL else "StableDiffusionPipeline"
-
-
-# Widths of the text encoders each family uses, in encoder order.
-FAMILY_WIDTHS = {Family.SD1: (768,), Family.SD2: (1024,), Family.SDXL: (768, 1280)}
+    def encoder_keys(self) -> tuple[str, ...]:
+        """Names of the text encoders, as used for the per-encoder tensors of an embedding."""
+        return self.spec.encoder_keys
 
 _UNSUPPORTED_MARKERS = {
     "joint_blocks.": "SD3/SD3.5",
@@ -85,33 +84,39 @@ def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
 
     `shape(key)` returns a tensor's shape without loading the others.
     """
-    has_unet = any(k.startswith(ldm.UNET_PREFIX) for k in keys)
+    has_unet = any(k.startswith(UNET_PREFIX) for k in keys)
     for marker, what in _UNSUPPORTED_MARKERS.items():
-        if any(k.startswith(marker) or k.startswith(ldm.UNET_PREFIX + marker) for k in keys):
+        if any(k.startswith(marker) or k.startswith(UNET_PREFIX + marker) for k in keys):
             raise UnknownArchitecture(f"{path}: this looks like {what}, which titk cannot load as a base model")
     if not has_unet:
         raise UnknownArchitecture(
             f"{path}: no Stable Diffusion UNet (model.diffusion_model.*) in this file; "
             "is it a VAE, LoRA or embedding rather than a checkpoint?"
         )
-    conv_in = ldm.UNET_PREFIX + "input_blocks.0.0.weight"
+    conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
     if conv_in in keys and shape(conv_in)[1] != 4:
         raise UnknownArchitecture(
             f"{path}: UNet with {shape(conv_in)[1]} input channels (inpainting or other conditioning "
             "models are not supported; use the base text-to-image model)"
         )
-    if ldm.SDXL_CLIP_G_PREFIX + "token_embedding.weight" in keys:
-        if not any(k.startswith(ldm.SDXL_CLIP_L_PREFIX.removesuffix("text_model.")) for k in keys):
+    sdxl_l, sdxl_g = Family.SDXL.spec.encoders
+    if token_table_key(sdxl_g) in keys:
+        if not any(k.startswith(sdxl_l.checkpoint_prefix.removesuffix("text_model.")) for k in keys):
             raise UnknownArchitecture(f"{path}: SDXL checkpoint without its CLIP-L encoder")
         return Family.SDXL
     if "conditioner.embedders.0.model.token_embedding.weight" in keys:
         raise UnknownArchitecture(f"{path}: this looks like the SDXL refiner, which has no use for TI")
-    if ldm.SD2_OPENCLIP_PREFIX + "token_embedding.weight" in keys:
+    if token_table_key(Family.SD2.spec.encoders[0]) in keys:
         return Family.SD2
-    sd1_clip = ldm.SD1_CLIP_PREFIX.removesuffix("text_model.")
+    sd1_clip = Family.SD1.spec.encoders[0].checkpoint_prefix.removesuffix("text_model.")
     if any(k.startswith(sd1_clip) for k in keys):
         return Family.SD1
     raise UnknownArchitecture(f"{path}: a UNet but no text encoder titk recognises (SD1, SD2 or SDXL layouts)")
+
+
+def token_table_key(encoder) -> str:
+    """The single-file key of an OpenCLIP-layout encoder's token table."""
+    return encoder.checkpoint_prefix + "token_embedding.weight"
 
 
 def _read_json(path: Path) -> dict:

@@ -16,7 +16,8 @@ import torch
 
 from .families import Family
 from .ldm import pipeline_to_ldm
-from .tokenizer import PAD_END, PAD_EXCLAMATION, clip_tokenizer
+from ..families import PAD_END, PAD_EXCLAMATION
+from .tokenizer import clip_tokenizer
 
 TINY_CLIP = dict(
     vocab_size=49408, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
@@ -41,7 +42,7 @@ TINY_UNET_SDXL = dict(
 )
 
 
-def _shipped_scheduler(name: str):
+def shipped_scheduler(name: str):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
     from .loading import shipped_config
@@ -70,7 +71,7 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
         )
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=clip_tokenizer(PAD_END),
-            tokenizer_2=clip_tokenizer(PAD_EXCLAMATION), unet=unet, scheduler=_shipped_scheduler("sdxl"),
+            tokenizer_2=clip_tokenizer(PAD_EXCLAMATION), unet=unet, scheduler=shipped_scheduler("sdxl"),
         )
     sd2 = family is Family.SD2
     torch.manual_seed(seed + 1)
@@ -80,7 +81,7 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
     te = CLIPTextModel(
         CLIPTextConfig(hidden_size=32, hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=32, **TINY_CLIP)
     )
-    scheduler = _shipped_scheduler("sd2-v" if sd2 and prediction_type == "v_prediction" else "sd2" if sd2 else "sd1")
+    scheduler = shipped_scheduler("sd2-v" if sd2 and prediction_type == "v_prediction" else "sd2" if sd2 else "sd1")
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=te, tokenizer=clip_tokenizer(PAD_EXCLAMATION if sd2 else PAD_END), unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -140,6 +141,6 @@ def build_sd15_full(*, dtype: torch.dtype = torch.float32, device: str | torch.d
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae")).to(dtype)
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")).to(dtype)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=te, tokenizer=clip_tokenizer(PAD_END), unet=unet, scheduler=_shipped_scheduler("sd1"),
+        vae=vae, text_encoder=te, tokenizer=clip_tokenizer(PAD_END), unet=unet, scheduler=shipped_scheduler("sd1"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

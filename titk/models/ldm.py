@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import torch
 
-UNET_PREFIX = "model.diffusion_model."
+from .families import UNET_PREFIX, family_of_pipeline
+
 VAE_PREFIX = "first_stage_model."
-SD1_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
-SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
-SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
-SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
 
 _UNET_TOP = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -163,17 +160,11 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[s
 
 def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
     """The whole pipeline as one original-layout state dict (SD1, SD2 or SDXL)."""
-    from .families import Family, family_of_pipeline
-
     family = family_of_pipeline(pipe)
     sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     sd.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
-    te = pipe.text_encoder.state_dict()
-    if family is Family.SD1:
-        sd.update(clip_to_ldm(te, SD1_CLIP_PREFIX))
-    elif family is Family.SD2:
-        sd.update(open_clip_to_ldm(te, SD2_OPENCLIP_PREFIX))
-    else:
-        sd.update(clip_to_ldm(te, SDXL_CLIP_L_PREFIX))
-        sd.update(open_clip_to_ldm(pipe.text_encoder_2.state_dict(), SDXL_CLIP_G_PREFIX))
+    for enc in family.spec.encoders:
+        weights = getattr(pipe, enc.model_attr).state_dict()
+        convert = open_clip_to_ldm if enc.openclip_layout else clip_to_ldm
+        sd.update(convert(weights, enc.checkpoint_prefix))
     return {k: v.detach().contiguous() for k, v in sd.items()}

@@ -22,10 +22,10 @@ from ..devices import resolve_device, resolve_dtype
 from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
 from ..hashing import short_hash
-from . import ldm
+from ..paths import toyworld_model
 from .bundle import ModelBundle, TextEncoderSlot
-from .families import Family, detect_checkpoint, detect_folder, family_of_pipeline
-from .tokenizer import PAD_END, PAD_EXCLAMATION, clip_tokenizer
+from .families import UNET_PREFIX, Family, detect_checkpoint, detect_folder, family_of_pipeline, token_table_key
+from .tokenizer import clip_tokenizer
 
 SAFETENSORS_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
@@ -84,9 +84,10 @@ def bundle_from_pipeline(
     prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
     if pipe.scheduler.config.get("prediction_type") != prediction:
         pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction)
-    encoders = [TextEncoderSlot(family.encoder_keys[0], pipe.tokenizer, pipe.text_encoder)]
-    if family is Family.SDXL:
-        encoders.append(TextEncoderSlot(family.encoder_keys[1], pipe.tokenizer_2, pipe.text_encoder_2))
+    encoders = [
+        TextEncoderSlot(e.key, getattr(pipe, e.tokenizer_attr), getattr(pipe, e.model_attr), e.truncates_init_text)
+        for e in family.spec.encoders
+    ]
     for enc in encoders:
         splice(enc.model)
     if hasattr(pipe, "set_progress_bar_config"):
@@ -104,9 +105,7 @@ def _modules(pipe):
 
 def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
     if str(source) == "toyworld":  # the toy world's pretrained model, shipped with titk
-        from ..toyworld.scorers import model_path
-
-        return "folder", model_path()
+        return "folder", toyworld_model()
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder", path
@@ -133,7 +132,7 @@ def _folder_hash(folder: Path) -> str | None:
 def _pipeline_class(family: Family):
     import diffusers
 
-    return getattr(diffusers, family.pipeline_class_name)
+    return getattr(diffusers, family.spec.pipeline_class)
 
 
 def _sd_only_kwargs(family: Family) -> dict:
@@ -226,14 +225,12 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_typ
         if not (config / "model_index.json").is_file():
             raise TitkError(f"{config}: not a diffusers config folder (no model_index.json)")
     else:
-        config = shipped_config({Family.SD1: "sd1", Family.SD2: "sd2", Family.SDXL: "sdxl"}[family])
+        config = shipped_config(family.spec.configs[0])
         _check_shapes(path, family, config, keys, shape)
 
-    tokenizers = {}
-    if not (config / "tokenizer").is_dir():
-        tokenizers["tokenizer"] = clip_tokenizer(PAD_EXCLAMATION if family is Family.SD2 else PAD_END)
-    if family is Family.SDXL and not (config / "tokenizer_2").is_dir():
-        tokenizers["tokenizer_2"] = clip_tokenizer(PAD_EXCLAMATION)
+    tokenizers = {
+        e.tokenizer_attr: clip_tokenizer(e.pad) for e in family.spec.encoders if not (config / e.tokenizer_attr).is_dir()
+    }
     cls = _pipeline_class(family)
     try:
         pipe = cls.from_single_file(
@@ -255,16 +252,16 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_typ
 def _check_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:
     """Compare a few telling shapes with the family's standard architecture before the costly load."""
     unet = json.loads((config / "unet" / "config.json").read_text())
-    checks = [(ldm.UNET_PREFIX + "input_blocks.0.0.weight", 0, unet["block_out_channels"][0], "UNet width")]
-    to_k = next((k for k in sorted(keys) if k.startswith(ldm.UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    checks = [(UNET_PREFIX + "input_blocks.0.0.weight", 0, unet["block_out_channels"][0], "UNet width")]
+    to_k = next((k for k in sorted(keys) if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
     if to_k:
         checks.append((to_k, 1, unet["cross_attention_dim"], "cross-attention width"))
-    te_key = {
-        Family.SD1: next((k for k in keys if k.endswith("embeddings.token_embedding.weight")), None),
-        Family.SD2: ldm.SD2_OPENCLIP_PREFIX + "token_embedding.weight",
-        Family.SDXL: ldm.SDXL_CLIP_G_PREFIX + "token_embedding.weight",
-    }[family]
-    te_config = "text_encoder_2" if family is Family.SDXL else "text_encoder"
+    main = family.spec.main_encoder
+    if main.openclip_layout:
+        te_key = token_table_key(main)
+    else:
+        te_key = next((k for k in keys if k.endswith("embeddings.token_embedding.weight")), None)
+    te_config = main.model_attr
     hidden = json.loads((config / te_config / "config.json").read_text())["hidden_size"]
     checks.append((te_key, 1, hidden, "text-encoder width"))
     for key, dim, expected, what in checks:

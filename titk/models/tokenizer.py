@@ -12,14 +12,13 @@ import gzip
 import importlib.resources
 from functools import lru_cache
 
+from ..families import PAD_END
+
 VOCAB_SIZE = 49408
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+BOS, EOS = "<|startoftext|>", PAD_END
 N_MERGES = VOCAB_SIZE - 2 * 256 - 2
 MAX_LENGTH = 77
 
-# SD1 and CLIP-L pad with the end token; the OpenCLIP encoders (SD2, SDXL's second) pad with "!" (id 0).
-PAD_END = EOS
-PAD_EXCLAMATION = "!"
 
 
 def _byte_symbols() -> list[str]:

@@ -21,8 +21,9 @@ JOURNAL = "optuna.journal"
 MLFLOW_DB = "mlflow.db"
 
 
-def optuna_storage(url: str | None, workdir: Path, heartbeat: int = 60, max_retries: int = 2, on_stale=None):
-    """The study's Optuna storage; raises a one-line error if it cannot be reached."""
+def optuna_storage(url: str | None, workdir: Path, heartbeat: int | None = None, max_retries: int = 0, on_stale=None):
+    """The study's Optuna storage; raises a one-line error if it cannot be reached. Workers give the sweep's
+    heartbeat (RDB storages then fail and retry trials whose worker went silent); readers give none."""
     if url is None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -32,7 +33,7 @@ def optuna_storage(url: str | None, workdir: Path, heartbeat: int = 60, max_retr
     if "://" not in url:
         raise TitkError(f"--storage {url!r}: expected a database URL such as postgresql://user@host:5432/optuna or sqlite:////abs/optuna.db")
     kwargs = {}
-    if not url.startswith("sqlite"):
+    if heartbeat and not url.startswith("sqlite"):
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)

@@ -22,12 +22,12 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import PretrainSettings, SamplingSettings
 from .vision import HEADS, accuracy, to_tensor, train_vision
 from .world import IDENTITY_ATTRIBUTES, identities, sample
 
@@ -45,22 +45,6 @@ TEXT_CONFIG = dict(
     vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
     max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
-
-
-@dataclass
-class PretrainSettings:
-    seed: int = 0
-    images_per_identity: int = 64
-    vision_steps: int = 1000
-    vae_steps: int = 1500
-    unet_steps: int = 4000
-    stop_at: int | None = 3500  # end the UNet here, still on unet_steps' learning-rate schedule (the shipped model)
-    batch_size: int = 64
-    learning_rate: float = 3e-4
-    ema: float = 0.999
-    caption_dropout: float = 0.1
-    eval_every: int = 500
-    continue_from: str | None = None  # a saved toy model folder: continue its UNet and text encoder
 
 
 def render_set(settings: PretrainSettings):
@@ -122,11 +106,11 @@ def train_vae(pixels: torch.Tensor, settings: PretrainSettings, log):
 def build_pipeline(vae, unet, text_encoder):
     from diffusers import StableDiffusionPipeline
 
-    from ..models.fixtures import _shipped_scheduler
+    from ..models.fixtures import shipped_scheduler
     from ..models.tokenizer import clip_tokenizer
 
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=_shipped_scheduler("sd1"),
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=shipped_scheduler("sd1"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -134,12 +118,13 @@ def build_pipeline(vae, unet, text_encoder):
 @torch.no_grad()
 def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> float:
     """Share of identity attributes the vision model reads correctly in samples of "a photo of <name>"."""
-    from ..evaluate.sampler import generate
     from ..models.loading import bundle_from_pipeline
+    from ..models.sampling import generate
 
     bundle = bundle_from_pipeline(copy.deepcopy(pipe), name="toy", source="memory")
     prompts = [f"a photo of {p.name}" for p in people for _ in seeds]
-    images = generate(bundle, prompts, [s for _ in people for s in seeds], steps=steps, cfg=5.0, width=64, height=64, batch_size=16)
+    sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=16)
+    images = generate(bundle, prompts, [s for _ in people for s in seeds], sampling)
     out = vision(to_tensor(images))
     hits, total = 0, 0
     for i, person in enumerate(p for p in people for _ in seeds):
@@ -242,7 +227,7 @@ def _continue(folder: Path, pixels, out: Path, record: dict):
 
     from diffusers import StableDiffusionPipeline
 
-    from .scorers import load_vision
+    from .vision import load_vision
 
     earlier = json.loads((folder.parent / "toyworld.json").read_text()) if (folder.parent / "toyworld.json").is_file() else {}
     record.update({k: v for k, v in earlier.items() if k not in ("settings", "history", "total_seconds")})
@@ -265,7 +250,7 @@ def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=prin
     settings = settings or PretrainSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": asdict(settings), "torch": torch.__version__}
+    record = {"settings": settings.model_dump(), "torch": torch.__version__}
     began = time.monotonic()
     pre, held = identities()
 

@@ -9,11 +9,14 @@ samples.
 from __future__ import annotations
 
 import random
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import TitkError
 from .world import IDENTITY_ATTRIBUTES, PERSONALITY_ATTRIBUTES, Identity, random_look, render
 
 HEADS = {"person": ["no", "yes"], **IDENTITY_ATTRIBUTES, **PERSONALITY_ATTRIBUTES}
@@ -108,3 +111,19 @@ def accuracy(model: ToyVision, people: list[Identity], n: int = 512, seed: int =
         mask = y[name] != -100
         acc[name] = float((out[name].argmax(1)[mask] == y[name][mask]).float().mean())
     return acc
+
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+@lru_cache(maxsize=2)
+def load_vision(path: str | Path | None = None) -> ToyVision:
+    from safetensors.torch import load_file
+
+    path = Path(path or WEIGHTS / "vision.safetensors")
+    if not path.is_file():
+        raise TitkError(f"{path}: the toy world's vision model is missing; build it with `titk toyworld pretrain`")
+    model = ToyVision()
+    state = load_file(str(path))
+    model.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in state.items()})
+    return model.eval().requires_grad_(False)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 SIZE = 64
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"  # the sweep `titk demo` runs
 
 FACE_SHAPES = ("round", "oval", "square")
 SKIN_TONES = {"pale": (246, 220, 200), "light": (233, 190, 150), "tan": (200, 150, 105), "brown": (150, 100, 65), "dark": (95, 62, 40)}

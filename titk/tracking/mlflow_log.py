@@ -108,11 +108,21 @@ class Tracker:
         self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
 
     def finish(self, run_id: str, state: str, reason: str | None = None) -> None:
-        tags = {"titk.state": state}
-        if reason:
-            tags["titk.reason"] = reason[:5000]
-        self.log_tags(run_id, tags)
-        self.client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FINISHED"))
+        _finish(self.client, run_id, state, reason)
+
+
+def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> None:
+    """End a trial's run from anywhere (a heartbeat callback), without a Tracker."""
+    from mlflow import MlflowClient
+
+    _finish(MlflowClient(tracking_uri=uri), run_id, state, reason)
+
+
+def _finish(client, run_id: str, state: str, reason: str | None) -> None:
+    tags = {"titk.state": state, **({"titk.reason": reason} if reason else {})}
+    for name, value in _tags(tags).items():
+        client.set_tag(run_id, name, value)
+    client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FINISHED"))
 
 
 def _text(value) -> str:

@@ -1,6 +1,6 @@
 """The Textual Inversion training loop, read top to bottom.
 
-1. Scan and validate the dataset and compute the plan, before any model work.
+1. Scan and validate the dataset and compute the plan (or take the caller's), before any model work.
 2. Load the frozen model (or take one already loaded, as a sweep worker does).
 3. Encode every image once into the latent cache.
 4. Create the N trainable vectors per text encoder; nothing else is trainable.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Literal
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -28,16 +29,30 @@ from ..data.prompts import PromptBuilder, read_template
 from ..embeddings import Embedding
 from ..embeddings.placeholder import check_vector_count, init_vectors, prompt_has_name
 from ..errors import TitkError, TrainingDiverged
-from ..evaluate.grid import image_grid
-from ..evaluate.sampler import generate
+from ..drawing import image_grid
+from ..models.sampling import generate
 from ..models.tokenizer import clip_tokenizer
+from ..files import atomic_path
 from ..paths import cache_dir
 from .examples import Examples, step_generator
 from .loss import diffusion_loss
 from .outputs import RunFolder
-from .plan import TrainPlan, image_sizes, make_plan, size_groups
+from .plan import TrainPlan, make_plan
 from .schedule import Schedule
-from .semantics import make_batching
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the loop tells its callback after each update ("update") and each save ("checkpoint")."""
+
+    kind: Literal["update", "checkpoint"]
+    step: int
+    loss: float
+    lr: float
+    epoch: float
+    images_seen: int
+    embedding: Embedding  # a copy of the vectors at this step
+    files: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -62,26 +77,29 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
 def train(
     config: TrainConfig,
+    plan: TrainPlan | None = None,
     *,
     dataset: Dataset | None = None,
     bundle=None,
     resume: bool = False,
     show_progress: bool = True,
     latent_cache: str | Path | None = None,
-    callback=None,
+    callback: Callable[[TrainEvent], None] | None = None,
 ) -> TrainResult:
-    """Train one embedding. `callback(event, info)` is called after each update ("update") and each save
-    ("checkpoint"); an exception it raises (a sweep's pruning) stops training with what was saved kept."""
+    """Train one embedding following `plan` (made here from the config and dataset when not given).
+    `callback(event)` gets a TrainEvent after each update and each save; an exception it raises (a sweep's
+    pruning) stops training with what was saved kept."""
     from ..models.loading import Architecture, load_model, read_architecture
 
     t, name, n_vectors = config.train, config.embedding.name, check_vector_count(config.embedding.vectors)
 
     # 1. Dataset and plan --------------------------------------------------------------------------
     dataset = dataset or load_dataset(config)
-    arch = read_architecture(config.model) if bundle is None else Architecture(
-        bundle.family, dict(bundle.unet.config), bundle.vae_scale_factor
-    )
-    plan = make_plan(config, dataset, arch)
+    if plan is None:
+        arch = read_architecture(config.model) if bundle is None else Architecture(
+            bundle.family, dict(bundle.unet.config), bundle.vae_scale_factor
+        )
+        plan = make_plan(config, dataset, arch)
     run = RunFolder(config, plan, dataset)
     prompts = PromptBuilder(t.semantics, read_template(config.template), name, config.data.shuffle_tags, config.data.tag_dropout)
 
@@ -95,11 +113,10 @@ def train(
     # 3. Latents, encoded once per image and cached on disk -----------------------------------------
     progress = _progress(show_progress)
     with progress:
-        sizes = image_sizes(config, dataset, bundle.default_size)
         cache = LatentCache(latent_cache or cache_dir() / "latents", bundle)
-        latents = cache.load_or_encode(dataset, sizes, config.data.resize, use_alpha=config.data.use_alpha, progress=progress)
+        latents = cache.load_or_encode(dataset, plan.image_sizes, config.data.resize, use_alpha=config.data.use_alpha, progress=progress)
         examples = Examples(dataset, latents, prompts, config.data.latent_sampling, bundle.latent_scaling, t.seed)
-        batching = make_batching(t.semantics, size_groups(sizes), t.batch_size, t.grad_accum, t.seed, config.data.repeats)
+        batching = plan.batching
 
         # 4. The trainable vectors: N rows per text encoder, and nothing else ---------------------------
         if state:
@@ -170,14 +187,15 @@ def train(
                     "learn_rate": lr, "images_seen": views, "seconds": f"{time.monotonic() - started:.2f}",
                 })
                 progress.update(task, completed=step, status=f"loss {loss_sum:.4f}  lr {lr:.2e}  epoch {plan.epoch_of(step):.2f}")
+                event = TrainEvent("update", step, loss_sum, lr, plan.epoch_of(step), views, _embedding(config, bundle, vectors, step))
                 if callback:
-                    callback("update", {"step": step, "loss": loss_sum, "lr": lr, "epoch": plan.epoch_of(step), "images_seen": views, "vectors": vectors})
+                    callback(event)
                 number = run.checkpoint_number(step, config.output.save_every)
                 if number is not None:
-                    files = run.save_embedding(_embedding(config, bundle, vectors, step), str(number))
+                    files = run.save_embedding(event.embedding, str(number))
                     run.save_state(step, vectors, optimizer, scaler)
                     if callback:
-                        callback("checkpoint", {"step": step, "files": files, "vectors": vectors})
+                        callback(TrainEvent("checkpoint", step, loss_sum, lr, event.epoch, views, event.embedding, tuple(files)))
                 preview = run.checkpoint_number(step, config.output.preview.every)
                 if preview is not None:
                     _save_preview(run.preview_path(str(preview)), config, bundle, n_vectors)
@@ -200,7 +218,7 @@ def train(
 
 def _embedding(config: TrainConfig, bundle, vectors, step: int) -> Embedding:
     return Embedding(
-        config.embedding.name, {k: v.detach() for k, v in vectors.items()}, step=step,
+        config.embedding.name, {k: v.detach().clone() for k, v in vectors.items()}, step=step,
         base_model_hash=bundle.short_hash, base_model_name=bundle.name, family=bundle.family.value,
     )
 
@@ -260,17 +278,13 @@ def _clip(vectors, mode: str, threshold: float, captured: list, scaler) -> None:
 
 
 def _save_preview(path: Path, config: TrainConfig, bundle, n_vectors: int) -> None:
-    from ..embeddings.formats import atomic_path
-
     p = config.output.preview
+    # A preview is drawn at the training size unless it asks for its own.
+    sampling = p.model_copy(update={"width": p.width or config.data.width, "height": p.height or config.data.height})
     name = config.embedding.name
     texts = [text.replace("[name]", name) for text in p.prompts]
     pairs = [(text, seed) for text in texts for seed in p.seeds]
-    images = generate(
-        bundle, [a for a, _ in pairs], [b for _, b in pairs], name=name, n_vectors=n_vectors,
-        negative_prompt=p.negative_prompt, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
-        width=config.data.width, height=config.data.height,
-    )
+    images = generate(bundle, [a for a, _ in pairs], [b for _, b in pairs], sampling, name=name, n_vectors=n_vectors)
     grid = image_grid(images, len(texts), len(p.seeds), row_labels=texts, col_labels=[f"seed {s}" for s in p.seeds])
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")

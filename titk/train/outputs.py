@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from ..embeddings import Embedding
-from ..embeddings.formats import atomic_path, save_embedding
+from ..embeddings.formats import save_embedding
+from ..files import atomic_path
 from ..errors import TitkError
 
 LOG_FIELDS = ["step", "epoch", "epoch_step", "loss", "learn_rate", "images_seen", "seconds"]

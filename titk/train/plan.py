@@ -8,17 +8,17 @@ what they seem to. `titk plan` prints it; the trainer follows it and logs it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 
-from ..config import TrainConfig
+from ..config import RESOLUTION, TrainConfig
 from ..data.dataset import Dataset, bucket_sizes, target_size
 from ..data.prompts import NAME, read_template
 from ..embeddings.embedding import check_name
 from ..embeddings.placeholder import check_vector_count
 from ..errors import TitkError
 from .schedule import Schedule, parse_schedule, segments
-from .semantics import Batching, make_batching
+from .batching import Batching, make_batching
 
 
 @dataclass
@@ -51,9 +51,12 @@ class TrainPlan:
     total_tflops: float | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # What the trainer follows: each image's training size and the batching rule (not part of the printed plan).
+    image_sizes: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    batching: Batching | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image_sizes", "batching")}
 
     def epoch_of(self, step: int) -> float:
         return step / self.updates_per_pass
@@ -110,7 +113,7 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
     t = config.train
     check_name(config.embedding.name)
     check_vector_count(config.embedding.vectors)
-    default_size = arch.default_size if arch else 512
+    default_size = arch.default_size if arch else RESOLUTION
     sizes = image_sizes(config, dataset, default_size)
     batching = make_batching(t.semantics, size_groups(sizes), t.batch_size, t.grad_accum, t.seed, config.data.repeats)
     if batching.updates_per_pass < 1:
@@ -136,7 +139,7 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
         stop_step=stop_step, epochs=stop_step / batching.updates_per_pass, image_views=views,
         loss_divisor=batching.divisor, learning_rate=t.learning_rate, lr_pairs=pairs,
         lr_segments=_segments(pairs, max_steps, t.semantics), weight_decay=float(t.resolved("weight_decay")), clip_mode=clip_mode,
-        clip_threshold=clip_threshold, sizes=dict(sorted(size_counts.items())),
+        clip_threshold=clip_threshold, sizes=dict(sorted(size_counts.items())), image_sizes=sizes, batching=batching,
     )
     if arch is not None:
         from .flops import unet_flops_per_view

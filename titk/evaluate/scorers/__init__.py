@@ -27,14 +27,23 @@ class References:
     paths: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class ScoreResult:
+    """What a scorer returns: one dict per sample (in order), summary values, and what else it found."""
+
+    rows: list[dict]
+    summary: dict[str, float]
+    extras: dict = field(default_factory=dict)  # JSON-able (histograms, norms)
+    arrays: dict = field(default_factory=dict)  # numpy arrays (face embeddings)
+
+
 class Scorer:
     name = "scorer"
 
     def prepare(self, refs: References, ctx) -> None:
         """Work on the references, done once for many evaluations."""
 
-    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
-        """(one dict per sample, in order; summary values)."""
+    def score(self, samples: list[Sample], ctx) -> ScoreResult:
         raise NotImplementedError
 
     def protocol(self) -> dict:

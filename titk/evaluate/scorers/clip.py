@@ -17,11 +17,11 @@ import torch
 
 from ...errors import TitkError
 from ...hashing import sha256_file
-from . import References, Sample, Scorer
+from . import References, Sample, ScoreResult, Scorer
 
 
 class ClipModel:
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str | torch.device = "cpu", batch_size: int = 32):
+    def __init__(self, model: str, pretrained: str | None, device: str | torch.device, batch_size: int):
         import open_clip
 
         self.model_name, self.pretrained, self.batch_size = model, pretrained, batch_size
@@ -80,7 +80,7 @@ class ClipScorer(Scorer):
     def prepare(self, refs: References, ctx) -> None:
         self.ref_features = ctx.features(self.clip, "references", refs.images)
 
-    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
+    def score(self, samples: list[Sample], ctx) -> ScoreResult:
         images = ctx.features(self.clip, "samples", [s.image for s in samples])
         texts = self.clip.text_features([s.clean_prompt for s in samples])
         clip_t = (images * texts).sum(1)
@@ -91,7 +91,7 @@ class ClipScorer(Scorer):
         for kind in sorted({s.kind for s in samples}):
             picked = [a for a, s in zip(clip_t, samples) if s.kind == kind]
             summary[f"{t}@{kind}"] = float(np.mean(picked))
-        return rows, summary
+        return ScoreResult(rows, summary)
 
     def protocol(self) -> dict:
         return {f"clip{self.suffix}": {**self.clip.protocol(), "clip_t_text": "prompt with the name removed"}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics import mean_pairwise_distance, vendi_score
-from . import Sample, Scorer
+from . import Sample, ScoreResult, Scorer
 
 
 class DiversityScorer(Scorer):
@@ -14,7 +14,7 @@ class DiversityScorer(Scorer):
     def __init__(self, clip):
         self.clip = clip
 
-    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
+    def score(self, samples: list[Sample], ctx) -> ScoreResult:
         feats = ctx.features(self.clip, "samples", [s.image for s in samples])
         by_prompt: dict[int, list[int]] = {}
         for i, s in enumerate(samples):
@@ -28,7 +28,7 @@ class DiversityScorer(Scorer):
             "diversity.pairwise_distance": float(np.mean(finite)) if finite else float("nan"),
             "diversity.images_per_prompt": float(np.mean([len(v) for v in by_prompt.values()])) if by_prompt else 0.0,
         }
-        return rows, summary
+        return ScoreResult(rows, summary)
 
     def protocol(self) -> dict:
         return {"diversity": f"per prompt over its seeds, CLIP {self.clip.key} image embeddings; Vendi and mean 1 − cos"}

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...config import IdentitySettings
 from ...errors import TitkError
 from ...hashing import sha256_file
 from ...paths import insightface_root
 from ..metrics import mean_pairwise_similarity, normalise
-from . import References, Sample, Scorer
+from . import References, Sample, ScoreResult, Scorer
 
 
 @dataclass
@@ -80,12 +81,12 @@ class InsightFaceEmbedder(FaceEmbedder):
 
     name = "insightface"
 
-    def __init__(self, pack: str = "buffalo_l", root: str | Path | None = None, det_size: int = 640, det_thresh: float = 0.5):
+    def __init__(self, settings: IdentitySettings):
         import onnxruntime
         from insightface.app import FaceAnalysis
 
-        self.pack_dir = resolve_pack(pack, root)
-        self.det_size, self.det_thresh = det_size, det_thresh
+        self.pack_dir = resolve_pack(settings.pack, settings.root)
+        det_size, det_thresh = self.det_size, self.det_thresh = settings.det_size, settings.det_thresh
         available = onnxruntime.get_available_providers()
         self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
@@ -145,7 +146,7 @@ class IdentityScorer(Scorer):
         total = embs.sum(0)
         return float(np.mean([normalise(total - e) @ e for e in embs]))
 
-    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
+    def score(self, samples: list[Sample], ctx) -> ScoreResult:
         rows, face_embs = [], []
         for sample in samples:
             face, n_faces = self.embedder.largest(sample.image)
@@ -172,8 +173,8 @@ class IdentityScorer(Scorer):
             picked = np.array([sims[i] for i, s in enumerate(samples) if s.kind == kind])
             summary[f"identity.similarity@{kind}"] = _nanmean(picked)
         dim = self.ref_embeddings.shape[1]
-        ctx.arrays["face_embeddings"] = np.stack([e if e is not None else np.full(dim, np.nan, np.float32) for e in face_embs]) if rows else np.zeros((0, dim))
-        return rows, summary
+        faces = np.stack([e if e is not None else np.full(dim, np.nan, np.float32) for e in face_embs]) if rows else np.zeros((0, dim))
+        return ScoreResult(rows, summary, arrays={"face_embeddings": faces})
 
     @staticmethod
     def _stability(samples: list[Sample], embs: list) -> float:

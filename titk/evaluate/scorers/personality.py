@@ -15,7 +15,7 @@ import yaml
 
 from ...errors import TitkError
 from ..metrics import entropy, js_divergence
-from . import References, Sample, Scorer
+from . import References, Sample, ScoreResult, Scorer
 
 
 def load_label_sets(path: str | Path) -> dict[str, dict]:
@@ -82,7 +82,7 @@ class PersonalityScorer(Scorer):
             counts[i] += 1
         return counts
 
-    def score(self, samples: list[Sample], ctx) -> tuple[list[dict], dict]:
+    def score(self, samples: list[Sample], ctx) -> ScoreResult:
         probs = self.classifier.probabilities([s.image for s in samples], ctx, "samples")
         probes = [i for i, s in enumerate(samples) if s.kind == "personality"] or list(range(len(samples)))
         rows = [{} for _ in samples]
@@ -99,8 +99,7 @@ class PersonalityScorer(Scorer):
             hists[name] = {
                 "labels": labels, "generated": generated.astype(int).tolist(), "dataset": self.dataset_hist[name].astype(int).tolist(),
             }
-        ctx.extras["personality"] = hists
-        return rows, summary
+        return ScoreResult(rows, summary, extras={"personality": hists})
 
     def protocol(self) -> dict:
         return {"personality": {**self.classifier.protocol(), "histogram": "argmax label counts over personality probes"}}

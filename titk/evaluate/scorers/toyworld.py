@@ -3,42 +3,14 @@ insightface (identity) and for zero-shot CLIP (personality)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..errors import TitkError
-from ..evaluate.metrics import normalise
-from ..evaluate.scorers.identity import Face, FaceEmbedder
-from ..evaluate.scorers.personality import AttributeClassifier
-from .vision import HEADS, ToyVision, to_tensor
-from .world import IDENTITY_ATTRIBUTES, PERSONALITY_ATTRIBUTES
-
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-
-
-def model_path() -> Path:
-    """The pretrained toy model, a diffusers folder shipped with titk."""
-    path = WEIGHTS / "model"
-    if not (path / "model_index.json").is_file():
-        raise TitkError(f"{path}: the toy world's model is missing; build it with `titk toyworld pretrain --out {WEIGHTS}`")
-    return path
-
-
-@lru_cache(maxsize=2)
-def load_vision(path: str | Path | None = None) -> ToyVision:
-    from safetensors.torch import load_file
-
-    path = Path(path or WEIGHTS / "vision.safetensors")
-    if not path.is_file():
-        raise TitkError(f"{path}: the toy world's vision model is missing; build it with `titk toyworld pretrain`")
-    model = ToyVision()
-    state = load_file(str(path))
-    model.load_state_dict({k: v.float() if v.dtype.is_floating_point else v for k, v in state.items()})
-    return model.eval().requires_grad_(False)
-
+from ...toyworld.vision import HEADS, ToyVision, load_vision, to_tensor
+from ...toyworld.world import IDENTITY_ATTRIBUTES, PERSONALITY_ATTRIBUTES
+from ..metrics import normalise
+from .identity import Face, FaceEmbedder
+from .personality import AttributeClassifier
 
 class ToyFaceEmbedder(FaceEmbedder):
     """A "face" when the vision model sees a person; its embedding the identity-attribute probabilities,

@@ -137,7 +137,7 @@ def _page(title: str, parts: list[str]) -> str:
 
 
 def write_report(data: StudyData, path: str | Path) -> Path:
-    from ..embeddings.formats import atomic_path
+    from ..files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from PIL import Image
 
+from ..config import SamplingSettings
 from ..errors import TitkError
 
 SAMPLERS = {
@@ -48,39 +49,27 @@ def embedding_active(bundle, vectors: dict[str, torch.Tensor] | None):
 
 @torch.no_grad()
 def generate(
-    bundle,
-    prompts: list[str],
-    seeds: list[int],
-    *,
-    name: str | None = None,
-    n_vectors: int = 0,
-    negative_prompt: str = "",
-    steps: int = 20,
-    cfg: float = 7.0,
-    width: int | None = None,
-    height: int | None = None,
-    sampler: str = "dpm++2m",
-    batch_size: int = 4,
+    bundle, prompts: list[str], seeds: list[int], sampling: SamplingSettings, *, name: str | None = None, n_vectors: int = 0
 ) -> list[Image.Image]:
     """One image per (prompt, seed) pair, in order. The embedding's vectors must already be set on the bundle."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must pair up")
-    width, height = width or bundle.default_size, height or bundle.default_size
     pipe = bundle.pipeline
-    own_scheduler, pipe.scheduler = pipe.scheduler, make_scheduler(bundle, sampler)
+    own_scheduler, pipe.scheduler = pipe.scheduler, make_scheduler(bundle, sampling.sampler)
     try:
-        return _generate(bundle, pipe, prompts, seeds, name, n_vectors, negative_prompt, steps, cfg, width, height, batch_size)
+        return _generate(bundle, pipe, prompts, seeds, name, n_vectors, sampling)
     finally:
         pipe.scheduler = own_scheduler
 
 
-def _generate(bundle, pipe, prompts, seeds, name, n_vectors, negative_prompt, steps, cfg, width, height, batch_size):
+def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings):
+    width, height, negative_prompt = s.width or bundle.default_size, s.height or bundle.default_size, s.negative_prompt
     images: list[Image.Image] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk, chunk_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+    for start in range(0, len(prompts), s.batch_size):
+        chunk, chunk_seeds = prompts[start : start + s.batch_size], seeds[start : start + s.batch_size]
         cond = bundle.encode_prompts(chunk, name, n_vectors)
         negative = bundle.encode_prompts([negative_prompt] * len(chunk))
-        if bundle.family.value == "sdxl" and not negative_prompt:
+        if bundle.family.spec.zero_empty_negative and not negative_prompt:
             # SDXL's convention: an empty negative prompt means zero conditioning.
             negative.hidden, negative.pooled = torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in chunk_seeds]
@@ -89,7 +78,7 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, negative_prompt, st
             for g in generators
         ]).to(bundle.device, bundle.dtype)
         out = pipe(
-            **bundle.adapter.pipeline_kwargs(cond, negative), num_inference_steps=steps, guidance_scale=cfg,
+            **bundle.adapter.pipeline_kwargs(cond, negative), num_inference_steps=s.steps, guidance_scale=s.cfg,
             height=height, width=width, latents=latents, output_type="pil",
         )
         images.extend(out.images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..families import FAMILIES
 from .embedding import Embedding
 from .formats import EmbeddingFile
 
@@ -18,7 +19,6 @@ FORMAT_LABELS = {
     "sd3": "SD3 (clip_l + clip_g + t5)",
     "safetensors": "single-key .safetensors with titk metadata",
 }
-FAMILY_LABELS = {"sd1": "SD1.x (CLIP ViT-L, 768)", "sd2": "SD2.x (OpenCLIP ViT-H, 1024)", "sdxl": "SDXL (768 + 1280)", "sd3": "SD3 (768 + 1280 + 4096)"}
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -47,7 +47,7 @@ def describe(found: EmbeddingFile, bundle=None) -> dict[str, dict[str, str]]:
     main = {
         "file": ", ".join(str(p) for p in found.files),
         "format": FORMAT_LABELS.get(found.format, found.format),
-        "family (from widths)": FAMILY_LABELS.get(emb.family or "", f"unknown ({', '.join(map(str, emb.widths.values()))})"),
+        "family (from widths)": FAMILIES[emb.family].label if emb.family in FAMILIES else f"unknown ({', '.join(map(str, emb.widths.values()))})",
         "vectors × width": ", ".join(f"{k}: {emb.n_vectors} × {w}" for k, w in emb.widths.items()),
         "size": size_explained(found),
         "trigger word in A1111": found.token,

@@ -1,0 +1,98 @@
+"""The family table: one spec per model family, read by loading, embeddings, inspect, formats and sampling.
+
+Adding a family means one `FamilySpec` here plus one conditioning adapter in `titk.models.families`; no loop
+changes. The table is plain data (no torch, no diffusers) so that every package may read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAD_END = "<|endoftext|>"  # SD1 and CLIP-L pad with the end token
+PAD_EXCLAMATION = "!"  # the OpenCLIP encoders (SD2, SDXL's CLIP-G) pad with "!" (id 0)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    key: str  # the name of this encoder's tensor in an embedding file (clip_l, clip_h, clip_g, t5)
+    width: int
+    pad: str = PAD_END
+    tokenizer_attr: str = "tokenizer"  # the diffusers pipeline's attribute names
+    model_attr: str = "text_encoder"
+    checkpoint_prefix: str = ""  # where its weights live in an original-layout single file
+    openclip_layout: bool = False  # fused q/k/v and `resblocks` in single files
+    truncates_init_text: bool = False  # A1111 cuts the init text to N tokens for OpenAI CLIP, not OpenCLIP
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    label: str
+    encoders: tuple[EncoderSpec, ...]
+    pipeline_class: str | None  # None: titk reads and writes its embeddings but loads no such model
+    configs: tuple[str, ...] = ()  # config folders shipped in titk/models/configs (the first is the default)
+    kohya_arch: str | None = None  # `ss_base_model_version`-style architecture name in kohya's metadata
+    zero_empty_negative: bool = False  # an empty negative prompt is encoded as zeros (SDXL's convention)
+
+    @property
+    def encoder_keys(self) -> tuple[str, ...]:
+        return tuple(e.key for e in self.encoders)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(e.width for e in self.encoders)
+
+    @property
+    def main_encoder(self) -> EncoderSpec:
+        """The encoder whose token table identifies the family in a single file (the widest one)."""
+        return max(self.encoders, key=lambda e: e.width)
+
+
+_CLIP_L = dict(key="clip_l", width=768, truncates_init_text=True)
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec(
+            "sd1", "SD1.x (CLIP ViT-L, 768)",
+            (EncoderSpec(**_CLIP_L, checkpoint_prefix="cond_stage_model.transformer.text_model."),),
+            "StableDiffusionPipeline", ("sd1",), "stable-diffusion-v1",
+        ),
+        FamilySpec(
+            "sd2", "SD2.x (OpenCLIP ViT-H, 1024)",
+            (EncoderSpec("clip_h", 1024, PAD_EXCLAMATION, checkpoint_prefix="cond_stage_model.model.", openclip_layout=True),),
+            "StableDiffusionPipeline", ("sd2", "sd2-v"), "stable-diffusion-v2-768-v",
+        ),
+        FamilySpec(
+            "sdxl", "SDXL (768 + 1280)",
+            (
+                EncoderSpec(**_CLIP_L, checkpoint_prefix="conditioner.embedders.0.transformer.text_model."),
+                EncoderSpec("clip_g", 1280, PAD_EXCLAMATION, "tokenizer_2", "text_encoder_2",
+                            "conditioner.embedders.1.model.", openclip_layout=True),
+            ),
+            "StableDiffusionXLPipeline", ("sdxl",), "stable-diffusion-xl-v1-base", zero_empty_negative=True,
+        ),
+        FamilySpec(
+            "sd3", "SD3 (768 + 1280 + 4096)",
+            (EncoderSpec("clip_l", 768), EncoderSpec("clip_g", 1280), EncoderSpec("t5", 4096)),
+            None,
+        ),
+    )
+}
+
+# Every encoder key a multi-encoder file may hold, and the key a bare tensor of a width stands for.
+ENCODER_KEYS = ("clip_l", "clip_g", "t5")
+KEY_BY_WIDTH = {768: "clip_l", 1024: "clip_h", 1280: "clip_g", 4096: "t5"}
+
+
+def family_spec(name: str) -> FamilySpec:
+    return FAMILIES[name]
+
+
+def family_by_encoders(widths: dict[str, int]) -> str | None:
+    """The family a set of encoder tensors (key → width) belongs to, or None."""
+    found = tuple(sorted(widths.items()))
+    for spec in FAMILIES.values():
+        if tuple(sorted((e.key, e.width) for e in spec.encoders)) == found:
+            return spec.name
+    return None

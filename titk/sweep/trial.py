@@ -1,0 +1,187 @@
+"""One trial, top to bottom: suggest settings and images, plan once, train and score each seed, aggregate,
+record. The worker's model, latent cache and evaluator are shared by every trial it runs.
+
+A trial that fails (NaN loss, out of memory, any error) is recorded as failed with its reason, in Optuna
+and in MLflow, and the study goes on; a pruned trial is recorded as pruned.
+"""
+
+from __future__ import annotations
+
+import gc
+import traceback
+from pathlib import Path
+
+import optuna
+import torch
+
+from ..config import SweepConfig, TrainConfig
+from ..data.dataset import Dataset
+from ..errors import TitkError
+from ..evaluate.suite import load_suite
+from ..tracking.manifest import manifest
+from ..train import loop as training
+from ..train.plan import TrainPlan, make_plan
+from .pruning import Pruning
+from .scoring import add_histograms, aggregate_seeds, floor_constraints, objective_value
+from .space import apply_settings, suggest_settings, suggest_subset
+from .storage import worker_identity
+
+
+class TrialFailed(Exception):
+    """A trial that could not finish; its reason is on the trial and the MLflow run. The study goes on."""
+
+
+class TrialObjective:
+    """The function Optuna calls for each trial of this worker."""
+
+    def __init__(self, config: SweepConfig, bundle, dataset: Dataset, evaluator, tracker, parent_run: str, workdir: Path,
+                 arch, show_progress: bool = True):
+        self.config, self.bundle, self.dataset, self.evaluator = config, bundle, dataset, evaluator
+        self.tracker, self.parent_run, self.workdir, self.arch = tracker, parent_run, workdir, arch
+        self.show_progress = show_progress
+        self.pruning = Pruning(config.objective)
+        self.intermediate = load_suite(config.objective.intermediate_suite)
+        self.names = [r.path.name for r in dataset.records]
+
+    def __call__(self, trial: optuna.Trial):
+        for name, value in worker_identity().items():
+            trial.set_user_attr(name, value)
+        settings = suggest_settings(trial, self.config)
+        chosen = suggest_subset(trial, self.config, self.names)
+        run_id = self.tracker.start_trial(self.parent_run, trial.number, {"optuna.study": self.config.study})
+        trial.set_user_attr("mlflow_run_id", run_id)
+        folder = self.workdir / "trials" / f"{trial.number:04d}"
+        try:
+            # 1. What this trial trains: settings, images and plan, computed once.
+            subset_size, min_images = len(chosen), self.config.subset.min_images
+            if not chosen or (self.config.subset.include_flags and subset_size < min_images):
+                trial.set_constraint("min_images", min_images - subset_size)
+                raise TrialFailed(f"only {subset_size} images chosen; at least {min_images} are needed")
+            subset = self.dataset.subset(chosen)
+            config = apply_settings(self.config.base, settings, output={"dir": str(folder), "preview": {"every": 0}})
+            plan = make_plan(config, subset, self.arch)
+            if self.config.bs_ga_within_dataset:
+                trial.set_constraint("bs_ga", config.train.batch_size * config.train.grad_accum - len(subset))
+            self._log_start(trial, run_id, settings, config, plan, chosen)
+
+            # 2. Each seed trained and scored; only the first may be pruned.
+            cards = []
+            for repeat in range(self.config.repeats):
+                seed_config = apply_settings(config, {"train.seed": config.train.seed + repeat}, output={"dir": str(folder / f"seed-{repeat}")})
+                cards.append(self._train_and_score(trial, run_id, seed_config, subset, plan, prune=repeat == 0))
+
+            # 3. One aggregate feeds the objective, the floors and what analysis reads back.
+            result = aggregate_seeds([card.summary for card in cards])
+            value = objective_value(result.mean, self.config.objective)
+            trial.set_user_attr("summary", {k: v for k, v in result.mean.items() if v == v})
+            trial.set_user_attr("values_per_seed", [_plain(objective_value(card.summary, self.config.objective)) for card in cards])
+            personality = None
+            for card in cards:
+                personality = add_histograms(personality, card.extras.get("personality"))
+            if personality:
+                trial.set_user_attr("personality", personality)
+            for name, constraint in floor_constraints(result.mean, self.config.objective).items():
+                trial.set_constraint(name, constraint)
+            objective = {"objective": value} if not isinstance(value, tuple) else {f"objective_{i}": v for i, v in enumerate(value)}
+            self.tracker.log_metrics(run_id, objective, plan.stop_step)
+            self.tracker.finish(run_id, "COMPLETE")
+            return value
+        except optuna.TrialPruned:
+            self.tracker.finish(run_id, "PRUNED", f"pruned by the {self.pruning.rule} rule")
+            raise
+        except KeyboardInterrupt:
+            self.tracker.finish(run_id, "INTERRUPTED", "interrupted (Ctrl-C); the study resumes from its storage")
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except Exception as exc:  # NaN loss, out of memory, a bad setting, a bug: the trial fails, the study goes on
+            reason = _reason(exc)
+            trial.set_user_attr("fail_reason", reason)
+            if not isinstance(exc, (TrialFailed, TitkError, torch.cuda.OutOfMemoryError)):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "error.txt").write_text(traceback.format_exc())
+                self.tracker.log_files(run_id, [folder / "error.txt"], "error")
+            self.tracker.finish(run_id, "FAIL", reason)
+            raise TrialFailed(reason) from None
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------------ parts
+
+    def _log_start(self, trial, run_id, settings: dict, config: TrainConfig, plan: TrainPlan, chosen: list[int]) -> None:
+        params = {f"search.{k}": v for k, v in settings.items()}
+        flat = config.model_dump(mode="json")
+        for section in ("embedding", "data", "train"):
+            params.update({f"{section}.{k}": v for k, v in flat[section].items() if k != "path"})
+        params.update({
+            "effective.batch_size": plan.batch_size_eff, "effective.grad_accum": plan.grad_accum_eff,
+            "effective.steps": plan.stop_step, "effective.epochs": plan.epochs, "effective.image_views": plan.image_views,
+            "effective.updates_per_epoch": plan.updates_per_pass, "effective.loss_divisor": plan.loss_divisor,
+            "effective.weight_decay": plan.weight_decay, "effective.clip": f"{plan.clip_mode} {plan.clip_threshold}",
+            "effective.lr_segments": plan.lr_segments, "effective.total_tflops": plan.total_tflops,
+            "subset.size": len(chosen), "repeats": self.config.repeats,
+        })
+        self.tracker.log_params(run_id, params)
+        self.tracker.log_tags(run_id, {"titk.seed": config.train.seed, "titk.plan_warnings": plan.warnings})
+        self.tracker.log_dataset(run_id, manifest(self.dataset, chosen), f"{self.config.study}-trial-{trial.number}", str(self.dataset.root))
+
+    def _train_and_score(self, trial, run_id: str, config: TrainConfig, subset: Dataset, plan: TrainPlan, prune: bool):
+        every = self.config.objective.eval_every
+        every = max(1, plan.stop_step // 4) if every is None else every
+        pending: dict[str, list] = {"loss": [], "lr": []}
+
+        def on_event(event: training.TrainEvent) -> None:
+            if event.kind != "update":
+                return
+            pending["loss"].append(event.loss)
+            pending["lr"].append(event.lr)
+            if not (every and event.step % every == 0 and event.step + every <= plan.stop_step):
+                return  # the final evaluation covers the last stretch
+            card = self.evaluator.evaluate(event.embedding, name=config.embedding.name, suite=self.intermediate)
+            self.tracker.log_scorecard(run_id, card, event.step, "intermediate")
+            self._log_loss(run_id, pending, event.step)
+            if prune and self.pruning.on_intermediate:
+                self.pruning.check_intermediate(trial, objective_value(card.summary, self.config.objective), event.step)
+
+        result = training.train(config, plan, dataset=subset, bundle=self.bundle, show_progress=self.show_progress,
+                                latent_cache=self.workdir / "cache" / "latents", callback=on_event)
+        if pending["loss"]:
+            self._log_loss(run_id, pending, result.steps_done)
+        card = self._final_score(trial, result.embedding, config.embedding.name, prune)
+        self.tracker.log_scorecard(run_id, card, result.steps_done, "final")
+        self.tracker.log_files(run_id, result.files, "embeddings")
+        self.tracker.log_files(run_id, [result.run_dir / "train_log.csv", result.run_dir / "plan.json"], f"train/seed-{config.train.seed}")
+        if self.config.repeats > 1 and not self.config.objective.pareto:
+            self.tracker.log_metrics(run_id, {f"seed.{config.train.seed}.objective": objective_value(card.summary, self.config.objective)}, result.steps_done)
+        return card
+
+    def _log_loss(self, run_id: str, pending: dict, step: int) -> None:
+        self.tracker.log_metrics(run_id, {"train.loss": sum(pending["loss"]) / len(pending["loss"]), "train.lr": pending["lr"][-1]}, step)
+        pending["loss"].clear()
+
+    def _final_score(self, trial, embedding, name: str, prune: bool):
+        """The final evaluation; under the Wilcoxon rule it goes prompt by prompt so that it can stop early."""
+        suite = self.evaluator.suite
+        if not (prune and self.pruning.on_final_images):
+            return self.evaluator.evaluate(embedding, name=name)
+        samples = []
+        for prompt in range(len(suite.spec.prompts)):
+            part = self.evaluator.samples(embedding, name, suite.only(prompt))
+            table = self.evaluator.score(part, embedding, suite.only(prompt), name).table
+            self.pruning.check_images(trial, self.pruning.image_values(table), len(samples))
+            samples += part
+        return self.evaluator.score(samples, embedding, suite, name)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory: lower the batch size or image size, or enable gradient checkpointing"
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, (TrialFailed, TitkError)):
+        return text.splitlines()[0]
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"

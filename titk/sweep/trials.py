@@ -1,0 +1,43 @@
+"""A study's trials as one pandas frame, for the CLI summary, the study run in MLflow and analysis alike."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial that ran (waiting ones are not results): state, value(s), feasibility, parameters,
+    the mean summary metrics, the subset, each seed's value, histograms, reasons and timing."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        values = t.values if t.values is not None else []
+        rows.append({
+            "trial": t.number, "state": t.state.name,
+            **{f"value{i if len(values) > 1 else ''}": v for i, v in enumerate(values)},
+            "feasible": all(c <= 0 for c in (t.constraints or {}).values()),
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            **{f"param.{k}": v for k, v in t.params.items() if not k.startswith("include:")},
+            **{f"metric.{k}": v for k, v in t.user_attrs.get("summary", {}).items()},
+            "subset": t.user_attrs.get("subset"),
+            "values_per_seed": t.user_attrs.get("values_per_seed"),
+            "personality": t.user_attrs.get("personality"),
+            "reason": t.user_attrs.get("fail_reason"),
+            "retry_of": t.user_attrs.get("retry_of"),
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def best_trials(study: optuna.Study, table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """The Pareto front, or the k best complete trials (feasible ones first)."""
+    if table.empty or "value" not in table and "value0" not in table:
+        return table.head(0)
+    if len(study.directions) > 1:
+        front = {t.number for t in study.best_trials}
+        return table[table["trial"].isin(front)]
+    done = table[table["state"] == "COMPLETE"].sort_values(["feasible", "value"], ascending=[False, False])
+    return done.head(k)
