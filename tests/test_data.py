@@ -184,7 +184,7 @@ def test_alpha_weight_min_zero_mean_one_and_uniform_gives_ones():
 
 
 def test_buckets_cover_and_crop(tmp_path):
-    buckets = bucket_sizes(512)
+    buckets = bucket_sizes(512, 64)
     assert (512, 512) in buckets and all(w % 64 == 0 and h % 64 == 0 for w, h in buckets)
     assert all(w * h <= 512 * 512 for w, h in buckets)
     assert nearest_bucket(1000, 500, buckets)[0] > nearest_bucket(1000, 500, buckets)[1]

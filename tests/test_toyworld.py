@@ -42,11 +42,12 @@ def test_written_dataset(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy():
+    from titk.config import IdentitySettings
     from titk.evaluate.scorers.toyworld import ToyAttributeClassifier, ToyFaceEmbedder
     from titk.toyworld.vision import load_vision
 
     vision = load_vision()
-    return ToyFaceEmbedder(vision), ToyAttributeClassifier(vision)
+    return ToyFaceEmbedder(vision, IdentitySettings().det_thresh), ToyAttributeClassifier(vision)
 
 
 def test_toy_face_embedder_tells_people_apart(toy):

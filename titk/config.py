@@ -208,8 +208,9 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def parse_override(item: str) -> dict:
-    """`a.b.c=value` (the value read as YAML) as the nested mapping {a: {b: {c: value}}}."""
+def parse_override(item: str, data: dict | None = None) -> dict:
+    """`a.b.c=value` (the value read as YAML) as the nested mapping {a: {b: {c: value}}}. Keys that hold dots
+    themselves (a sweep's `space: {train.epochs: ...}`) are matched against `data`: `space.train.epochs.low=2`."""
     key, sep, raw = item.partition("=")
     parts = [p.strip() for p in key.split(".")]
     if not sep or not all(parts):
@@ -218,15 +219,25 @@ def parse_override(item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise TitkError(f"--set {item!r}: the value is not valid YAML") from None
-    for part in reversed(parts):
+    for part in reversed(_dotted_keys(parts, data)):
         value = {part: value}
     return value
+
+
+def _dotted_keys(parts: list[str], node) -> list[str]:
+    keys, i = [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i + 1, -1) if isinstance(node, dict) and ".".join(parts[i:j]) in node), i + 1)
+        keys.append(".".join(parts[i:j]))
+        node = node.get(keys[-1]) if isinstance(node, dict) else None
+        i = j
+    return keys
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`section.key=value` pairs merged into a config mapping, in order."""
     for item in overrides:
-        override = parse_override(item)
+        override = parse_override(item, data)
         _check_sections(data, override, item)
         data = merge(data, override)
     return data

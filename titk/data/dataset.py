@@ -89,7 +89,7 @@ def scan_dataset(
 # ------------------------------------------------------------------------------------------------ sizes
 
 
-def bucket_sizes(base: int, step: int = 64) -> list[tuple[int, int]]:
+def bucket_sizes(base: int, step: int) -> list[tuple[int, int]]:
     """Aspect-ratio buckets of about base² pixels with sides multiple of `step`, from base/2 to 2·base."""
     sizes = set()
     side = base // 2 // step * step
@@ -108,12 +108,14 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 
 def target_size(record: ImageRecord, mode: str, width: int, height: int, buckets: list[tuple[int, int]] | None) -> tuple[int, int]:
-    """The (width, height) the image is trained at under a resize mode."""
+    """The (width, height) the image is trained at under a resize mode (`buckets` from bucket_sizes when bucketing)."""
     if mode == "stretch":
         return width, height
     if mode == "native":
         return record.width, record.height
-    return nearest_bucket(record.width, record.height, buckets or bucket_sizes(width))
+    if not buckets:
+        raise ValueError("bucketing needs the bucket sizes")
+    return nearest_bucket(record.width, record.height, buckets)
 
 
 def prepare_pixels(record: ImageRecord, size: tuple[int, int], mode: str) -> tuple[torch.Tensor, Image.Image | None]:

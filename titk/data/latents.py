@@ -19,6 +19,8 @@ from .dataset import Dataset, alpha_weight, prepare_pixels
 
 SAMPLING_MODES = ("once", "deterministic", "random")
 
+ENCODE_BATCH = 4  # images per VAE encoder call (the latents do not depend on it)
+
 
 @dataclass
 class CachedLatent:
@@ -38,7 +40,7 @@ class LatentCache:
 
     def load_or_encode(
         self, dataset: Dataset, sizes: list[tuple[int, int]], resize_mode: str, *, use_alpha: bool,
-        batch_size: int = 4, progress=None,
+        batch_size: int = ENCODE_BATCH, progress=None,
     ) -> list[CachedLatent]:
         """Latents of every record at its size; encodes (in batches of equal size) only what is missing."""
         out: list[CachedLatent | None] = [None] * len(dataset)

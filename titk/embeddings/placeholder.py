@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import CONTEXT_TOKENS
 from ..errors import TitkError
 
-MAX_VECTORS = 75  # one 77-token prompt chunk holds 75 tokens besides start and end
+MAX_VECTORS = CONTEXT_TOKENS - 2  # one prompt chunk holds 75 tokens besides start and end
 
 
 class SplicedEmbedding(nn.Module):

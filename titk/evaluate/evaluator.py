@@ -75,9 +75,9 @@ def build_evaluator(bundle, settings: EvalSettings, references: References) -> E
 
     face_embedder = classifier = None
     if settings.world == "toyworld":
-        from .scorers.toyworld import ToyAttributeClassifier, ToyFaceEmbedder
+        from .scorers.toyworld import toy_scorers
 
-        face_embedder, classifier = ToyFaceEmbedder(), ToyAttributeClassifier()
+        face_embedder, classifier = toy_scorers(settings.identity)
     wanted = set(settings.scorers)
     needs_clip = bool(wanted & {"clip", "diversity"}) or ("personality" in wanted and classifier is None)
     c = settings.clip

@@ -16,12 +16,13 @@ import torch
 
 from .families import Family
 from .ldm import pipeline_to_ldm
+from ..config import CONTEXT_TOKENS
 from ..families import PAD_END, PAD_EXCLAMATION
 from .tokenizer import clip_tokenizer
 
 TINY_CLIP = dict(
     vocab_size=49408, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    max_position_embeddings=CONTEXT_TOKENS, layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
 TINY_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,

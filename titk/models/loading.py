@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, parse
+from ..config import CONTEXT_TOKENS, ModelConfig, parse
 from ..devices import resolve_device, resolve_dtype
 from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
@@ -288,7 +288,7 @@ def probe_v_prediction(unet) -> str:
     device, dtype = unet.device, unet.dtype
     x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
     cond_dim = unet.config.cross_attention_dim
-    context = torch.zeros((1, 77, cond_dim), device=device, dtype=dtype)
+    context = torch.zeros((1, CONTEXT_TOKENS, cond_dim), device=device, dtype=dtype)
     out = unet(x, torch.tensor([999], device=device), encoder_hidden_states=context).sample
     return "v_prediction" if (out - x).mean().item() < -1 else "epsilon"
 

@@ -12,12 +12,12 @@ import gzip
 import importlib.resources
 from functools import lru_cache
 
+from ..config import CONTEXT_TOKENS
 from ..families import PAD_END
 
 VOCAB_SIZE = 49408
 BOS, EOS = "<|startoftext|>", PAD_END
 N_MERGES = VOCAB_SIZE - 2 * 256 - 2
-MAX_LENGTH = 77
 
 
 
@@ -62,5 +62,5 @@ def clip_tokenizer(pad_token: str = PAD_END):
         eos_token=EOS,
         unk_token=EOS,
         pad_token=pad_token,
-        model_max_length=MAX_LENGTH,
+        model_max_length=CONTEXT_TOKENS,
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import PretrainSettings, SamplingSettings
+from ..config import CONTEXT_TOKENS, PretrainSettings, SamplingSettings
 from .vision import HEADS, accuracy, to_tensor, train_vision
 from .world import IDENTITY_ATTRIBUTES, identities, sample
 
@@ -43,7 +43,7 @@ UNET_CONFIG = dict(
 )
 TEXT_CONFIG = dict(
     vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    max_position_embeddings=CONTEXT_TOKENS, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
 
 
@@ -148,7 +148,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         torch.manual_seed(settings.seed + 2)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     tokenizer = clip_tokenizer()
-    ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(captions + [""], padding="max_length", max_length=CONTEXT_TOKENS, truncation=True, return_tensors="pt").input_ids
     empty = ids[-1]
     ids = ids[:-1]
     noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

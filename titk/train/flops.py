@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+from ..config import CONTEXT_TOKENS
+
 
 def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: int = 8) -> float:
     """FLOPs of one image view (UNet forward + backward to the conditioning) at width × height pixels."""
@@ -29,7 +31,7 @@ def _count(config_json: str, lat_w: int, lat_h: int) -> float:
     unet.requires_grad_(False)
     meta = dict(device="meta")
     x = torch.empty(1, config.get("in_channels", 4), lat_h, lat_w, **meta)
-    cond = torch.empty(1, 77, unet.config.cross_attention_dim, requires_grad=True, **meta)
+    cond = torch.empty(1, CONTEXT_TOKENS, unet.config.cross_attention_dim, requires_grad=True, **meta)
     extra = {}
     if unet.config.addition_embed_type == "text_time":
         pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim

@@ -2,7 +2,7 @@
 
 CLIP-T is the cosine between an image and its prompt with the embedding's name removed ("a photo of
 [name] on the beach" → "a photo of  on the beach"), as in the TI paper; CLIP-I is the mean cosine between
-an image and each dataset image. The default judge is ViT-B-32 "openai" for comparability with the
+an image and each dataset image. The default judge is ViT-B-32 with OpenAI's weights, for comparability with the
 literature; a second, independent model can be added (SD1.5's own text encoder is CLIP ViT-L, so ViT-L
 judges TI inside the space it was optimised in).
 """

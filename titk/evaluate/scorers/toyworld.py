@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...config import IdentitySettings
 from ...toyworld.vision import HEADS, ToyVision, load_vision, to_tensor
 from ...toyworld.world import IDENTITY_ATTRIBUTES, PERSONALITY_ATTRIBUTES
 from ..metrics import normalise
@@ -18,8 +19,8 @@ class ToyFaceEmbedder(FaceEmbedder):
 
     name = "toyworld"
 
-    def __init__(self, vision: ToyVision | None = None, threshold: float = 0.5):
-        self.vision = vision or load_vision()
+    def __init__(self, vision: ToyVision, threshold: float):
+        self.vision = vision
         self.threshold = threshold
 
     @torch.no_grad()
@@ -43,8 +44,8 @@ class ToyFaceEmbedder(FaceEmbedder):
 
 
 class ToyAttributeClassifier(AttributeClassifier):
-    def __init__(self, vision: ToyVision | None = None):
-        self.vision = vision or load_vision()
+    def __init__(self, vision: ToyVision):
+        self.vision = vision
         self.label_sets = {name: list(labels) for name, labels in PERSONALITY_ATTRIBUTES.items()}
 
     @torch.no_grad()
@@ -56,6 +57,7 @@ class ToyAttributeClassifier(AttributeClassifier):
         return {"classifier": "toy world vision model", "label_sets": self.label_sets}
 
 
-def toy_scorers() -> dict:
+def toy_scorers(identity: IdentitySettings) -> tuple[ToyFaceEmbedder, ToyAttributeClassifier]:
+    """The toy world's face embedder (detection threshold from the identity settings) and attribute model."""
     vision = load_vision()
-    return {"face_embedder": ToyFaceEmbedder(vision), "classifier": ToyAttributeClassifier(vision)}
+    return ToyFaceEmbedder(vision, identity.det_thresh), ToyAttributeClassifier(vision)

@@ -1,0 +1,179 @@
+"""The package's shape: no import cycles between its parts, the arrows the design forbids absent, each
+default in config.py alone, and the shipped prompt files reachable from a non-editable install."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "titk"
+
+# part → parts (or libraries) it must never import
+FORBIDDEN = {
+    "train": {"tracking", "sweep", "analysis", "mlflow", "optuna"},  # the training loop knows no study
+    "evaluate": {"train", "sweep"},  # scoring does not train
+    "data": {"models", "train", "evaluate"},  # datasets know no model
+    "embeddings": {"train", "models", "evaluate"},  # embedding formats do not train
+    "models": {"sweep", "tracking", "analysis", "optuna", "mlflow", "toyworld"},  # models know no study
+    "analysis": {"train"},  # analysis does not train
+}
+
+
+def _part(module: str) -> str:
+    """The part a module belongs to: its subpackage, or the top-level module's own name."""
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def _imports() -> dict[str, set[str]]:
+    """module name → titk modules and third-party roots it imports (at any depth in the file)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                    found.add(target)
+                    found.update(f"{target}.{a.name}" for a in node.names)
+                else:
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[module] = found
+    return graph
+
+
+def _part_graph() -> dict[str, set[str]]:
+    modules = _imports()
+    parts: dict[str, set[str]] = {}
+    for module, targets in modules.items():
+        if module == "titk" or module == "titk.cli" or module == "titk.__main__":
+            continue  # the CLI and the package's public surface sit on top of everything
+        src = _part(module)
+        for target in targets:
+            if target.startswith("titk.") and target in modules:
+                dst = _part(target)
+                if dst != src and dst not in ("cli", "__main__"):
+                    parts.setdefault(src, set()).add(dst)
+            elif not target.startswith("titk"):
+                parts.setdefault(src, set()).add(target.split(".")[0])
+    return parts
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if not state.get(nxt):
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if not state.get(node):
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle_between_parts():
+    graph = {k: {v for v in vs if v in _part_graph()} for k, vs in _part_graph().items()}
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_no_import_cycle_between_modules():
+    modules = _imports()
+    graph = {m: {t for t in ts if t in modules and t != m} for m, ts in modules.items()}
+    # a package's __init__ re-exports its modules; an arrow back to it is not a cycle of logic
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and t in modules)} for m, ts in graph.items()}
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+@pytest.mark.parametrize("part", sorted(FORBIDDEN))
+def test_forbidden_arrows_are_absent(part):
+    imported = _part_graph().get(part, set())
+    assert not (imported & FORBIDDEN[part]), f"titk.{part} imports {sorted(imported & FORBIDDEN[part])}"
+
+
+def test_the_cycle_check_finds_a_planted_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Each default titk has, as it would be written where it is used; config.py must be its only home.
+DEFAULTS = [
+    r'(=\s*|Option\(\s*)"buffalo_l"', r'(=\s*|Option\(\s*)"ViT-B-32"', r'(=\s*|Option\(\s*)"openai"', r'(=\s*|Option\(\s*)"dpm\+\+2m"',
+    r"det_size\b.*=\s*640", r"det_thresh\b.*=\s*0\.5", r"\bcfg\b.*=\s*7\.0", r"(limit|references)\b.*=\s*64\b",
+    r"batch_size: int = \d", r"heartbeat\b.*=\s*60\b", r"n_startup_trials=\d", r"p_threshold=0\.\d",
+    r"(=\s*|Option\(\s*)512\b", r"(=\s*|\(\s*1,\s*)77\b", r"\bstep: int = 64\b",
+]
+# The same number meaning something else.
+NOT_DEFAULTS = {
+    ("titk/evaluate/dataset_check.py", r"(=\s*|Option\(\s*)512\b"): "ORB matching scale, not a model resolution",
+    ("titk/embeddings/formats.py", r"(=\s*|Option\(\s*)512\b"): "the picture size of an A1111 image embedding",
+}
+
+
+def _repeats(code: str) -> list[str]:
+    return [p for p in DEFAULTS if re.search(p, code)]
+
+
+def test_each_default_lives_only_in_config():
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "config.py" or "toyworld" in path.parts:  # the toy world's architecture is its own
+            continue
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines() if not line.lstrip().startswith(('"', "'")))
+        found = [p for p in _repeats(code) if (str(path.relative_to(ROOT)), p) not in NOT_DEFAULTS]
+        assert not found, f"{path.relative_to(ROOT)} repeats defaults: {found}"
+
+
+def test_the_default_check_sees_a_repeated_default():
+    assert _repeats('def f(pack: str = "buffalo_l"):')
+    assert _repeats("    det_size: int = 640,")
+    assert _repeats("torch.zeros((1, 77, 768))")
+    assert not _repeats("x = 640\nwidth=7.5")
+
+
+def test_files_stay_small():
+    big = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 460}
+    assert not big, f"split these: {big}"
+
+
+def test_shipped_prompts_are_found_from_a_non_editable_install(tmp_path):
+    """`pip install .` (not -e) into a folder of its own: the suites and label sets travel as package data."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, cwd=tmp_path, capture_output=True)
+    assert not (target / "experiments").exists()
+    code = (
+        "import titk, pathlib; from titk.evaluate.suite import load_suite, find_prompt_file; "
+        "from titk.toyworld.world import DEMO_CONFIG; "
+        "assert pathlib.Path(titk.__file__).is_relative_to(pathlib.Path(r'%s')), titk.__file__; "
+        "print(load_suite('person').name, len(load_suite('toy').items), find_prompt_file('personality-labels').name, DEMO_CONFIG.is_file())"
+    ) % target
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["person", "16", "personality-labels.yaml", "True"]
