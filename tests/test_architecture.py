@@ -177,3 +177,11 @@ def test_shipped_prompts_are_found_from_a_non_editable_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["person", "16", "personality-labels.yaml", "True"]
+
+
+def test_public_surface_resolves():
+    import titk
+
+    for name in titk.__all__:
+        assert getattr(titk, name) is not None, name
+    assert callable(titk.train_embedding) and titk.train_embedding.__module__ == "titk.train.loop"

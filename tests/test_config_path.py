@@ -6,7 +6,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-import pytest
 import yaml
 
 from titk.config import load_sweep_config, merge

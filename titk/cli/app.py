@@ -1,0 +1,56 @@
+"""The `titk` Typer app, its consoles, shared options and table printers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+app = typer.Typer(
+    name="titk",
+    help="Textual Inversion toolkit: train, search and score TI embeddings of a person.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_sections(sections: dict[str, dict[str, str]]) -> None:
+    for title, rows in sections.items():
+        table = Table(title=escape(title), title_justify="left", show_header=False, box=None, pad_edge=False, min_width=60)
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column(overflow="fold")
+        for key, value in rows.items():
+            table.add_row(escape(str(key)), escape(str(value)))
+        console.print(table)
+        console.print()
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else escape(str(value))
+
+
+def _print_frame(frame, title: str, columns: dict[str, str]) -> None:
+    """Some columns of a DataFrame as a table; `columns` maps each column to its header."""
+    table = Table(title=escape(title), title_justify="left")
+    for header in columns.values():
+        table.add_column(header, overflow="fold")
+    for row in frame[list(columns)].itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    console.print(table)
+
+
+
+DatasetOption = typer.Option(None, "--dataset", "-d", help="image folder (overrides data.path)")
+SetOption = typer.Option([], "--set", help="override a setting: section.key=value (repeatable)")
+WorkdirOption = typer.Option(Path("work"), "--workdir", "-w", help="the study's work directory (storages, artifacts, cache, trials)")
+StorageOption = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://user@host/optuna); default: a journal file in the work dir")
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (e.g. http://host:5000); default: SQLite in the work dir")

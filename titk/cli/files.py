@@ -1,0 +1,100 @@
+"""Commands about files: doctor, inspect, convert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from ..errors import TitkError
+from .app import (
+    _print_sections, app, console,
+)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Versions, devices and what they support, where models and face packs are looked for, the hub."""
+    from ..doctor import report
+
+    data = report()
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_sections(data)
+
+
+def _is_model_source(path: str) -> bool:
+    """A model (folder, checkpoint, hub id) rather than an embedding file."""
+    p = Path(path)
+    if p.is_dir() or path == "toyworld":
+        return True
+    if not p.exists():
+        return "/" in path and p.suffix == ""  # a hub id
+    suffix = p.suffix.lower()
+    if suffix == ".ckpt":
+        return True
+    if suffix == ".safetensors":
+        from ..models.loading import read_checkpoint_index
+
+        from ..embeddings.formats import EMBEDDING_KEYS
+
+        try:
+            keys, _ = read_checkpoint_index(p)
+        except TitkError:
+            return False  # let the embedding reader report what is wrong with the file
+        model_prefixes = ("model.", "first_stage_model.", "cond_stage_model.", "conditioner.", "lora_")
+        return any(k.startswith(model_prefixes) for k in keys) or (len(keys) > 1 and not keys <= EMBEDDING_KEYS)
+    return suffix in (".pt", ".bin", ".pth") and p.stat().st_size > 100 * 2**20
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="an embedding file, or a model (diffusers folder, checkpoint or hub id)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="a model to check the embedding against"),
+    model_config: Optional[Path] = typer.Option(None, help="diffusers config folder for a non-standard single file"),
+    dtype: str = typer.Option("fp32", help="precision to load a model in: fp32, bf16, fp16 or auto"),
+    device: str = typer.Option("cpu", help="device to load a model on"),
+):
+    """Describe an embedding (format, family, vectors, norms, size, metadata; with --model the nearest
+    tokens and whether it fits) or a model (family, prediction type, encoders, short hash)."""
+    from ..models import load_model
+
+    if _is_model_source(path):
+        bundle = load_model(path, config_dir=model_config, dtype=dtype, device=device)
+        _print_sections({"model": bundle.describe()})
+        return
+    from ..embeddings.formats import read_embedding_file
+    from ..embeddings.describe import describe
+
+    found = read_embedding_file(path)
+    bundle = load_model(model, config_dir=model_config, dtype=dtype, device=device) if model else None
+    _print_sections(describe(found, bundle))
+
+
+@app.command()
+def convert(
+    source: Path = typer.Argument(..., help="an embedding file in any format titk reads"),
+    target: Path = typer.Argument(..., help="the file to write"),
+    to: str = typer.Option(None, "--to", help="a1111, safetensors, kohya, diffusers, onetrainer or png (default: from the suffix)"),
+    name: Optional[str] = typer.Option(None, help="the stored name (default: the target's file stem, which A1111 uses)"),
+):
+    """Convert an embedding between the formats people exchange."""
+    from ..embeddings.embedding import check_name
+    from ..embeddings.formats import FORMAT_BY_SUFFIX, read_embedding_file, write_embedding
+    from ..embeddings.describe import summary
+
+    found = read_embedding_file(source)
+    emb = found.embedding
+    emb.name = check_name(name or target.stem.removesuffix("_2"), "--name")
+    fmt = to or FORMAT_BY_SUFFIX.get(target.suffix.lower())
+    files = write_embedding(emb, target, fmt)
+    kept = fmt == "onetrainer" or not emb.output_vectors
+    console.print(f"wrote {', '.join(str(f) for f in files)}: {escape(summary(emb))}", highlight=False, soft_wrap=True)
+    if not kept:
+        console.print("[yellow]warning:[/] the output vectors (_out) have no place in this format and were left out", soft_wrap=True)
+
+

@@ -1,0 +1,177 @@
+"""Commands about studies: sweep, worker, serve, report, demo, the toy world."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .app import (
+    SetOption, StorageOption, TrackingOption, WorkdirOption, _print_frame, app, console,
+    err_console,
+)
+
+
+def _trial_line(study, trial) -> None:
+    value = "" if trial.values is None else "  value " + ", ".join(f"{v:.4f}" for v in trial.values)
+    if trial.state.name == "PRUNED" and trial.intermediate_values:  # not comparable with finished trials' values
+        step = max(trial.intermediate_values)
+        value = f"  at step {step}: {trial.intermediate_values[step]:.4f} on the intermediate suite"
+    reason = trial.user_attrs.get("fail_reason") or ""
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
+    console.print(f"[{colour}]trial {trial.number} {trial.state.name.lower()}[/]{value}  {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
+    from ..config import load_sweep_config
+    from ..sweep.runner import run_sweep
+    from ..sweep.trials import best_trials
+
+    cfg = load_sweep_config(config, set_)
+    try:
+        result = run_sweep(cfg, workdir=workdir, config_dir=config.parent, storage_url=storage, tracking=tracking_uri,
+                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished trials are kept; run the same command again to resume the study")
+        sys.exit(130)
+    if create_only:
+        console.print(f"study {cfg.study!r} ready in {result.storage}; start workers with `titk worker`", highlight=False)
+        return
+    table = result.table
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
+    best = best_trials(result.study, table)
+    if "mlflow_run_id" in best:  # eight characters find a run in the MLflow UI's search, as with git hashes
+        best = best.assign(run=best["mlflow_run_id"].fillna("").str[:8])
+    params = [c for c in best.columns if c.startswith("param.")]
+    short = [c.rsplit(".", 1)[-1] for c in params]
+    headers = {c: c for c in ("trial", "value", "value0", "value1", "feasible") if c in best}
+    headers.update({c: s if short.count(s) == 1 else c.removeprefix("param.") for c, s in zip(params, short)})
+    headers.update({"run": "MLflow run"} if "run" in best else {})
+    _print_frame(best, f"study {cfg.study}: {counts}", headers)
+    console.print(f"MLflow UI and Optuna dashboard: titk serve {workdir}    report: titk report {workdir} -o report.html", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="sweep config (YAML): base training config, space, subset, objective, evaluation"),
+    workdir: Path = WorkdirOption,
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+    n_trials: Optional[int] = typer.Option(None, help="finished trials wanted (default: the config's n_trials)"),
+    create_only: bool = typer.Option(False, "--create-only", help="create the study (and its MLflow experiment) and stop"),
+    set_: list[str] = SetOption,
+):
+    """Search training settings and dataset subsets with Optuna, scoring every trial and recording it in MLflow.
+    On an existing study it continues where it stopped."""
+    _run_sweep(config, workdir, storage, tracking_uri, n_trials, True, create_only, set_)
+
+
+@app.command()
+def worker(
+    config: Path = typer.Argument(..., help="the study's sweep config"),
+    workdir: Path = WorkdirOption,
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+    set_: list[str] = SetOption,
+):
+    """Join an existing study and run its trials one after another on this machine's GPU (one worker per GPU)."""
+    _run_sweep(config, workdir, storage, tracking_uri, None, False, False, set_)
+
+
+@app.command()
+def serve(
+    workdir: Path = typer.Argument(..., help="a sweep's work directory"),
+    port: int = typer.Option(5000, help="MLflow UI port"),
+    dashboard_port: int = typer.Option(8080, help="optuna-dashboard port"),
+    check: bool = typer.Option(False, "--check", help="start both, check they answer, then stop"),
+):
+    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1."""
+    from ..sweep.serve import serve as run_servers
+
+    run_servers(workdir, port, dashboard_port, check=check, console=console)
+
+
+@app.command()
+def report(
+    workdir: Optional[Path] = typer.Argument(None, help="a sweep's work directory"),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="the HTML file to write"),
+    study: Optional[str] = typer.Option(None, help="study name (with --storage and --tracking-uri instead of a work dir)"),
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+):
+    """One self-contained HTML page about a study: progress, best trials and their samples, which settings
+    matter, identity against editability, learning curves, which images help, personality, seed variance."""
+    from ..analysis import load_study
+    from ..analysis.html import write_report
+
+    data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri)
+    path = write_report(data, output)
+    console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, opens offline)", highlight=False)
+
+
+toyworld_app = typer.Typer(help="The toy world: a synthetic world where TI learning can be checked on a CPU.", no_args_is_help=True)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("dataset")
+def toyworld_dataset(
+    out: Path = typer.Argument(..., help="folder to write the images (and captions) to"),
+    identity: str = typer.Option("0", help="a held-out identity: its index or name"),
+    n: int = typer.Option(15, help="number of images"),
+    tank_tops: Optional[float] = typer.Option(None, help="share of images in a tank top (default: clothing uniform)"),
+    seed: int = typer.Option(0),
+    captions: bool = typer.Option(True, help="write <stem>.txt captions describing each look"),
+):
+    """Write a TI dataset of a toy-world identity that the toy model never saw."""
+    from ..toyworld.world import clothing_bias, heldout, write_dataset
+
+    person = heldout(identity)
+    write_dataset(out, person, n, seed=seed, weights=clothing_bias("tank top", tank_tops) if tank_tops is not None else None, captions=captions)
+    console.print(f"wrote {n} images of {person.name} ({person.describe()}) to {out}", highlight=False, soft_wrap=True)
+
+
+@toyworld_app.command("pretrain")
+def toyworld_pretrain(
+    out: Path = typer.Option(Path("titk/toyworld/weights"), "--out", "-o", help="where the model folder, vision model and record go"),
+    unet_steps: Optional[int] = typer.Option(None, min=1, help="length of the UNet and text-encoder learning-rate schedule"),
+    stop_at: Optional[int] = typer.Option(None, min=1, help="end the UNet at this step of that schedule (the shipped model ends before the schedule does)"),
+    vae_steps: Optional[int] = typer.Option(None, min=1),
+    vision_steps: Optional[int] = typer.Option(None, min=1),
+    seed: Optional[int] = typer.Option(None),
+    continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
+):
+    """Train the toy world's model from scratch (about 2 hours on 2 CPU cores). Unset options take the
+    defaults of titk.config.PretrainSettings, which reproduce the shipped model."""
+    from ..config import PretrainSettings
+    from ..toyworld.pretrain import pretrain
+
+    given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
+                 continue_from=str(continue_from) if continue_from else None)
+    settings = PretrainSettings(**{k: v for k, v in given.items() if v is not None})
+    record = pretrain(out, settings, log=lambda line: console.print(line, highlight=False))
+    console.print(f"done in {record['total_seconds'] / 60:.1f} min: {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("work/demo"), "--workdir", "-w", help="where the demo study goes"),
+    config: Optional[Path] = typer.Option(None, help="the demo sweep config (default: titk/toyworld/demo.yaml, shipped with titk)"),
+    set_: list[str] = SetOption,
+):
+    """A small sweep in the toy world: a TI of a person the toy model never saw, searched over learning rate,
+    vectors and length, scored by the world's own face and attribute models. Run it again to continue."""
+    from ..toyworld.world import DEMO_CONFIG, clothing_bias, heldout, write_dataset
+
+    config = config or DEMO_CONFIG
+    data = workdir / "data"
+    if not data.is_dir():
+        person = heldout(0)
+        write_dataset(data, person, 15, weights=clothing_bias("tank top", 0.6))
+        console.print(f"dataset: 15 images of {person.name} ({person.describe()}), 60 % in tank tops → {data}", highlight=False, soft_wrap=True)
+    _run_sweep(config, workdir, None, None, None, True, False, [f"base.data.path={data.resolve()}", *set_])
+    console.print(f"notebooks: TITK_WORKDIR={workdir} jupyter lab experiments/notebooks/", highlight=False, soft_wrap=True)
+
+

@@ -1,0 +1,147 @@
+"""Commands about one embedding: plan, train, eval, dataset check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from ..errors import TitkError
+from .app import (
+    DatasetOption, SetOption, _print_frame, app, console,
+)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="training config (YAML)"),
+    dataset: Optional[Path] = DatasetOption,
+    set_: list[str] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+):
+    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs."""
+    from ..config import load_train_config
+    from ..models.loading import read_architecture
+    from ..train.loop import load_dataset
+    from ..train.plan import make_plan
+
+    cfg = load_train_config(config, dataset=dataset, overrides=set_)
+    result = make_plan(cfg, load_dataset(cfg), read_architecture(cfg.model))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        from ..train.plan_table import print_plan
+
+        print_plan(result, console)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config (YAML)"),
+    dataset: Optional[Path] = DatasetOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="run folder (overrides output.dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest saved state in the run folder"),
+    set_: list[str] = SetOption,
+):
+    """Train a TI embedding: checkpoints, previews, a log and resumable states in the run folder."""
+    from ..config import load_train_config
+    from ..models.loading import read_architecture
+    from ..train.loop import load_dataset
+    from ..train.loop import train as run_training
+    from ..train.plan import make_plan
+    from ..train.plan_table import print_plan
+
+    cfg = load_train_config(config, dataset=dataset, output=output, overrides=set_)
+    data = load_dataset(cfg)
+    result = run_training(cfg, make_plan(cfg, data, read_architecture(cfg.model)), dataset=data, resume=resume, show_progress=True)
+    print_plan(result.plan, console, brief=True)
+    console.print(f"[bold green]done[/]: {result.steps_done} steps; final embedding: " + ", ".join(str(f) for f in result.files))
+
+
+@app.command("eval")
+def evaluate(
+    embeddings: list[Path] = typer.Argument(..., help="embedding files (any format); several are scored on one loaded model"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model (overrides model.source)"),
+    references: Optional[Path] = typer.Option(None, "--references", "-r", help="photos of the person (the training images)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="evaluation config (YAML: model, references, evaluation)"),
+    suite: Optional[str] = typer.Option(None, help="prompt suite: experiments/prompts/<name>.yaml or a path"),
+    face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
+    scorers: Optional[str] = typer.Option(None, help="comma-separated: identity, clip, diversity, personality, norms"),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; one subfolder per embedding"),
+    set_: list[str] = SetOption,
+):
+    """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms."""
+    from ..config import EvalConfig, apply_overrides, parse, read_yaml
+    from ..embeddings.formats import read_embedding_file
+    from ..evaluate.evaluator import build_evaluator, load_references
+    from ..models import load_model
+
+    data = read_yaml(config) if config else {}
+    given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack}
+    data = apply_overrides(data, [f"{key}={json.dumps(str(value))}" for key, value in given.items() if value is not None])
+    if scorers:
+        data = apply_overrides(data, [f"evaluation.scorers={json.dumps([x.strip() for x in scorers.split(',') if x.strip()])}"])
+    cfg = parse(EvalConfig, apply_overrides(data, set_), str(config or "evaluation"))
+    if cfg.references is None:
+        raise TitkError("references: give the person's photos with --references DIR (usually the training images)")
+    found = [read_embedding_file(p) for p in embeddings]  # every file checked before the model loads
+    refs = load_references(cfg.references, cfg.evaluation.max_references)
+    bundle = load_model(cfg.model)
+    evaluator = build_evaluator(bundle, cfg.evaluation, refs)
+    rows = []
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        for item in found:
+            task = progress.add_task(f"scoring {item.path.name}", total=len(evaluator.suite.items))
+            card = evaluator.evaluate(item.embedding, name=item.token, on_progress=lambda done, total: progress.update(task, completed=done))
+            card.save(out / item.path.stem)
+            rows.append({"embedding": item.path.name, **card.summary})
+    import pandas as pd
+
+    from ..evaluate.registry import HEADLINES
+
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    shown = ("embedding", *HEADLINES)
+    _print_frame(table, "scores", {c: c for c in shown if c in table})
+    console.print(f"per-image tables, scorecards and grids in {out}/<embedding>/; summary in {out / 'summary.csv'}", highlight=False, soft_wrap=True)
+
+
+dataset_app = typer.Typer(help="Look at a dataset before training.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    folder: Path = typer.Argument(..., help="a folder of photos of the person"),
+    face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder (default: buffalo_l)"),
+    no_faces: bool = typer.Option(False, "--no-faces", help="skip face detection (no face pack needed)"),
+    size: Optional[int] = typer.Option(None, help="training size, for the bucket each image falls in (default: 512)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
+):
+    """Per image: faces and face size, sharpness, near-duplicates, identity outliers, size and bucket,
+    caption; a table and a contact sheet."""
+    from ..config import DatasetCheckSettings, merge, parse
+    from ..evaluate.dataset_check import check_dataset
+    from ..evaluate.scorers.identity import InsightFaceEmbedder
+
+    given = {"size": size, "identity": {"pack": face_pack} if face_pack else {}}
+    settings = parse(DatasetCheckSettings, merge({}, {k: v for k, v in given.items() if v is not None}), "titk dataset check")
+    embedder = None if no_faces else InsightFaceEmbedder(settings.identity)
+    report = check_dataset(folder, settings, face_embedder=embedder)
+    out = out or Path(f"dataset-check-{folder.resolve().name}")
+    paths = report.save(out)
+    headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face_share": "face",
+               "sharpness": "sharp", "identity_loo": "id LOO", "flags": "flags"}
+    view = report.table.assign(size=report.table["width"].astype(str) + "×" + report.table["height"].astype(str))
+    _print_frame(view, f"{folder} — {report.summary['images']} images, {report.summary['flagged']} flagged", headers)
+    for skipped in report.summary["skipped"]:
+        console.print(f"[yellow]skipped:[/] {escape(skipped)}", soft_wrap=True)
+    console.print(f"table: {paths['table']}; contact sheet: {paths['sheet']}", highlight=False, soft_wrap=True)
+
+
