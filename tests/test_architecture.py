@@ -176,7 +176,7 @@ def test_shipped_prompts_are_found_from_a_non_editable_install(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["person", "16", "personality-labels.yaml", "True"]
+    assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True"]  # toy.yaml: 6 prompts × 4 seeds
 
 
 def test_public_surface_resolves():

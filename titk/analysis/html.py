@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from . import effects, plots
+from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
 from .study import StudyData
 
 STYLE = """
@@ -105,7 +106,7 @@ def build_report(data: StudyData, top: int = 3) -> str:
             curves = data.curves()
         except Exception:
             curves = pd.DataFrame(columns=["trial", "metric", "step", "value"])
-        for metric, final in (("intermediate.identity.similarity", "identity.similarity"), ("train.loss", None)):
+        for metric, final in ((INTERMEDIATE + CURVE_METRIC, CURVE_METRIC), ("train.loss", None)):
             if not curves[curves["metric"] == metric].empty:
                 parts += [f"<h2>Learning curves: {metric}</h2>",
                           _img(plots.curves(curves, metric, list(best["trial"]), final=final), f"{metric} curves")]

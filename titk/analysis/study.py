@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 
 from ..errors import TitkError
+from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
 from ..sweep.trials import trials_frame
 
 
@@ -42,7 +43,7 @@ class StudyData:
             raise TitkError("this study was loaded without a tracking URI")
         return MlflowClient(self.tracking_uri)
 
-    def curves(self, metrics: tuple[str, ...] = ("train.loss", "intermediate.identity.similarity", "identity.similarity")) -> pd.DataFrame:
+    def curves(self, metrics: tuple[str, ...] = ("train.loss", INTERMEDIATE + CURVE_METRIC, CURVE_METRIC)) -> pd.DataFrame:
         """Metric histories of every trial from MLflow, long format: trial, metric, step, value. Intermediate
         evaluations are `intermediate.<metric>`; `<metric>` alone is the final evaluation (one step)."""
         client, rows = self.client(), []

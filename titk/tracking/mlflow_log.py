@@ -91,7 +91,7 @@ class Tracker:
         The final scorecard's metrics keep their names: they are the run's results in MLflow's tables. Others
         come from another prompt suite, so they are named apart (`intermediate.identity.similarity`) and a
         chart never joins the two."""
-        self.log_metrics(run_id, card.summary if label == "final" else {f"{label}.{k}": v for k, v in card.summary.items()}, step)
+        self.log_metrics(run_id, card.summary if label == "final" else {f"{label}.{k}": v for k, v in card.summary.items()}, step)  # label "intermediate": registry.INTERMEDIATE
         if card.grid is not None:
             self.client.log_image(run_id, card.grid, key=f"{label}_samples", step=step)
         self.client.log_table(run_id, data=card.table, artifact_file=f"scores/{label}-step-{step:06d}.json")
