@@ -360,6 +360,7 @@ class SweepConfig(Strict):
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     subset: SubsetSpec = Field(default_factory=SubsetSpec)
     repeats: int = Field(1, ge=1, description="seeds per trial; the objective is their mean")
+    retrain_duplicates: bool = Field(False, description="train a suggestion equal to a measured trial again (default: answer it from that trial)")
     n_trials: int = Field(20, ge=1, description="complete or pruned trials wanted in the study")
     timeout_minutes: float | None = None
     sampler: Literal["tpe", "random", "gp"] = "tpe"

@@ -17,6 +17,7 @@ from PIL import Image
 
 from . import effects, plots
 from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
+from ..sweep.trials import failure_summary, measured
 from .study import StudyData
 
 STYLE = """
@@ -71,14 +72,15 @@ def build_report(data: StudyData, top: int = 3) -> str:
     parts = [f"<h1>Study {html.escape(data.name)}</h1>",
              f"<p>{', '.join(f'{n} {s.lower()}' for s, n in counts.items()) or 'no trials'} · generated {time.strftime('%Y-%m-%d %H:%M')}"
              + (f" · tracking {html.escape(data.tracking_uri)}" if data.tracking_uri else "") + "</p>"]
-    if trials.empty or objective is None:
-        parts.append('<p class="note">No finished trials yet.</p>')
+    if trials.empty or objective is None or measured(trials).empty:
+        failures = failure_summary(trials)
+        parts.append('<p class="note">No trial was trained to the end' + (f": {html.escape(failures)}." if failures else " yet.") + "</p>")
         return _page(data.name, parts)
 
     multi = len(data.study.directions) > 1
     parts += ["<h2>Progress</h2>", _img(plots.history(trials, objective), "objective by trial")]
 
-    done = data.finished
+    done = measured(trials)
     best = done.sort_values(objective, ascending=False).head(top) if not multi else done.head(top)
     columns = ["trial", *data.objectives, *[c for c in trials if c.startswith("param.")],
                *[c for c in ("metric.identity.similarity", "metric.identity.detection_rate", "metric.clip_t", "metric.clip_i") if c in trials], "mlflow_run_id"]

@@ -58,7 +58,7 @@ class StudyData:
         return table.groupby(["trial", "metric", "step"], as_index=False)["value"].mean()
 
 
-def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None) -> StudyData:
+def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None, notify=None) -> StudyData:
     from ..sweep.storage import optuna_storage
 
     meta = {}
@@ -74,7 +74,7 @@ def load_study(workdir: str | Path | None = None, *, study: str | None = None, s
         storage = storage or (stored if "://" in stored else None)
     if study is None:
         raise TitkError("give a work directory, or --study with --storage and --tracking-uri")
-    backend = optuna_storage(storage, workdir or Path(".")) if (storage or workdir) else None
+    backend = optuna_storage(storage, workdir or Path("."), notify=notify) if (storage or workdir) else None
     if backend is None:
         raise TitkError("give a work directory or an Optuna storage URL")
     try:

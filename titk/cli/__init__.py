@@ -5,13 +5,14 @@ A user mistake (a TitkError) is printed as one line on stderr with a non-zero ex
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
 import typer
 from rich.markup import escape
 
-from ..errors import TitkError
+from ..errors import DiskFull, TitkError, disk_full
 from . import files, training, studies  # noqa: F401, I001  (each registers its commands on the app, in this order)
 from .app import app, err_console
 
@@ -20,8 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)
     except TitkError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
@@ -31,7 +31,22 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err_console.print(f"[bold red]error:[/] {escape(message)}{hint}", highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # the file system refused: say where, once, never a traceback
+        if disk_full(exc):
+            _fail(DiskFull.from_error(exc))
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+            _fail(TitkError(f"cannot write {exc.filename}: {exc.strerror}; choose a folder you may write to"))
+        raise
+    except Exception as exc:  # a database on a full disk raises its own error types
+        if disk_full(exc):
+            _fail(DiskFull.from_error(exc))
+        raise
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(exc: TitkError):
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ from .app import (
 )
 
 
+def _note(message: str) -> None:
+    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _trial_line(study, trial) -> None:
     value = "" if trial.values is None else "  value " + ", ".join(f"{v:.4f}" for v in trial.values)
     if trial.state.name == "PRUNED" and trial.intermediate_values:  # not comparable with finished trials' values
         step = max(trial.intermediate_values)
         value = f"  at step {step}: {trial.intermediate_values[step]:.4f} on the intermediate suite"
     reason = trial.user_attrs.get("fail_reason") or ""
+    if "duplicate_of" in trial.user_attrs:
+        reason = f"same settings as trial {trial.user_attrs['duplicate_of']}: answered from it, not trained again"
     colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
     console.print(f"[{colour}]trial {trial.number} {trial.state.name.lower()}[/]{value}  {escape(reason)}", highlight=False, soft_wrap=True)
 
@@ -33,13 +39,15 @@ def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, cre
     cfg = load_sweep_config(config, set_)
     try:
         result = run_sweep(cfg, workdir=workdir, config_dir=config.parent, storage_url=storage, tracking=tracking_uri,
-                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line)
+                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line, on_note=_note)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished trials are kept; run the same command again to resume the study")
         sys.exit(130)
     if create_only:
         console.print(f"study {cfg.study!r} ready in {result.storage}; start workers with `titk worker`", highlight=False)
         return
+    if result.note:
+        console.print(f"[yellow]note:[/] {escape(result.note)}", highlight=False, soft_wrap=True)
     table = result.table
     counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
     best = best_trials(result.study, table)
@@ -107,7 +115,7 @@ def report(
     from ..analysis import load_study
     from ..analysis.html import write_report
 
-    data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri)
+    data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri, notify=_note)
     path = write_report(data, output)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, opens offline)", highlight=False)
 

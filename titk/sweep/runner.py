@@ -7,7 +7,9 @@ trials towards `n_trials`, so a resumed sweep never repeats a finished trial, an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -20,11 +22,12 @@ from optuna.trial import TrialState
 from ..config import SweepConfig
 from ..errors import TitkError
 from ..evaluate.registry import check_metric, per_image_column
+from ..files import atomic_path
 from .pruning import Pruning
-from .space import check_space, recipe_params
+from .space import check_space, check_values, recipe_params
 from .storage import artifact_location, optuna_storage, pid_alive, storage_label, tracking_uri
-from .trial import TrialFailed, TrialObjective
-from .trials import best_trials, trials_frame
+from .trial import RETRY_REASONS, TrialFailed, TrialObjective
+from .trials import best_trials, failure_summary, measured, trials_frame
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -36,14 +39,30 @@ class SweepResult:
     tracking_uri: str
     storage: str
     table: pd.DataFrame
+    note: str | None = None  # why the sweep stopped early, when it did without failing
 
 
-def _sampler(config: SweepConfig):
+class SweepFailed(TitkError):
+    """A sweep that ended without a result worth having: no trial trained to the end, or failures in a row."""
+
+    exit_code = 1
+
+
+def _sampler(config: SweepConfig, seed: int):
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def sampler_seed(config: SweepConfig, created: bool) -> int:
+    """The study's seed for the worker that creates it; every other worker and every restart draws its own,
+    so that none replays the suggestions another already made. Each trial records the seed it came from."""
+    if created:
+        return config.seed
+    token = f"{config.seed}:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+    return int.from_bytes(hashlib.sha256(token.encode()).digest()[:4], "big")
 
 
 def check_objective(config: SweepConfig) -> None:
@@ -60,56 +79,84 @@ def check_objective(config: SweepConfig) -> None:
             per_image_column(name)
 
 
-def open_study(config: SweepConfig, storage, create: bool, base_dir: Path) -> tuple[optuna.Study, bool]:
+def open_study(config: SweepConfig, storage, create: bool, enqueued: list[dict]) -> tuple[optuna.Study, bool, int]:
+    """The study (created with its enqueued trials if asked and absent), whether it was created, and the seed
+    of this worker's sampler."""
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     exists = config.study in names
     if not exists and not create:
         raise TitkError(f"study {config.study!r} does not exist in this storage; create it first with `titk sweep CONFIG --storage ... --create-only`")
     directions = ["maximize", "maximize"] if config.objective.pareto else ["maximize"]
     pruner = Pruning(config.objective).optuna_pruner()
+    seed = sampler_seed(config, created=not exists)
     if exists:
-        study = optuna.load_study(study_name=config.study, storage=storage, sampler=_sampler(config), pruner=pruner)
+        study = optuna.load_study(study_name=config.study, storage=storage, sampler=_sampler(config, seed), pruner=pruner)
         if len(study.directions) != len(directions):
             raise TitkError(f"study {config.study!r} exists with {len(study.directions)} objective(s); this config has {len(directions)}")
-        return study, False
-    enqueued = [recipe_params(entry, config, base_dir) for entry in config.enqueue]  # all checked before the study exists
-    study = optuna.create_study(study_name=config.study, storage=storage, directions=directions, sampler=_sampler(config), pruner=pruner, load_if_exists=True)
+        return study, False, seed
+    study = optuna.create_study(study_name=config.study, storage=storage, directions=directions, sampler=_sampler(config, seed), pruner=pruner, load_if_exists=True)
     for entry, params in zip(config.enqueue, enqueued):
         study.enqueue_trial(params, user_attrs={"enqueued": entry if isinstance(entry, str) else "params"}, skip_if_exists=True)
     study.set_user_attr("titk.config", config.model_dump(mode="json"))
-    return study, True
+    return study, True, seed
 
 
-def recover(study: optuna.Study, storage) -> list[int]:
-    """Trials this machine left behind: RUNNING ones whose process is gone are failed; those, and trials
-    interrupted by Ctrl-C, are enqueued again with the same settings. Returns the retried trial numbers."""
+def recover(study: optuna.Study, storage, uri: str) -> list[int]:
+    """Trials left behind: RUNNING ones of this machine whose process is gone are failed; those, and trials
+    stopped by Ctrl-C (also a double one, which leaves no reason), a full disk or a torn journal, are
+    enqueued again with the same settings; every failed trial's MLflow run still open is ended with its
+    reason. Returns the retried trial numbers."""
+    from ..tracking.mlflow_log import finish_run, run_is_open
+
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
     out = []
     for t in study.get_trials(deepcopy=False):
-        stale = t.state == TrialState.RUNNING and t.user_attrs.get("titk.host") == host and not pid_alive(int(t.user_attrs.get("titk.pid", 0)))
-        if stale:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.state == TrialState.RUNNING and t.user_attrs.get("titk.host") == host and not pid_alive(int(t.user_attrs.get("titk.pid", 0))):
+            reason = "worker died (its process is gone)"
+            if run_id:
+                finish_run(uri, run_id, "FAIL", reason)
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, "fail_reason", "worker died (its process is gone)")
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)  # a finished trial's attributes are final
+            storage.set_trial_user_attr(trial_id, "titk.run_closed", True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        interrupted = t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in ("interrupted", "worker died (its process is gone)")
-        if (stale or interrupted) and t.number not in retried and t.params:
+        elif t.state == TrialState.FAIL:
+            # No reason means a second Ctrl-C cut the first one's bookkeeping short.
+            reason = t.user_attrs.get("fail_reason") or "interrupted"
+            if run_id and not t.user_attrs.get("titk.run_closed") and run_is_open(uri, run_id):
+                finish_run(uri, run_id, "FAIL", reason)
+        else:
+            continue
+        if reason in RETRY_REASONS and t.number not in retried and t.params:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             out.append(t.number)
     return out
 
 
-class _StopAfter:
-    """Stop when the study has enough finished trials, or when this worker fails too often in a row."""
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: complete or pruned, and trained (not answered from a twin)."""
+    return sum("duplicate_of" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=FINISHED))
 
-    def __init__(self, n_trials: int, max_failures: int = 5):
-        self.n_trials, self.max_failures, self.failures = n_trials, max_failures, 0
+
+class _StopAfter:
+    """Stop when the study has enough finished trials, when this worker fails too often in a row, or when
+    the sampler keeps suggesting settings that were already measured (the space is used up)."""
+
+    def __init__(self, n_trials: int, max_failures: int = 5, max_duplicates: int = 20):
+        self.n_trials, self.max_failures, self.max_duplicates = n_trials, max_failures, max_duplicates
+        self.failures = self.duplicates = 0
+        self.why: str | None = None
 
     def __call__(self, study, trial):
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if done >= self.n_trials or self.failures >= self.max_failures:
+        self.duplicates = self.duplicates + 1 if "duplicate_of" in trial.user_attrs else 0
+        if self.failures >= self.max_failures:
+            self.why = f"stopped after {self.failures} failed trials in a row"
+        elif self.duplicates >= self.max_duplicates:
+            self.why = f"stopped: the last {self.duplicates} suggestions were settings already measured (the space is used up)"
+        if self.why or finished(study) >= self.n_trials:
             study.stop()
 
 
@@ -125,6 +172,7 @@ def run_sweep(
     n_trials: int | None = None,
     show_progress: bool = True,
     on_trial=None,
+    on_note=None,
 ) -> SweepResult:
     from ..evaluate.evaluator import build_evaluator, load_references
     from ..models import load_model
@@ -134,36 +182,60 @@ def run_sweep(
     from ..train.plan import make_plan
 
     n_trials = n_trials or config.n_trials
-    # Everything a user can get wrong is checked here, before any model work.
+    # Everything a user can get wrong is checked here, before any model work and before a study exists.
     dataset = load_dataset(config.base)
     check_space(config, len(dataset))
     check_objective(config)
+    enqueued = [recipe_params(entry, config, config_dir) for entry in config.enqueue]
+    check_values(config, dataset, enqueued)
     arch = read_architecture(config.base.model)
     make_plan(config.base, dataset, arch)
     workdir = Path(workdir)
     uri = tracking_uri(tracking, workdir, storage_url)
-    storage = optuna_storage(storage_url, workdir, config.heartbeat_seconds, config.max_retries,
-                             on_stale=lambda study, trial: _mark_stale(uri, trial))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # titk reports each trial itself, with its reason
-    study, created = open_study(config, storage, create, config_dir)
-    tracker = Tracker(uri, config.study, artifact_location(uri, workdir))
-    parent = tracker.study_run(config.study, {"optuna.storage": storage_label(storage_url, workdir), "titk.config": json.dumps(config.model_dump(mode="json"))[:5000]})
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "storage": storage_label(storage_url, workdir), "tracking_uri": uri}, indent=2))
-    if not create_only:
-        recover(study, storage)
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if done < n_trials:
-            bundle = load_model(config.base.model)
-            references = load_references(config.references or config.base.data.path, config.evaluation.max_references)
-            evaluator = build_evaluator(bundle, config.evaluation, references)
-            objective = TrialObjective(config, bundle, dataset, evaluator, tracker, parent, workdir, arch, show_progress)
-            callbacks = [_StopAfter(n_trials)] + ([on_trial] if on_trial else [])
-            study.optimize(objective, n_trials=None, timeout=config.timeout_minutes * 60 if config.timeout_minutes else None,
-                           catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+    # Two sweeps starting at once on a fresh work directory must not both create its stores.
+    with _work_dir_lock(workdir):
+        storage = optuna_storage(storage_url, workdir, config.heartbeat_seconds, config.max_retries,
+                                 on_stale=lambda study, trial: _mark_stale(uri, trial), notify=on_note)
+        study, created, seed = open_study(config, storage, create, enqueued)
+        tracker = Tracker(uri, config.study, artifact_location(uri, workdir))
+        parent = tracker.study_run(config.study, {"optuna.storage": storage_label(storage_url, workdir), "titk.config": json.dumps(config.model_dump(mode="json"))[:5000]})
+        record = {"config": config.model_dump(mode="json"), "storage": storage_label(storage_url, workdir), "tracking_uri": uri}
+        with atomic_path(workdir / "sweep.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+    if create_only:
+        return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), trials_frame(study))
+    recover(study, storage, uri)
+    stop = _StopAfter(n_trials)
+    if finished(study) < n_trials:
+        bundle = load_model(config.base.model)
+        references = load_references(config.references or config.base.data.path, config.evaluation.max_references)
+        evaluator = build_evaluator(bundle, config.evaluation, references)
+        objective = TrialObjective(config, bundle, dataset, evaluator, tracker, parent, workdir, arch, seed, show_progress)
+        callbacks = [stop] + ([on_trial] if on_trial else [])
+        study.optimize(objective, n_trials=None, timeout=config.timeout_minutes * 60 if config.timeout_minutes else None,
+                       catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
     table = trials_frame(study)
     _log_study(tracker, parent, study, table)
-    return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table)
+    _check_outcome(config, table, stop)
+    return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table, stop.why)
+
+
+def _work_dir_lock(workdir: Path):
+    from filelock import FileLock
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(workdir / ".titk.lock"))
+
+
+def _check_outcome(config: SweepConfig, table: pd.DataFrame, stop: _StopAfter) -> None:
+    """A sweep that achieved nothing says so, with its failures counted, and exits non-zero."""
+    failures = failure_summary(table)
+    stopped = f" ({stop.why})" if stop.why and stop.failures else ""
+    if measured(table).empty:
+        raise SweepFailed(f"study {config.study!r}: no trial was trained to the end{stopped}" + (f"; {failures}" if failures else ""))
+    if stopped:
+        raise SweepFailed(f"study {config.study!r}: {stop.why}; {failures}")
 
 
 def _mark_stale(uri: str, trial) -> None:

@@ -70,6 +70,37 @@ def check_space(config: SweepConfig, n_images: int) -> None:
         raise TitkError(f"subset.min_images: {subset.min_images} is more than the {n_images} images")
 
 
+def check_values(config: SweepConfig, dataset, enqueued: list[dict]) -> None:
+    """Each choice, both ends of each range and each enqueued trial, planned on the dataset: a value the
+    training refuses (0 vectors, a schedule that never steps) fails here, before a study exists."""
+    from ..train.plan import make_plan
+
+    def plan(settings: dict, where: str) -> None:
+        try:
+            make_plan(apply_settings(config.base, settings), dataset)
+        except TitkError as exc:
+            raise TitkError(f"{where}: {exc}") from None
+
+    for key, spec in config.space.items():
+        for value in spec.choice if spec.choice is not None else [spec.low, spec.high]:
+            plan({key: value}, f"space: {key}={value!r}")
+    for number, params in enumerate(enqueued, 1):
+        for key, value in params.items():
+            spec = config.space[key]
+            inside = value in spec.choice if spec.choice is not None else _number(value) is not None and spec.low <= _number(value) <= spec.high
+            if not inside:
+                allowed = spec.choice if spec.choice is not None else f"{spec.low}..{spec.high}"
+                raise TitkError(f"enqueue: entry {number}: {key}={value!r} is outside the space ({allowed})")
+        plan(params, f"enqueue: entry {number}")
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def suggest(trial, key: str, spec: ParamSpec):
     if spec.choice is not None:
         return trial.suggest_categorical(key, spec.choice)

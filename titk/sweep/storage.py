@@ -21,15 +21,23 @@ JOURNAL = "optuna.journal"
 MLFLOW_DB = "mlflow.db"
 
 
-def optuna_storage(url: str | None, workdir: Path, heartbeat: int | None = None, max_retries: int = 0, on_stale=None):
+def optuna_storage(url: str | None, workdir: Path, heartbeat: int | None = None, max_retries: int = 0, on_stale=None, notify=None):
     """The study's Optuna storage; raises a one-line error if it cannot be reached. Workers give the sweep's
-    heartbeat (RDB storages then fail and retry trials whose worker went silent); readers give none."""
+    heartbeat (RDB storages then fail and retry trials whose worker went silent); readers give none. A
+    journal whose last record a kill or a full disk tore is repaired first, and `notify` gets one line."""
     if url is None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+        from .journal import repair_journal
+
         workdir.mkdir(parents=True, exist_ok=True)
-        path = str(workdir / JOURNAL)
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+        path = workdir / JOURNAL
+        repair = repair_journal(path)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        if repair is not None:
+            _fail_torn_trials(storage, repair.trial_ids)
+            (notify or _warn)(repair.message)
+        return storage
     if "://" not in url:
         raise TitkError(f"--storage {url!r}: expected a database URL such as postgresql://user@host:5432/optuna or sqlite:////abs/optuna.db")
     kwargs = {}
@@ -50,6 +58,26 @@ def optuna_storage(url: str | None, workdir: Path, heartbeat: int | None = None,
     except Exception as exc:  # SQLAlchemy wraps every driver error differently
         raise TitkError(f"--storage {_redact(url)}: cannot reach the database ({_first_line(exc)})") from None
     return storage
+
+
+def _fail_torn_trials(storage, trial_ids: list[int]) -> None:
+    """A trial whose record was torn did not finish as recorded: it fails, with a reason that has it retried."""
+    from optuna.trial import TrialState
+
+    for trial_id in trial_ids:
+        try:
+            trial = storage.get_trial(trial_id)
+        except KeyError:  # the torn record was the one creating it
+            continue
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "journal record torn")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def storage_label(url: str | None, workdir: Path) -> str:

@@ -8,7 +8,10 @@ and in MLflow, and the study goes on; a pruned trial is recorded as pruned.
 from __future__ import annotations
 
 import gc
+import signal
+import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -16,7 +19,7 @@ import torch
 
 from ..config import SweepConfig, TrainConfig
 from ..data.dataset import Dataset
-from ..errors import TitkError
+from ..errors import DiskFull, TitkError, disk_full
 from ..evaluate.suite import load_suite
 from ..tracking.manifest import manifest
 from ..train import loop as training
@@ -31,14 +34,18 @@ class TrialFailed(Exception):
     """A trial that could not finish; its reason is on the trial and the MLflow run. The study goes on."""
 
 
+# Reasons after which a trial is run again with the same settings (nothing about them was wrong).
+RETRY_REASONS = ("interrupted", "worker died (its process is gone)", "disk full", "journal record torn")
+
+
 class TrialObjective:
     """The function Optuna calls for each trial of this worker."""
 
     def __init__(self, config: SweepConfig, bundle, dataset: Dataset, evaluator, tracker, parent_run: str, workdir: Path,
-                 arch, show_progress: bool = True):
+                 arch, sampler_seed: int, show_progress: bool = True):
         self.config, self.bundle, self.dataset, self.evaluator = config, bundle, dataset, evaluator
         self.tracker, self.parent_run, self.workdir, self.arch = tracker, parent_run, workdir, arch
-        self.show_progress = show_progress
+        self.sampler_seed, self.show_progress = sampler_seed, show_progress
         self.pruning = Pruning(config.objective)
         self.intermediate = load_suite(config.objective.intermediate_suite)
         self.names = [r.path.name for r in dataset.records]
@@ -46,8 +53,15 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial):
         for name, value in worker_identity().items():
             trial.set_user_attr(name, value)
+        trial.set_user_attr("titk.sampler_seed", self.sampler_seed)  # with the study's seed, what reproduces it
         settings = suggest_settings(trial, self.config)
         chosen = suggest_subset(trial, self.config, self.names)
+        twin = None if self.config.retrain_duplicates else measured_twin(trial)
+        if twin is not None:  # another worker, or this one before a restart, already trained these settings
+            trial.set_user_attr("duplicate_of", twin.number)
+            for name, value in twin.constraints.items():
+                trial.set_constraint(name, value)
+            return twin.values if len(twin.values) > 1 else twin.values[0]
         run_id = self.tracker.start_trial(self.parent_run, trial.number, {"optuna.study": self.config.study})
         trial.set_user_attr("mlflow_run_id", run_id)
         folder = self.workdir / "trials" / f"{trial.number:04d}"
@@ -84,23 +98,32 @@ class TrialObjective:
                 trial.set_constraint(name, constraint)
             objective = {"objective": value} if not isinstance(value, tuple) else {f"objective_{i}": v for i, v in enumerate(value)}
             self.tracker.log_metrics(run_id, objective, plan.stop_step)
-            self.tracker.finish(run_id, "COMPLETE")
+            self._close(trial, run_id, "COMPLETE")
             return value
         except optuna.TrialPruned:
-            self.tracker.finish(run_id, "PRUNED", f"pruned by the {self.pruning.rule} rule")
+            self._close(trial, run_id, "PRUNED", f"pruned by the {self.pruning.rule} rule")
             raise
         except KeyboardInterrupt:
-            self.tracker.finish(run_id, "INTERRUPTED", "interrupted (Ctrl-C); the study resumes from its storage")
-            trial.set_user_attr("fail_reason", "interrupted")
+            with _no_second_interrupt():  # a second Ctrl-C must not leave the run open and the trial without a reason
+                trial.set_user_attr("fail_reason", "interrupted")
+                self._close(trial, run_id, "INTERRUPTED", "interrupted (Ctrl-C); the study resumes from its storage")
             raise
         except Exception as exc:  # NaN loss, out of memory, a bad setting, a bug: the trial fails, the study goes on
+            if disk_full(exc):  # every later trial would fail the same way: stop the sweep, retry this trial on resume
+                full = DiskFull.from_error(exc)
+                try:
+                    trial.set_user_attr("fail_reason", "disk full")
+                    self._close(trial, run_id, "FAIL", str(full))
+                except OSError:
+                    pass  # the stores may be on the full disk too; the next start closes this trial and its run
+                raise full from None
             reason = _reason(exc)
             trial.set_user_attr("fail_reason", reason)
             if not isinstance(exc, (TrialFailed, TitkError, torch.cuda.OutOfMemoryError)):
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "error.txt").write_text(traceback.format_exc())
                 self.tracker.log_files(run_id, [folder / "error.txt"], "error")
-            self.tracker.finish(run_id, "FAIL", reason)
+            self._close(trial, run_id, "FAIL", reason)
             raise TrialFailed(reason) from None
         finally:
             gc.collect()
@@ -108,6 +131,11 @@ class TrialObjective:
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------------------------------ parts
+
+    def _close(self, trial, run_id: str, state: str, reason: str | None = None) -> None:
+        """End the trial's MLflow run and note on the trial that it is ended (recovery closes the others)."""
+        self.tracker.finish(run_id, state, reason)
+        trial.set_user_attr("titk.run_closed", True)
 
     def _log_start(self, trial, run_id, settings: dict, config: TrainConfig, plan: TrainPlan, chosen: list[int]) -> None:
         params = {f"search.{k}": v for k, v in settings.items()}
@@ -172,6 +200,27 @@ class TrialObjective:
             self.pruning.check_images(trial, self.pruning.image_values(table), len(samples))
             samples += part
         return self.evaluator.score(samples, embedding, suite, name)
+
+
+def measured_twin(trial: optuna.Trial):
+    """A complete, trained trial of the study with exactly these settings and images, or None."""
+    subset = trial.user_attrs.get("subset")
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.params == trial.params and other.user_attrs.get("subset") == subset and "duplicate_of" not in other.user_attrs:
+            return other
+    return None
+
+
+@contextmanager
+def _no_second_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _plain(value):

@@ -27,6 +27,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "personality": t.user_attrs.get("personality"),
             "reason": t.user_attrs.get("fail_reason"),
             "retry_of": t.user_attrs.get("retry_of"),
+            "duplicate_of": t.user_attrs.get("duplicate_of"),  # settings already measured: answered, not trained
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None,
         })
     return pd.DataFrame(rows)
@@ -39,5 +40,23 @@ def best_trials(study: optuna.Study, table: pd.DataFrame, k: int = 5) -> pd.Data
     if len(study.directions) > 1:
         front = {t.number for t in study.best_trials}
         return table[table["trial"].isin(front)]
-    done = table[table["state"] == "COMPLETE"].sort_values(["feasible", "value"], ascending=[False, False])
+    done = measured(table).sort_values(["feasible", "value"], ascending=[False, False])
     return done.head(k)
+
+
+def measured(table: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials that trained (not answers copied from an earlier trial with the same settings)."""
+    if table.empty:
+        return table
+    return table[(table["state"] == "COMPLETE") & table["duplicate_of"].isna()]
+
+
+def failure_summary(table: pd.DataFrame) -> str:
+    """`5 failed: 3 × loss became nan at step 1; 2 × out of GPU memory`, or "" when none failed."""
+    if table.empty:
+        return ""
+    failed = table[table["state"] == "FAIL"]
+    if failed.empty:
+        return ""
+    reasons = failed["reason"].fillna("no reason recorded").value_counts()
+    return f"{len(failed)} failed: " + "; ".join(f"{n} × {reason}" for reason, n in reasons.items())

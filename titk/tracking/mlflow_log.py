@@ -33,8 +33,10 @@ class Tracker:
         # titk draws its own progress; MLflow's per-artifact bars would interleave with it
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # a new store's schema set-up is routine, not news on every first sweep
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # A database error reaches titk as an exception, which it reports in one line; MLflow's own log of it
+        # would print a traceback first.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         # MLflow warns about inferred schemas of every table and dataset it is given; titk's are fine.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
         self.client = MlflowClient(tracking_uri=uri)
@@ -116,6 +118,12 @@ def finish_run(uri: str, run_id: str, state: str, reason: str | None = None) -> 
     from mlflow import MlflowClient
 
     _finish(MlflowClient(tracking_uri=uri), run_id, state, reason)
+
+
+def run_is_open(uri: str, run_id: str) -> bool:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "RUNNING"
 
 
 def _finish(client, run_id: str, state: str, reason: str | None) -> None:
