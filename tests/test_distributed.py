@@ -130,8 +130,11 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
     retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed_trial]
     assert len(retries) == 1 and retries[0].params == by_number[killed_trial].params
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "duplicate_of" not in t.user_attrs]
     assert len(finished) == 5
+    settings = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(settings)) == len(settings), "two workers trained the same settings"  # each draws its own sampler seed
+    assert len({t.user_attrs["titk.sampler_seed"] for t in finished}) == 2
     # every trial is accounted for: finished, or failed with a retry
     for t in trials:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) or any(RetryHeartbeatStaleTrialCallback.retried_trial_number(r) == t.number for r in trials)

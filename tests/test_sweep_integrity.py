@@ -119,20 +119,15 @@ def _start_and_wait_for_a_trial(path: Path, work: Path, extra=()) -> tuple[subpr
     pytest.fail(f"no trial started: {proc.stdout.read()[-2000:]}")
 
 
-@pytest.mark.parametrize("how", ["kill -9", "double Ctrl-C"])
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_a_stopped_worker_leaves_no_run_open_and_its_trial_is_retried(tmp_path, fixtures, how):
     path = _config(tmp_path, fixtures, n_trials=2, base__train__max_steps=400, objective__eval_every=0)
     work = tmp_path / "work"
     proc, number = _start_and_wait_for_a_trial(path, work)
-    if how == "kill -9":
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGKILL if how == "kill -9" else signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
-    if how == "double Ctrl-C":
-        assert "Traceback" not in output, output[-3000:]
+    if how == "Ctrl-C":
+        assert "Traceback" not in output and proc.returncode == 130, output[-3000:]
 
     result = run_sweep(load_sweep_config(path, ["base.train.max_steps=6"]), workdir=work, show_progress=False)
     study = result.study
@@ -144,6 +139,37 @@ def test_a_stopped_worker_leaves_no_run_open_and_its_trial_is_retried(tmp_path, 
     run = next(r for r in _runs(work) if r.info.run_id == stopped.user_attrs["mlflow_run_id"])
     assert run.info.status in ("FAILED", "KILLED") and run.data.tags.get("titk.reason")
     _assert_distinct(study)
+
+
+def test_a_second_ctrl_c_during_the_first_ones_cleanup_leaves_nothing_open(tmp_path, fixtures, monkeypatch):
+    """The second Ctrl-C arrives while the interrupted trial is closing its MLflow run: the run still ends
+    KILLED with its reason, at once, and the trial is retried on the next start."""
+    import titk.train.loop as loop
+    from titk.tracking.mlflow_log import Tracker
+
+    path = _config(tmp_path, fixtures, n_trials=2)
+    work = tmp_path / "work"
+    real_train, real_finish = loop.train, Tracker.finish
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    def finish_during_a_second_ctrl_c(self, *args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again
+        time.sleep(0.2)
+        return real_finish(self, *args, **kw)
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(Tracker, "finish", finish_during_a_second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_sweep_config(path), workdir=work, show_progress=False)
+    monkeypatch.setattr(loop, "train", real_train)
+    monkeypatch.setattr(Tracker, "finish", real_finish)
+    _no_open_runs(work)
+    stopped = _study(work).trials[0]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
+    study = run_sweep(load_sweep_config(path), workdir=work, show_progress=False).study
+    assert any(t.user_attrs.get("retry_of") == 0 and t.state == TrialState.COMPLETE for t in study.trials)
 
 
 def test_a_torn_journal_is_repaired_in_one_line_and_the_study_goes_on(tmp_path, fixtures, run_cli):
