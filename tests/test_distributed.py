@@ -88,6 +88,7 @@ def mlflow_server(postgres, tmp_path_factory):
 def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
     config = write_sweep_config(
         tmp_path, fixtures, study="distributed", n_trials=5, heartbeat_seconds=2, enqueue=[],
+        retrain_duplicates=True,  # distinct settings must come from the workers' own sampler seeds
         base__train__max_steps=60, base__train__learning_rate="0.01",
         space={"train.learning_rate": {"low": 0.001, "high": 0.1, "log": True}},
         objective={"metrics": {"norms.mean": 1.0}, "floors": {}, "pruner": "none", "eval_every": 0},
@@ -134,7 +135,6 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
     assert len(finished) == 5
     settings = [tuple(sorted(t.params.items())) for t in finished]
     assert len(set(settings)) == len(settings), "two workers trained the same settings"  # each draws its own sampler seed
-    assert len({t.user_attrs["titk.sampler_seed"] for t in finished}) == 2
     # every trial is accounted for: finished, or failed with a retry
     for t in trials:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) or any(RetryHeartbeatStaleTrialCallback.retried_trial_number(r) == t.number for r in trials)
