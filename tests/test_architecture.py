@@ -2,6 +2,7 @@
 default in config.py alone, and the shipped prompt files reachable from a non-editable install."""
 
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -29,6 +30,7 @@ def _part(module: str) -> str:
     return module.split(".")[1] if module.count(".") >= 1 else module
 
 
+@functools.lru_cache(maxsize=1)
 def _imports() -> dict[str, set[str]]:
     """module name → titk modules and third-party roots it imports (at any depth in the file)."""
     graph = {}
@@ -53,6 +55,7 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
+@functools.lru_cache(maxsize=1)
 def _part_graph() -> dict[str, set[str]]:
     modules = _imports()
     parts: dict[str, set[str]] = {}
@@ -99,7 +102,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle_between_parts():
-    graph = {k: {v for v in vs if v in _part_graph()} for k, vs in _part_graph().items()}
+    parts = _part_graph()
+    graph = {k: {v for v in vs if v in parts} for k, vs in parts.items()}
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import TitkError
 from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
-from ..sweep.trials import trials_frame
+from ..sweep.trials import measured, trials_frame
 
 
 @dataclass
@@ -34,7 +34,8 @@ class StudyData:
 
     @property
     def finished(self) -> pd.DataFrame:
-        return self.trials[self.trials["state"] == "COMPLETE"]
+        """Complete trials that trained (answers copied from an earlier trial with the same settings left out)."""
+        return measured(self.trials)
 
     def client(self):
         from mlflow import MlflowClient
