@@ -317,3 +317,19 @@ def test_cli_inspect_with_model_and_errors(tmp_path, run_cli, fixtures):
     assert_one_line_error(code, err, "junk.pt")
     code, _, err = run_cli("convert", path, tmp_path / "x.pt", "--to", "nope")
     assert_one_line_error(code, err, "unknown embedding format")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """safetensors creates 0600 files; titk's outputs follow the umask like any other file."""
+    import os
+    import stat
+
+    from titk.embeddings import Embedding
+    from titk.embeddings.formats import write_embedding
+
+    old = os.umask(0o022)
+    try:
+        files = write_embedding(Embedding("ohwx", {"clip_l": torch.randn(2, 768)}), tmp_path / "ohwx.safetensors", "safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o644
