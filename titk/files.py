@@ -19,7 +19,8 @@ def atomic_path(path: str | Path):
     try:
         yield tmp
         # Some writers (safetensors) create private 0600 files; a result is shared like any other file.
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        if os.stat(tmp).st_mode & 0o077 == 0:
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as exc:
         if exc.filename is None:  # a failed write() names no file; the user needs to know which one
