@@ -140,3 +140,10 @@ def test_bad_precision_or_device(run_cli, fixtures, bad):
     option = "--dtype" if bad == "fp8" else "--device"
     code, _, err = run_cli("inspect", fixtures["tiny-sd1"].folder, option, bad)
     assert_one_line_error(code, err)
+
+
+def test_version(run_cli):
+    import titk
+
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"titk {titk.__version__}"

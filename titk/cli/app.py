@@ -21,6 +21,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"titk {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print titk's version and exit")):
+    """Textual Inversion toolkit: train, search and score TI embeddings of a person."""
+
+
 def _print_sections(sections: dict[str, dict[str, str]]) -> None:
     for title, rows in sections.items():
         table = Table(title=escape(title), title_justify="left", show_header=False, box=None, pad_edge=False, min_width=60)
