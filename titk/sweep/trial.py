@@ -114,8 +114,8 @@ class TrialObjective:
                 try:
                     trial.set_user_attr("fail_reason", "disk full")
                     self._close(trial, run_id, "FAIL", str(full))
-                except OSError:
-                    pass  # the stores may be on the full disk too; the next start closes this trial and its run
+                except Exception:  # noqa: BLE001  the stores may be on the full disk too: the next start closes the trial and its run
+                    pass
                 raise full from None
             reason = _reason(exc)
             trial.set_user_attr("fail_reason", reason)
