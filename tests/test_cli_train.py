@@ -58,3 +58,21 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, setup, case):
     code, _, err = run_cli(*args)
     assert_one_line_error(code, err, needle)
     assert not (tmp / "run").exists()
+
+
+def test_plan_works_on_a_shipped_recipe_before_its_model_is_set(tmp_path, run_cli):
+    """Comparing recipes needs no checkpoint: the placeholder model.source is planned as the family's standard model."""
+    import json
+    from pathlib import Path
+
+    from helpers import make_images
+
+    recipe = Path(__file__).resolve().parents[1] / "experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml"
+    data = make_images(tmp_path / "photos", 15)
+    code, out, err = run_cli("plan", recipe, "-d", data, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["image_views"] == 3000 and plan["tflops_per_view"] == {"512x512": 1.6692}
+    assert "is not on disk: planned with the sd1 family's standard architecture" in plan["notes"][0]
+    code, _, err = run_cli("plan", recipe, "-d", data, "--family", "sd9")
+    assert code == 2 and "--family" in err

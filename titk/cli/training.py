@@ -21,15 +21,27 @@ def plan(
     dataset: Optional[Path] = DatasetOption,
     set_: list[str] = SetOption,
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    family: str = typer.Option("sd1", help="the family to plan for while model.source is not on disk yet: sd1, sd2 or sdxl"),
 ):
-    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs."""
+    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs.
+    A recipe whose model.source is still a placeholder is planned with the family's standard architecture."""
     from ..config import load_train_config
-    from ..models.loading import read_architecture
+    from ..models.families import Family
+    from ..models.loading import read_architecture, shipped_architecture
     from ..train.loop import load_dataset
     from ..train.plan import make_plan
 
     cfg = load_train_config(config, dataset=dataset, overrides=set_)
-    result = make_plan(cfg, load_dataset(cfg), read_architecture(cfg.model))
+    data = load_dataset(cfg)
+    source = Path(cfg.model.source).expanduser()
+    if cfg.model.source != "toyworld" and not source.exists() and source.suffix.lower() in (".safetensors", ".ckpt"):
+        # Comparing recipes needs no checkpoint in hand: the plan depends on the family alone.
+        if family not in {f.value for f in Family}:
+            raise TitkError(f"--family {family!r}: choose sd1, sd2 or sdxl")
+        result = make_plan(cfg, data, shipped_architecture(Family(family)))
+        result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family} family's standard architecture (titk's shipped config)")
+    else:
+        result = make_plan(cfg, data, read_architecture(cfg.model))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -360,6 +360,15 @@ def read_architecture(config: ModelConfig) -> Architecture | None:
             folder = shipped_config("sd2-v" if v else "sd2")
         else:
             folder = shipped_config(family.value)
+    return _architecture(family, folder)
+
+
+def shipped_architecture(family: Family) -> Architecture:
+    """A family's standard architecture from the config folder titk ships (no model needed)."""
+    return _architecture(family, shipped_config(family.spec.configs[0]))
+
+
+def _architecture(family: Family, folder: Path) -> Architecture:
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
     return Architecture(family, unet, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))
