@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -51,8 +52,14 @@ class TrainEvent:
     lr: float
     epoch: float
     images_seen: int
-    embedding: Embedding  # a copy of the vectors at this step
+    snapshot: Callable[[], Embedding] = field(repr=False)
     files: tuple[Path, ...] = ()
+
+    @cached_property
+    def embedding(self) -> Embedding:
+        """A copy of the vectors at this step, made only when asked for (during the callback): copying them
+        at every update would cost a host sync per step on a GPU."""
+        return self.snapshot()
 
 
 @dataclass
@@ -187,15 +194,15 @@ def train(
                     "learn_rate": lr, "images_seen": views, "seconds": f"{time.monotonic() - started:.2f}",
                 })
                 progress.update(task, completed=step, status=f"loss {loss_sum:.4f}  lr {lr:.2e}  epoch {plan.epoch_of(step):.2f}")
-                event = TrainEvent("update", step, loss_sum, lr, plan.epoch_of(step), views, _embedding(config, bundle, vectors, step))
+                snapshot = partial(_embedding, config, bundle, vectors, step)
                 if callback:
-                    callback(event)
+                    callback(TrainEvent("update", step, loss_sum, lr, plan.epoch_of(step), views, snapshot))
                 number = run.checkpoint_number(step, config.output.save_every)
                 if number is not None:
-                    files = run.save_embedding(event.embedding, str(number))
+                    files = run.save_embedding(snapshot(), str(number))
                     run.save_state(step, vectors, optimizer, scaler)
                     if callback:
-                        callback(TrainEvent("checkpoint", step, loss_sum, lr, event.epoch, views, event.embedding, tuple(files)))
+                        callback(TrainEvent("checkpoint", step, loss_sum, lr, plan.epoch_of(step), views, snapshot, tuple(files)))
                 preview = run.checkpoint_number(step, config.output.preview.every)
                 if preview is not None:
                     _save_preview(run.preview_path(str(preview)), config, bundle, n_vectors)
