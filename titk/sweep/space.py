@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from ..config import ParamSpec, SweepConfig, TrainConfig, parse
+from ..config import ParamSpec, SweepConfig, TrainConfig, merge, parse
 from ..errors import TitkError
 
 FIXED_SECTIONS = ("model", "output")  # one model per study; outputs are the sweep's own
@@ -49,13 +49,7 @@ def check_space(config: SweepConfig, n_images: int) -> None:
                 raise TitkError(f"space: {key}: a log range must be positive")
             values = [spec.low, spec.high]
         for value in values:  # each end and each choice must be a value the config accepts
-            data = base.model_dump(mode="json")
-            data[section][name] = str(value) if name in ("learning_rate", "clip_threshold") else value
-            if name == "epochs":
-                data["train"]["max_steps"] = None
-            elif name == "max_steps":
-                data["train"]["epochs"] = None
-            parse(TrainConfig, data, f"space: {key}={value!r}")
+            apply_settings(base, {key: value}, where=f"space: {key}={value!r}")
     subset = config.subset
     modes = sum([subset.size is not None, subset.include_flags, subset.leave_one_out])
     if modes > 1:
@@ -76,8 +70,9 @@ def check_values(config: SweepConfig, dataset, enqueued: list[dict]) -> None:
     from ..train.plan import make_plan
 
     def plan(settings: dict, where: str) -> None:
+        trial_config = apply_settings(config.base, settings, where=where)
         try:
-            make_plan(apply_settings(config.base, settings), dataset)
+            make_plan(trial_config, dataset)
         except TitkError as exc:
             raise TitkError(f"{where}: {exc}") from None
 
@@ -113,8 +108,9 @@ def suggest_settings(trial, config: SweepConfig) -> dict[str, object]:
     return {key: suggest(trial, key, spec) for key, spec in config.space.items()}
 
 
-def apply_settings(base: TrainConfig, settings: dict[str, object], **sections) -> TrainConfig:
-    """The base config with searched settings (and extra section values, e.g. the output dir) applied."""
+def apply_settings(base: TrainConfig, settings: dict[str, object], where: str = "trial settings", **sections) -> TrainConfig:
+    """The base config with searched settings (and extra section values, e.g. the output dir) applied;
+    `where` names them in an error."""
     data = base.model_dump(mode="json")
     for key, value in settings.items():
         section, _, name = key.partition(".")
@@ -125,9 +121,7 @@ def apply_settings(base: TrainConfig, settings: dict[str, object], **sections) -
             data["train"]["max_steps"] = None
         elif name == "max_steps":
             data["train"]["epochs"] = None
-    for section, values in sections.items():
-        data[section].update(values)
-    return parse(TrainConfig, data, "trial settings")
+    return parse(TrainConfig, merge(data, sections), where)
 
 
 def suggest_subset(trial, config: SweepConfig, names: list[str]) -> list[int]:
