@@ -31,15 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         err_console.print(f"[bold red]error:[/] {escape(message)}{hint}", highlight=False, soft_wrap=True)
         sys.exit(getattr(exc, "exit_code", 2))
-    except OSError as exc:  # the file system refused: say where, once, never a traceback
+    except Exception as exc:  # the file system refused (a database on a full disk in its own words): one line, no traceback
         if disk_full(exc):
             _fail(DiskFull.from_error(exc))
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
             _fail(TitkError(f"cannot write {exc.filename}: {exc.strerror}; choose a folder you may write to"))
-        raise
-    except Exception as exc:  # a database on a full disk raises its own error types
-        if disk_full(exc):
-            _fail(DiskFull.from_error(exc))
         raise
     sys.exit(result if isinstance(result, int) else 0)
 

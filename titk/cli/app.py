@@ -9,10 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-
 app = typer.Typer(
     name="titk",
-    help="Textual Inversion toolkit: train, search and score TI embeddings of a person.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -59,7 +57,6 @@ def _print_frame(frame, title: str, columns: dict[str, str]) -> None:
     for row in frame[list(columns)].itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
     console.print(table)
-
 
 
 DatasetOption = typer.Option(None, "--dataset", "-d", help="image folder (overrides data.path)")

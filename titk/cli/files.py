@@ -10,9 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
-from .app import (
-    _print_sections, app, console,
-)
+from .app import _print_sections, app, console
 
 
 @app.command()

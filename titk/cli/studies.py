@@ -9,10 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .app import (
-    SetOption, StorageOption, TrackingOption, WorkdirOption, _print_frame, app, console,
-    err_console,
-)
+from .app import SetOption, StorageOption, TrackingOption, WorkdirOption, _print_frame, app, console, err_console
 
 
 def _note(message: str) -> None:

@@ -10,9 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
-from .app import (
-    DatasetOption, SetOption, _print_frame, app, console,
-)
+from .app import DatasetOption, SetOption, _print_frame, app, console
 
 
 @app.command()
