@@ -12,7 +12,7 @@ import torch
 from helpers import assert_one_line_error, make_images
 from PIL import Image
 
-from titk.config import DatasetCheckSettings, EvalSettings, IdentitySettings, parse
+from titk.config import EvalSettings, IdentitySettings, parse
 from titk.embeddings import Embedding
 from titk.embeddings.formats import write_embedding
 from titk.errors import TitkError
@@ -105,43 +105,6 @@ def test_reference_folder_without_faces(faces, tmp_path):
         Image.new("RGB", (128, 128), (i * 100, 50, 50)).save(tmp_path / f"{i}.png")
     with pytest.raises(TitkError, match="no face found in any of the 2 reference images"):
         IdentityScorer(faces).prepare(load_references(tmp_path, 64), EvalContext({}))
-
-
-def test_dataset_check_on_real_photos(faces, assets, tmp_path, run_cli):
-    from titk.evaluate.dataset_check import check_dataset
-
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in ("obama__1.jpg", "obama__2.jpg", "obama__3.jpg", "obama__4.jpg", "obama__5.jpg", "biden__1.jpg"):
-        shutil.copy(assets / "faces" / name, folder / name)
-    (folder / "obama__2.txt").write_text("obama at a lectern")
-    report = check_dataset(folder, DatasetCheckSettings(), face_embedder=faces)
-    rows = report.table.set_index("file")
-    assert rows.loc["obama__1.jpg", "near_duplicates"] == "obama__5.jpg"
-    assert rows.loc["obama__5.jpg", "near_duplicates"] == "obama__1.jpg"
-    assert all(rows.loc[f, "near_duplicates"] == "" for f in ("obama__2.jpg", "obama__3.jpg", "obama__4.jpg", "biden__1.jpg"))
-    assert "identity outlier" in rows.loc["biden__1.jpg", "flags"]
-    assert not any("identity outlier" in rows.loc[f, "flags"] for f in rows.index if f.startswith("obama"))
-    assert bool(rows.loc["obama__2.jpg", "caption"]) and "no caption" in rows.loc["obama__3.jpg", "flags"]
-    assert (rows["faces"] == 1).all() and (rows["sharpness"] > 30).all()
-    code, out, err = run_cli("dataset", "check", folder, "--face-pack", assets / "face-test-pack", "-o", tmp_path / "out")
-    assert code == 0, err
-    assert (tmp_path / "out" / "contact_sheet.png").is_file() and (tmp_path / "out" / "dataset_check.csv").is_file()
-    code, _, err = run_cli("dataset", "check", folder, "--face-pack", "no-such-pack")
-    assert_one_line_error(code, err, "no-such-pack", "looked in")
-
-
-def test_dataset_check_flags_blur_and_works_without_faces(tmp_path):
-    from PIL import ImageFilter
-
-    from titk.evaluate.dataset_check import check_dataset
-
-    rng = np.random.default_rng(0)
-    sharp = Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
-    sharp.save(tmp_path / "sharp.png")
-    sharp.filter(ImageFilter.GaussianBlur(6)).save(tmp_path / "soft.png")
-    rows = check_dataset(tmp_path, DatasetCheckSettings()).table.set_index("file")
-    assert "blurry" in rows.loc["soft.png", "flags"] and "blurry" not in rows.loc["sharp.png", "flags"]
 
 
 # ----------------------------------------------------------------------------------------------- CLIP and the evaluator

@@ -132,25 +132,59 @@ def dataset_check(
     face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder (default: buffalo_l)"),
     no_faces: bool = typer.Option(False, "--no-faces", help="skip face detection (no face pack needed)"),
     size: Optional[int] = typer.Option(None, help="training size, for the bucket each image falls in (default: 512)"),
+    template: Optional[str] = typer.Option(
+        None, help="the training template (shipped name or file); missing captions are flagged only when it uses "
+        "[filewords] (default: titk train's, subject_filewords)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
 ):
-    """Per image: faces and face size, sharpness, near-duplicates, identity outliers, size and bucket,
-    caption; a table and a contact sheet."""
+    """Per image: faces and face size, sharpness, near-duplicates, who it shows (photos of anyone but the
+    folder's main person are flagged as intruders), size and bucket, caption; a table and a contact sheet."""
+    import pandas as pd
+    from rich.progress import Progress
+
     from ..config import DatasetCheckSettings, merge, parse
-    from ..evaluate.dataset_check import check_dataset
+    from ..evaluate.dataset_check import DEFAULT_TEMPLATE, check_dataset, template_uses_captions
     from ..evaluate.scorers.identity import InsightFaceEmbedder
 
+    template = template or DEFAULT_TEMPLATE
+    try:
+        template_uses_captions(template)
+    except TitkError as exc:  # its message names data.template, a setting this command does not have
+        raise TitkError(f"--template: {str(exc).removeprefix('data.template: ')}") from None
     given = {"size": size, "identity": {"pack": face_pack} if face_pack else {}}
     settings = parse(DatasetCheckSettings, merge({}, {k: v for k, v in given.items() if v is not None}), "titk dataset check")
     embedder = None if no_faces else InsightFaceEmbedder(settings.identity)
-    report = check_dataset(folder, settings, face_embedder=embedder)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("scanning", total=None)
+
+        def step(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        report = check_dataset(folder, settings, face_embedder=embedder, template=template, on_progress=step)
     out = out or Path(f"dataset-check-{folder.resolve().name}")
     paths = report.save(out)
-    headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face_share": "face",
-               "sharpness": "sharp", "identity_loo": "id LOO", "flags": "flags"}
-    view = report.table.assign(size=report.table["width"].astype(str) + "×" + report.table["height"].astype(str))
+    table = report.table
+    face = table["face_px"].map(lambda v: "" if pd.isna(v) else f"{v:.0f} px") + table["face_share"].map(lambda v: "" if pd.isna(v) else f" {v:.0%}")
+    view = table.assign(size=table["width"].astype(str) + "×" + table["height"].astype(str), face=face)
+    headers = {"file": "file", "size": "size", "bucket": "bucket", "faces": "faces", "face": "face",
+               "sharpness": "sharp", "identity_sim": "same person", "flags": "flags"}
     _print_frame(view, f"{folder} — {report.summary['images']} images, {report.summary['flagged']} flagged", headers)
-    for skipped in report.summary["skipped"]:
+    console.print(
+        "size: width×height in px; bucket: the aspect bucket it trains in (w×h px at the training size); faces: faces found; face: the largest "
+        "face's height in px and as a share of the image height (small under 10 %); sharp: variance of the Laplacian "
+        "over the face (or the image) scaled to 256 px tall (blurry under 30); same person: cosine similarity "
+        "(−1 to 1) of the largest face to the mean face of the folder's person (the largest group of alike faces), "
+        "the face itself left out; faces outside that group are intruders",
+        style="dim", highlight=False, soft_wrap=True,
+    )
+    summary = report.summary
+    if summary["with_face"]:
+        console.print(f"person: {summary['person']} of {summary['with_face']} faces; intruders: {summary['intruders']}", highlight=False)
+    if summary["identity_note"]:
+        console.print(f"[yellow]identity:[/] {escape(summary['identity_note'])}", soft_wrap=True)
+    uses = "uses [filewords]: images without a caption file are flagged (their file name stands in)" if summary["template_uses_captions"] else "has no [filewords]: captions are not used"
+    console.print(f"template {escape(template)} {escape(uses)}", highlight=False, soft_wrap=True)
+    for skipped in summary["skipped"]:
         console.print(f"[yellow]skipped:[/] {escape(skipped)}", soft_wrap=True)
     console.print(f"table: {paths['table']}; contact sheet: {paths['sheet']}", highlight=False, soft_wrap=True)
 
