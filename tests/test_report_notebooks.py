@@ -35,9 +35,9 @@ def test_load_study_gives_one_row_per_trial(study_dir):
     assert len(data.finished) == 5 and data.objectives == ["value"]
     assert data.finished["subset"].map(len).eq(4).all() and data.finished["values_per_seed"].map(len).eq(2).all()
     assert len(data.images) == 6 and "param.train.learning_rate" in data.trials
-    curves = data.curves(("intermediate.norms.mean", "norms.mean", "train.loss"))
-    assert set(curves["metric"]) == {"intermediate.norms.mean", "norms.mean", "train.loss"}
-    assert (curves[curves["metric"] == "intermediate.norms.mean"].groupby("trial")["step"].nunique() >= 2).all()
+    curves = data.curves(("intermediate/norms.mean", "norms.mean", "train.loss"))
+    assert set(curves["metric"]) == {"intermediate/norms.mean", "norms.mean", "train.loss"}
+    assert (curves[curves["metric"] == "intermediate/norms.mean"].groupby("trial")["step"].nunique() >= 2).all()
 
 
 def test_report_renders_in_headless_chromium(study_dir, tmp_path, run_cli):

@@ -3,6 +3,7 @@
 import json
 
 import optuna
+import pandas as pd
 import pytest
 from helpers import assert_one_line_error, write_sweep_config as write_config
 from mlflow import MlflowClient
@@ -47,18 +48,27 @@ def test_mlflow_holds_everything_to_compare(finished):
     by_trial = {int(r.data.tags["titk.trial"]): r for r in trials}
     done, pruned = by_trial[0], by_trial[2]
     assert (done.info.status, done.data.tags["titk.state"]) == ("FINISHED", "COMPLETE")
-    assert (pruned.info.status, pruned.data.tags["titk.state"]) == ("KILLED", "PRUNED")
+    # stopped early by design, not a failure: MLflow's KILLED would list it with the crashed ones
+    assert (pruned.info.status, pruned.data.tags["titk.state"], pruned.info.run_name) == ("FINISHED", "PRUNED", "trial 2 (pruned)")
     params = done.data.params
     assert params["search.train.learning_rate"] == "0.05" and params["effective.batch_size"] == "2"
+    assert params["model.dtype"] == "fp32" and params["model.resolved_dtype"] == "float32" and params["model.source"].endswith("tiny-sd1")
+    assert params["evaluation.scorers"] == '["norms"]' and params["evaluation.suite"].endswith("suite.yaml")
     assert {"effective.steps", "effective.epochs", "effective.image_views", "effective.grad_accum", "train.semantics"} <= set(params)
-    assert [m.step for m in client.get_metric_history(done.info.run_id, "intermediate.norms.mean")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "intermediate/norms.mean")] == [2, 4]
     assert [m.step for m in client.get_metric_history(done.info.run_id, "norms.mean")] == [7]  # the final suite's, apart
     assert {m.step for m in client.get_metric_history(done.info.run_id, "train.loss")} == {2, 4, 7}
+    metric_names = set(done.data.metrics) | set(pruned.data.metrics)
+    # MLflow's UI makes a chart section of whatever precedes a "/": titk's only section is the intermediate one
+    assert {name.split("/")[0] for name in metric_names if "/" in name} == {"intermediate"}
     artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
-    assert {"images", "scores", "scorecards", "embeddings", "train"} <= artifacts
+    assert {"samples.png", "images", "scores", "scorecards", "embeddings", "train", "dataset"} <= artifacts  # the final grid on top
     assert {a.path for a in client.list_artifacts(done.info.run_id, "embeddings")} == {"embeddings/ohwx.pt", "embeddings/ohwx.safetensors"}
     dataset = done.inputs.dataset_inputs[0].dataset
-    assert dataset.name == "tiny-trial-0" and "included" in json.loads(dataset.schema)["mlflow_colspec"][-1]["name"]
+    assert dataset.name == "tiny-trial-0" and {"file", "sha256"} <= {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
+    table = json.loads(open(client.download_artifacts(done.info.run_id, "dataset/manifest.json", str(tmp))).read())
+    manifest = pd.DataFrame(table["data"], columns=table["columns"])
+    assert len(manifest) == 6 and manifest["sha256"].str.len().eq(64).all() and manifest["included"].all()
     assert result.study.trials[0].user_attrs["mlflow_run_id"] == done.info.run_id
     assert client.get_run(parent).data.metrics["trials.complete"] >= 2
 
@@ -131,6 +141,8 @@ def test_dataset_subsets(tmp_path, fixtures):
     _, runs, _ = runs_of(tmp_path / "work")
     source = runs[0].inputs.dataset_inputs[0].dataset
     assert source.name.startswith("tiny-trial-")
+    # each subset is its own MLflow dataset: two subsets, two digests
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in runs}) == 2
     flags = write_config(tmp_path / "f", fixtures, n_trials=1, enqueue=[], space={}, subset={"include_flags": True, "min_images": 2})
     result = run_sweep(load_sweep_config(flags), workdir=tmp_path / "f" / "work", show_progress=False)
     trial = result.study.trials[0]

@@ -52,14 +52,14 @@ def _table(frame: pd.DataFrame, max_rows: int = 30) -> str:
 
 
 def _final_grid(data: StudyData, run_id: str) -> Image.Image | None:
-    """The final sample grid a trial logged to MLflow (`final_samples` step image)."""
+    """The final sample grid a trial logged to MLflow (`samples.png`, or its first seed's with several)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         client = data.client()
-        names = [a.path for a in client.list_artifacts(run_id, "images") if "final_samples" in a.path and a.path.endswith(".png") and "compressed" not in a.path]
+        names = [a.path for a in client.list_artifacts(run_id) if a.path.startswith("samples") and a.path.endswith(".png")]
         if not names:
             return None
-        local = client.download_artifacts(run_id, sorted(names)[-1])
+        local = client.download_artifacts(run_id, min(names, key=len))
         return Image.open(local).convert("RGB")
     except Exception:  # a missing or unreadable artifact leaves the grid out, not the report
         return None

@@ -46,13 +46,13 @@ class StudyData:
 
     def curves(self, metrics: tuple[str, ...] = ("train.loss", INTERMEDIATE + CURVE_METRIC, CURVE_METRIC)) -> pd.DataFrame:
         """Metric histories of every trial from MLflow, long format: trial, metric, step, value. Intermediate
-        evaluations are `intermediate.<metric>`; `<metric>` alone is the final evaluation (one step)."""
+        evaluations are `intermediate/<metric>`; `<metric>` alone is the final evaluation (one step)."""
         client, rows = self.client(), []
         for trial, run_id in self.trials[["trial", "mlflow_run_id"]].itertuples(index=False):
             if not isinstance(run_id, str):
                 continue
             for metric in metrics:
-                for m in client.get_metric_history(run_id, metric.replace("@", "/")):
+                for m in client.get_metric_history(run_id, metric):
                     rows.append({"trial": trial, "metric": metric, "step": m.step, "value": m.value})
         table = pd.DataFrame(rows, columns=["trial", "metric", "step", "value"])
         # Trials with several seeds log each metric once per seed at the same steps: their mean is the curve.
@@ -60,19 +60,18 @@ class StudyData:
 
 
 def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None, notify=None) -> StudyData:
-    from ..sweep.storage import optuna_storage
+    from ..sweep.storage import check_local_stores, optuna_storage, recorded_stores
+    from ..sweep.storage import tracking_uri as local_tracking_uri
 
     meta = {}
     if workdir is not None:
         workdir = Path(workdir)
-        path = workdir / "sweep.json"
-        if not path.is_file():
-            raise TitkError(f"{workdir}: not a sweep work directory (no sweep.json); run `titk sweep` first")
-        meta = json.loads(path.read_text())
+        meta = read_sweep_json(workdir)
         study = study or meta["config"]["study"]
-        tracking_uri = tracking_uri or meta.get("tracking_uri")
-        stored = meta.get("storage", "")
-        storage = storage or (stored if "://" in stored else None)
+        recorded_storage, recorded_tracking = recorded_stores(workdir, meta)
+        storage, tracking_uri = storage or recorded_storage, tracking_uri or recorded_tracking
+        check_local_stores(workdir, storage, tracking_uri)
+        tracking_uri = tracking_uri or local_tracking_uri(None, workdir, create=False)
     if study is None:
         raise TitkError("give a work directory, or --study with --storage and --tracking-uri")
     backend = optuna_storage(storage, workdir or Path("."), notify=notify) if (storage or workdir) else None
@@ -84,6 +83,18 @@ def load_study(workdir: str | Path | None = None, *, study: str | None = None, s
         raise TitkError(f"study {study!r} not found in its storage") from None
     images = _dataset_images(meta)
     return StudyData(study, loaded, trials_frame(loaded), images, tracking_uri, workdir)
+
+
+def read_sweep_json(workdir: Path) -> dict:
+    path = workdir / "sweep.json"
+    if not path.is_file():
+        raise TitkError(f"{workdir}: not a sweep work directory (no sweep.json); run `titk sweep` first")
+    try:
+        meta = json.loads(path.read_text())
+        meta["config"]["study"]
+    except (ValueError, KeyError, TypeError):
+        raise TitkError(f"{path}: not a titk sweep record (unreadable JSON or no config.study); run `titk sweep` again to rewrite it") from None
+    return meta
 
 
 def _dataset_images(meta: dict) -> list[str]:

@@ -48,7 +48,7 @@ _FAMILIES = (
 
 HEADLINES = tuple(m.name for m in METRICS.values() if m.headline)
 CURVE_METRIC = "identity.similarity"  # the score analysis draws as a learning curve
-INTERMEDIATE = "intermediate."  # prefix of scores from intermediate evaluations (another suite, apart from the final)
+INTERMEDIATE = "intermediate/"  # prefix of scores from intermediate evaluations (another suite, apart from the final)
 
 
 def lookup(name: str) -> Metric | None:

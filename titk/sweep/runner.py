@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,11 @@ from optuna.trial import TrialState
 
 from ..config import SweepConfig
 from ..errors import TitkError
-from ..evaluate.registry import check_metric, per_image_column
+from ..evaluate.registry import HEADLINES, check_metric, lookup, per_image_column
 from ..files import atomic_path
 from .pruning import Pruning
 from .space import check_space, check_values, recipe_params
-from .storage import artifact_location, optuna_storage, pid_alive, storage_label, tracking_uri
+from .storage import artifact_location, optuna_storage, pid_alive, storage_label, stores_record, tracking_uri
 from .trial import RETRY_REASONS, TrialFailed, TrialObjective
 from .trials import best_trials, failure_summary, measured, trials_frame
 
@@ -98,7 +99,26 @@ def open_study(config: SweepConfig, storage, create: bool, enqueued: list[dict])
     for entry, params in zip(config.enqueue, enqueued):
         study.enqueue_trial(params, user_attrs={"enqueued": entry if isinstance(entry, str) else "params"}, skip_if_exists=True)
     study.set_user_attr("titk.config", config.model_dump(mode="json"))
+    study.set_metric_names(objective_names(config))  # optuna-dashboard's axis labels, not "Objective 0"
     return study, True, seed
+
+
+def objective_names(config: SweepConfig) -> list[str]:
+    o = config.objective
+    if o.pareto:
+        return list(o.pareto)
+    if len(o.metrics) == 1 and next(iter(o.metrics.values())) == 1.0:
+        return list(o.metrics)
+    return [" + ".join(f"{weight:g}×{name}" for name, weight in o.metrics.items())]
+
+
+def default_columns(config: SweepConfig) -> list[tuple[str, str]]:
+    """The MLflow runs table's columns: the objective, the headline metrics of the scorers run, the searched
+    settings."""
+    objectives = ["objective_0", "objective_1"] if config.objective.pareto else ["objective"]
+    headlines = [m for m in HEADLINES if lookup(m).scorer in config.evaluation.scorers and m not in objectives]
+    searched = [f"search.{name}" for name in config.space] + (["subset.size"] if config.subset.size or config.subset.include_flags or config.subset.leave_one_out else [])
+    return [("metrics", m) for m in objectives + headlines] + [("params", p) for p in searched]
 
 
 def recover(study: optuna.Study, storage, uri: str) -> list[int]:
@@ -173,6 +193,7 @@ def run_sweep(
     show_progress: bool = True,
     on_trial=None,
     on_note=None,
+    on_start=None,
 ) -> SweepResult:
     from ..evaluate.evaluator import build_evaluator, load_references
     from ..models import load_model
@@ -182,6 +203,7 @@ def run_sweep(
     from ..train.plan import make_plan
 
     n_trials = n_trials or config.n_trials
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna's notes on its own API, not the user's business
     # Everything a user can get wrong is checked here, before any model work and before a study exists.
     dataset = load_dataset(config.base)
     check_space(config, len(dataset))
@@ -200,7 +222,8 @@ def run_sweep(
         study, created, seed = open_study(config, storage, create, enqueued)
         tracker = Tracker(uri, config.study, artifact_location(uri, workdir))
         parent = tracker.study_run(config.study, {"optuna.storage": storage_label(storage_url, workdir), "titk.config": json.dumps(config.model_dump(mode="json"))[:5000]})
-        record = {"config": config.model_dump(mode="json"), "storage": storage_label(storage_url, workdir), "tracking_uri": uri}
+        tracker.set_default_view(parent, default_columns(config), ("metrics", "objective_0" if config.objective.pareto else "objective"))
+        record = {"config": config.model_dump(mode="json"), **stores_record(storage_url, tracking)}
         with atomic_path(workdir / "sweep.json") as tmp:
             tmp.write_text(json.dumps(record, indent=2))
     if create_only:
@@ -211,7 +234,11 @@ def run_sweep(
         bundle = load_model(config.base.model)
         references = load_references(config.references or config.base.data.path, config.evaluation.max_references)
         evaluator = build_evaluator(bundle, config.evaluation, references)
-        objective = TrialObjective(config, bundle, dataset, evaluator, tracker, parent, workdir, arch, seed, show_progress)
+        def starting(trial, settings: dict, n_images: int) -> None:
+            if on_start:
+                on_start(trial.number, finished(study) + 1, n_trials, settings, n_images)
+
+        objective = TrialObjective(config, bundle, dataset, evaluator, tracker, parent, workdir, arch, seed, show_progress, starting)
         callbacks = [stop] + ([on_trial] if on_trial else [])
         study.optimize(objective, n_trials=None, timeout=config.timeout_minutes * 60 if config.timeout_minutes else None,
                        catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)

@@ -1,10 +1,14 @@
 """Where a study lives: its Optuna storage and its MLflow tracking store, checked before any training.
 
 One machine (default): a work directory with `optuna.journal` (Optuna's journal file storage) and
-`mlflow.db` (MLflow's SQLite store, four-slash absolute URI) with artifacts in `mlruns/`. Many machines:
-`--storage postgresql://...` (Optuna's RDB storage with a heartbeat: a trial whose worker stops beating is
-failed and retried) and `--tracking-uri http://...` (an MLflow tracking server). Optuna and MLflow never
-share a database: both keep an Alembic version table.
+`mlflow.db` (MLflow's SQLite store) with artifacts in `mlruns/`. Many machines: `--storage postgresql://...`
+(Optuna's RDB storage with a heartbeat: a trial whose worker stops beating is failed and retried) and
+`--tracking-uri http://...` (an MLflow tracking server). Optuna and MLflow never share a database: both
+keep an Alembic version table.
+
+`sweep.json` records the stores so that readers find them: stores inside the work directory by their names
+(a copied or moved work directory reads its own files), others by URL without a password (credentials come
+from PGPASSWORD or ~/.pgpass for PostgreSQL, MLFLOW_TRACKING_USERNAME/PASSWORD for an MLflow server).
 """
 
 from __future__ import annotations
@@ -84,11 +88,57 @@ def storage_label(url: str | None, workdir: Path) -> str:
     return _redact(url) if url else str(workdir / JOURNAL)
 
 
-def tracking_uri(uri: str | None, workdir: Path, storage_url: str | None = None) -> str:
-    """The MLflow tracking URI, checked: SQLite in the work dir by default, or a reachable server."""
+def stores_record(storage_url: str | None, tracking: str | None) -> dict:
+    """What sweep.json records of the stores: names inside the work directory, URLs without passwords."""
+    return {"storage": public_url(storage_url) if storage_url else JOURNAL,
+            "tracking_uri": public_url(tracking) if tracking else MLFLOW_DB}
+
+
+def recorded_stores(workdir: Path, meta: dict) -> tuple[str | None, str | None]:
+    """(storage URL or None for the work directory's journal, tracking URI or None for its mlflow.db).
+    Work directories from before relative records hold absolute local paths; those mean the local stores,
+    found again in the work directory wherever it now is."""
+    storage, tracking = meta.get("storage") or JOURNAL, meta.get("tracking_uri") or MLFLOW_DB
+    local_storage = "://" not in storage or storage.startswith("sqlite:") and storage.endswith("/" + JOURNAL)
+    local_tracking = "://" not in tracking or tracking.startswith("sqlite:") and tracking.endswith("/" + MLFLOW_DB)
+    return (None if local_storage else storage), (None if local_tracking else tracking)
+
+
+def check_local_stores(workdir: Path, storage_url: str | None, tracking: str | None) -> None:
+    """A reader never creates a store: one that is missing means a work directory copied without it."""
+    for url, name in ((storage_url, JOURNAL), (tracking, MLFLOW_DB)):
+        if url is None and not (workdir / name).is_file():
+            raise TitkError(f"{workdir}: its {name} is missing (a work directory copied or moved without it?); "
+                            "copy the whole work directory, or give --storage/--tracking-uri")
+
+
+def public_url(url: str) -> str:
+    """The URL without its password, which must never reach a file (libpq and MLflow read it from the
+    environment or a password file)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+
+
+def tracking_uri(uri: str | None, workdir: Path, storage_url: str | None = None, *, create: bool = True) -> str:
+    """The MLflow tracking URI, checked: SQLite in the work dir by default, or a reachable server. A local
+    store that was moved with its work directory has its artifact paths moved too."""
     if uri is None:
+        db = workdir / MLFLOW_DB
+        if db.is_file():
+            from ..tracking.relocate import relocate_artifacts
+
+            relocate_artifacts(db, workdir / "mlruns")
+        elif not create:
+            check_local_stores(workdir, storage_url or "", None)
         workdir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(workdir / MLFLOW_DB).resolve()}"  # an absolute path: four slashes in all
+        return f"sqlite:///{db.resolve()}"  # an absolute path: four slashes in all
     if storage_url and _same_database(uri, storage_url):
         raise TitkError("--tracking-uri and --storage point at one database; Optuna and MLflow need separate ones")
     if uri.startswith(("http://", "https://")):
@@ -114,11 +164,7 @@ def _same_database(a: str, b: str) -> bool:
 
 
 def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
+    return public_url(url) if "://" in url else url
 
 
 def _first_line(exc: BaseException) -> str:

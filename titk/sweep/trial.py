@@ -42,10 +42,10 @@ class TrialObjective:
     """The function Optuna calls for each trial of this worker."""
 
     def __init__(self, config: SweepConfig, bundle, dataset: Dataset, evaluator, tracker, parent_run: str, workdir: Path,
-                 arch, sampler_seed: int, show_progress: bool = True):
+                 arch, sampler_seed: int, show_progress: bool = True, on_start=None):
         self.config, self.bundle, self.dataset, self.evaluator = config, bundle, dataset, evaluator
         self.tracker, self.parent_run, self.workdir, self.arch = tracker, parent_run, workdir, arch
-        self.sampler_seed, self.show_progress = sampler_seed, show_progress
+        self.sampler_seed, self.show_progress, self.on_start = sampler_seed, show_progress, on_start
         self.pruning = Pruning(config.objective)
         self.intermediate = load_suite(config.objective.intermediate_suite)
         self.names = [r.path.name for r in dataset.records]
@@ -62,6 +62,8 @@ class TrialObjective:
             for name, value in twin.constraints.items():
                 trial.set_constraint(name, value)
             return twin.values if len(twin.values) > 1 else twin.values[0]
+        if self.on_start:
+            self.on_start(trial, settings, len(chosen))
         run_id = self.tracker.start_trial(self.parent_run, trial.number, {"optuna.study": self.config.study})
         trial.set_user_attr("mlflow_run_id", run_id)
         folder = self.workdir / "trials" / f"{trial.number:04d}"
@@ -140,8 +142,10 @@ class TrialObjective:
     def _log_start(self, trial, run_id, settings: dict, config: TrainConfig, plan: TrainPlan, chosen: list[int]) -> None:
         params = {f"search.{k}": v for k, v in settings.items()}
         flat = config.model_dump(mode="json")
-        for section in ("embedding", "data", "train"):
+        for section in ("model", "embedding", "data", "train"):
             params.update({f"{section}.{k}": v for k, v in flat[section].items() if k != "path"})
+        params.update({"model.resolved_dtype": str(self.bundle.dtype).removeprefix("torch."), "data.path": str(self.dataset.root)})
+        params.update({f"evaluation.{k}": v for k, v in self.config.evaluation.model_dump(mode="json").items()})
         params.update({
             "effective.batch_size": plan.batch_size_eff, "effective.grad_accum": plan.grad_accum_eff,
             "effective.steps": plan.stop_step, "effective.epochs": plan.epochs, "effective.image_views": plan.image_views,
@@ -177,7 +181,8 @@ class TrialObjective:
         if pending["loss"]:
             self._log_loss(run_id, pending, result.steps_done)
         card = self._final_score(trial, result.embedding, config.embedding.name, prune)
-        self.tracker.log_scorecard(run_id, card, result.steps_done, "final")
+        grid = "samples.png" if self.config.repeats == 1 else f"samples-seed-{config.train.seed}.png"
+        self.tracker.log_scorecard(run_id, card, result.steps_done, "final", grid_file=grid)
         self.tracker.log_files(run_id, result.files, "embeddings")
         self.tracker.log_files(run_id, [result.run_dir / "train_log.csv", result.run_dir / "plan.json"], f"train/seed-{config.train.seed}")
         if self.config.repeats > 1 and not self.config.objective.pareto:

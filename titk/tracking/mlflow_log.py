@@ -14,14 +14,21 @@ from pathlib import Path
 
 import pandas as pd
 
-TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# A pruned trial stopped early by design: MLflow's KILLED would show it as a failure. Its run is named so.
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 _BAD = re.compile(r"[^\w\-. /]")
 MAX_PARAM = 6000
+# The experiment's default view of the MLflow UI: `#/experiments/<id>?viewStateShareKey=titk`
+VIEW_KEY = "titk"
 
 
 def key(name: str) -> str:
-    """MLflow accepts letters, digits, `_-. /` in keys; `identity.similarity@identity` → `identity.similarity/identity`."""
-    return _BAD.sub("_", name.replace("@", "/").replace(":", "/"))
+    """MLflow accepts letters, digits, `_-. /` in keys, and its UI groups charts by what precedes a `/`, so
+    titk uses `/` only for its sections (`intermediate/…`); `identity.similarity@identity` becomes
+    `identity.similarity.identity_prompts`."""
+    if "@" in name:
+        name = name.replace("@", ".") + "_prompts"
+    return _BAD.sub("_", name.replace(":", "."))
 
 
 class Tracker:
@@ -49,10 +56,29 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        # a training study, not a GenAI app: without the kind, MLflow 3's UI opens on its traces page
+        tags = {"mlflow.experimentKind": "custom_model_development"}
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location, tags=tags)
         except MlflowException:  # another worker created it a moment ago
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def set_default_view(self, study_run: str, columns: list[tuple[str, str]], order_by: tuple[str, str] | None) -> None:
+        """A shared view of the runs table (MLflow's "share" button stores the same): the trials under the
+        study run expanded, with the given (kind, name) columns, kind "metrics" or "params"."""
+        def column(kind: str, name: str) -> str:
+            return f"{kind}.`{key(name)}`"
+
+        state = {
+            "selectedColumns": ["attributes.`Duration`", *(column(kind, name) for kind, name in columns)],
+            "runsExpanded": {study_run: True},
+            "orderByKey": column(*order_by) if order_by else "attributes.start_time",
+            "orderByAsc": False,
+        }
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+
+    def view_url(self, base: str) -> str:
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?viewStateShareKey={VIEW_KEY}"
 
     def study_run(self, study: str, tags: dict) -> str:
         """The study's parent run: found again on resume, created once."""
@@ -88,13 +114,16 @@ class Tracker:
         for name, value in _tags(tags).items():
             self.client.set_tag(run_id, name, value)
 
-    def log_scorecard(self, run_id: str, card, step: int, label: str) -> None:
-        """Metrics at `step`, the sample grid as a step image, the per-image table, and the scorecard.
-        The final scorecard's metrics keep their names: they are the run's results in MLflow's tables. Others
-        come from another prompt suite, so they are named apart (`intermediate.identity.similarity`) and a
-        chart never joins the two."""
-        self.log_metrics(run_id, card.summary if label == "final" else {f"{label}.{k}": v for k, v in card.summary.items()}, step)  # label "intermediate": registry.INTERMEDIATE
-        if card.grid is not None:
+    def log_scorecard(self, run_id: str, card, step: int, label: str, grid_file: str | None = None) -> None:
+        """Metrics at `step`, the sample grid, the per-image table, and the scorecard. The final scorecard's
+        metrics keep their names: they are the run's results in MLflow's tables; its grid is a file at the top
+        of the run's artifacts (`grid_file`). Intermediate ones come from another prompt suite, so they are
+        named apart (`intermediate/identity.similarity`, a chart section of their own) and their grids are
+        step images."""
+        self.log_metrics(run_id, card.summary if label == "final" else {f"{label}/{k}": v for k, v in card.summary.items()}, step)  # label "intermediate": registry.INTERMEDIATE
+        if card.grid is not None and grid_file:
+            self.client.log_image(run_id, card.grid, artifact_file=grid_file)
+        elif card.grid is not None:
             self.client.log_image(run_id, card.grid, key=f"{label}_samples", step=step)
         self.client.log_table(run_id, data=card.table, artifact_file=f"scores/{label}-step-{step:06d}.json")
         self.client.log_dict(run_id, card.to_json(), f"scorecards/{label}-step-{step:06d}.json")
@@ -104,10 +133,14 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
     def log_dataset(self, run_id: str, manifest: pd.DataFrame, name: str, source: str) -> None:
+        """The images the trial trained on as its MLflow dataset (so the digest tells subsets apart: MLflow's
+        digest ignores a boolean column), and the whole manifest, used or not, as a table."""
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = self._mlflow.data.from_pandas(manifest, source=source, name=name)
+        used = manifest[manifest["included"]].drop(columns="included").reset_index(drop=True)
+        dataset = self._mlflow.data.from_pandas(used, source=source, name=name)
         self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+        self.client.log_table(run_id, data=manifest, artifact_file="dataset/manifest.json")
 
     def finish(self, run_id: str, state: str, reason: str | None = None) -> None:
         _finish(self.client, run_id, state, reason)
@@ -130,6 +163,9 @@ def _finish(client, run_id: str, state: str, reason: str | None) -> None:
     tags = {"titk.state": state, **({"titk.reason": reason} if reason else {})}
     for name, value in _tags(tags).items():
         client.set_tag(run_id, name, value)
+    if state == "PRUNED":
+        run = client.get_run(run_id)
+        client.update_run(run_id, name=f"{run.info.run_name} (pruned)")
     client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FINISHED"))
 
 
