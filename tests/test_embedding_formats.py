@@ -316,7 +316,7 @@ def test_cli_inspect_with_model_and_errors(tmp_path, run_cli, fixtures):
     code, _, err = run_cli("inspect", tmp_path / "junk.pt")
     assert_one_line_error(code, err, "junk.pt")
     code, _, err = run_cli("convert", path, tmp_path / "x.pt", "--to", "nope")
-    assert_one_line_error(code, err, "unknown embedding format")
+    assert_one_line_error(code, err, "--to", "'nope' is not one of", "onetrainer")
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):

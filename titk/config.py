@@ -102,6 +102,13 @@ class EmbeddingConfig(Strict):
     init_mode: Literal["stretch", "cycle"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya cycle)")
 
 
+def _caption_extension(value: str) -> str:
+    # Path.with_suffix, which finds each caption, accepts only a dot and at least one more character.
+    if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
+        raise ValueError(f"{value!r} is not a file extension; write it with its dot, like .txt")
+    return value
+
+
 class DataConfig(Strict):
     path: Path | None = Field(None, description="the image folder (or --dataset)")
     recursive: bool = False
@@ -120,6 +127,8 @@ class DataConfig(Strict):
     repeats: int = Field(1, ge=1, description="kohya: times each image appears per epoch")
     min_side: int = Field(32, ge=1, description="smaller images are refused")
     on_bad_image: Literal["error", "skip"] = "error"
+
+    _check_caption_extension = field_validator("caption_extension")(_caption_extension)
 
 
 class TrainSettings(Strict):
@@ -311,6 +320,8 @@ class DatasetCheckSettings(Strict):
     size: int = Field(RESOLUTION, ge=8, description="training size, for the bucket each image falls in")
     bucket_step: int = Field(64, ge=8)
     caption_extension: str = ".txt"
+
+    _check_caption_extension = field_validator("caption_extension")(_caption_extension)
 
 
 class EvalConfig(Strict):

@@ -14,6 +14,10 @@ os.umask(_UMASK)
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():  # else the rename at the end fails, after all the work, with the temporary file's name
+        from .errors import TitkError
+
+        raise TitkError(f"{path}: is a folder; give the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

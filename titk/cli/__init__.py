@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 
 import click
 import typer
@@ -18,6 +19,9 @@ from .app import app, err_console
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Optuna flags the heartbeat callback every PostgreSQL study uses as experimental, at every start:
+    # a line the user can do nothing about, above the one that matters.
+    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
     try:
         result = app(args=argv, prog_name="titk", standalone_mode=False)
     except TitkError as exc:
@@ -36,8 +40,19 @@ def main(argv: list[str] | None = None) -> None:
             _fail(DiskFull.from_error(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
             _fail(TitkError(f"cannot write {exc.filename}: {exc.strerror}; choose a folder you may write to"))
+        if isinstance(exc, OSError) and exc.errno in _IN_THE_WAY and exc.filename:
+            _fail(TitkError(f"{exc.filename}: {_IN_THE_WAY[exc.errno]}; remove it or choose another path"))
         raise
     sys.exit(result if isinstance(result, int) else 0)
+
+
+# An output folder (run, work directory, table) where a file is, or the other way round: every command
+# creates its folders with mkdir(parents=True, exist_ok=True), which fails with these.
+_IN_THE_WAY = {
+    errno.EEXIST: "a file is in the way of a folder titk must create",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "is a folder where titk must write a file",
+}
 
 
 def _fail(exc: TitkError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -57,6 +58,41 @@ def _print_frame(frame, title: str, columns: dict[str, str]) -> None:
     for row in frame[list(columns)].itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
     console.print(table)
+
+
+# Options with a fixed set of values are enums, so a wrong value is one line that lists the choices.
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class EmbeddingFormat(str, Enum):
+    a1111 = "a1111"
+    safetensors = "safetensors"
+    kohya = "kohya"
+    diffusers = "diffusers"
+    onetrainer = "onetrainer"
+    png = "png"
+
+
+class FamilyName(str, Enum):
+    sd1 = "sd1"
+    sd2 = "sd2"
+    sdxl = "sdxl"
+
+
+def scorer_list(value: str | None) -> str | None:
+    """`--scorers a,b`: each name checked here, so a misspelt one is a usage error that lists the choices."""
+    from ..config import SCORERS
+
+    if value is None:
+        return None
+    for name in (x.strip() for x in value.split(",")):
+        if name not in SCORERS:
+            raise typer.BadParameter(f"{name!r} is not one of {', '.join(SCORERS)}")
+    return value
 
 
 DatasetOption = typer.Option(None, "--dataset", "-d", help="image folder (overrides data.path)")

@@ -65,12 +65,18 @@ def sweep(
     workdir: Path = WorkdirOption,
     storage: Optional[str] = StorageOption,
     tracking_uri: Optional[str] = TrackingOption,
-    n_trials: Optional[int] = typer.Option(None, help="finished trials wanted (default: the config's n_trials)"),
+    n_trials: Optional[int] = typer.Option(None, min=1, help="finished trials wanted (default: the config's n_trials)"),
     create_only: bool = typer.Option(False, "--create-only", help="create the study (and its MLflow experiment) and stop"),
     set_: list[str] = SetOption,
 ):
     """Search training settings and dataset subsets with Optuna, scoring every trial and recording it in MLflow.
-    On an existing study it continues where it stopped."""
+    On an existing study it continues where it stopped.
+
+    \b
+    Example:
+      titk sweep experiments/sweeps/person-settings.yaml -w work/me \\
+          --set base.model.source=sd15.safetensors --set base.data.path=photos/
+    """
     _run_sweep(config, workdir, storage, tracking_uri, n_trials, True, create_only, set_)
 
 
@@ -82,18 +88,29 @@ def worker(
     tracking_uri: Optional[str] = TrackingOption,
     set_: list[str] = SetOption,
 ):
-    """Join an existing study and run its trials one after another on this machine's GPU (one worker per GPU)."""
+    """Join an existing study and run its trials one after another on this machine's GPU (one worker per GPU).
+
+    \b
+    Example:
+      titk worker sweep.yaml --storage postgresql://titk@db/optuna --tracking-uri http://mlflow:5000
+    """
     _run_sweep(config, workdir, storage, tracking_uri, None, False, False, set_)
 
 
 @app.command()
 def serve(
     workdir: Path = typer.Argument(..., help="a sweep's work directory"),
-    port: int = typer.Option(5000, help="MLflow UI port"),
-    dashboard_port: int = typer.Option(8080, help="optuna-dashboard port"),
+    port: int = typer.Option(5000, min=1, max=65535, help="MLflow UI port"),
+    dashboard_port: int = typer.Option(8080, min=1, max=65535, help="optuna-dashboard port"),
     check: bool = typer.Option(False, "--check", help="start both, check they answer, then stop"),
 ):
-    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1."""
+    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1.
+
+    \b
+    Example:
+      titk serve work/me
+      titk serve work/me --port 5001 --dashboard-port 8081
+    """
     from ..sweep.serve import serve as run_servers
 
     run_servers(workdir, port, dashboard_port, check=check, console=console)
@@ -108,7 +125,13 @@ def report(
     tracking_uri: Optional[str] = TrackingOption,
 ):
     """One self-contained HTML page about a study: progress, best trials and their samples, which settings
-    matter, identity against editability, learning curves, which images help, personality, seed variance."""
+    matter, identity against editability, learning curves, which images help, personality, seed variance.
+
+    \b
+    Example:
+      titk report work/me -o report.html
+      titk report --study me --storage postgresql://titk@db/optuna --tracking-uri http://mlflow:5000 -o me.html
+    """
     from ..analysis import load_study
     from ..analysis.html import write_report
 
@@ -125,12 +148,17 @@ app.add_typer(toyworld_app, name="toyworld")
 def toyworld_dataset(
     out: Path = typer.Argument(..., help="folder to write the images (and captions) to"),
     identity: str = typer.Option("0", help="a held-out identity: its index or name"),
-    n: int = typer.Option(15, help="number of images"),
-    tank_tops: Optional[float] = typer.Option(None, help="share of images in a tank top (default: clothing uniform)"),
+    n: int = typer.Option(15, min=1, help="number of images"),
+    tank_tops: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of images in a tank top, 0 to 1 (default: clothing uniform)"),
     seed: int = typer.Option(0),
     captions: bool = typer.Option(True, help="write <stem>.txt captions describing each look"),
 ):
-    """Write a TI dataset of a toy-world identity that the toy model never saw."""
+    """Write a TI dataset of a toy-world identity that the toy model never saw.
+
+    \b
+    Example:
+      titk toyworld dataset data/lateni --n 15 --tank-tops 0.6
+    """
     from ..toyworld.world import clothing_bias, heldout, write_dataset
 
     person = heldout(identity)
@@ -149,7 +177,13 @@ def toyworld_pretrain(
     continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
 ):
     """Train the toy world's model from scratch (about 2 hours on 2 CPU cores). Unset options take the
-    defaults of titk.config.PretrainSettings, which reproduce the shipped model."""
+    defaults of titk.config.PretrainSettings, which reproduce the shipped model.
+
+    \b
+    Example:
+      titk toyworld pretrain -o toymodel/
+      titk toyworld pretrain -o toymodel/ --continue-from titk/toyworld/weights --unet-steps 1000
+    """
     from ..config import PretrainSettings
     from ..toyworld.pretrain import pretrain
 
@@ -167,7 +201,13 @@ def demo(
     set_: list[str] = SetOption,
 ):
     """A small sweep in the toy world: a TI of a person the toy model never saw, searched over learning rate,
-    vectors and length, scored by the world's own face and attribute models. Run it again to continue."""
+    vectors and length, scored by the world's own face and attribute models. Run it again to continue.
+
+    \b
+    Example:
+      titk demo
+      titk serve work/demo
+    """
     from ..toyworld.world import DEMO_CONFIG, clothing_bias, heldout, write_dataset
 
     config = config or DEMO_CONFIG

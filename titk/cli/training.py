@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
-from .app import DatasetOption, SetOption, _print_frame, app, console
+from .app import DatasetOption, FamilyName, SetOption, _print_frame, app, console, scorer_list
 
 
 @app.command()
@@ -19,10 +19,16 @@ def plan(
     dataset: Optional[Path] = DatasetOption,
     set_: list[str] = SetOption,
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
-    family: str = typer.Option("sd1", help="the family to plan for while model.source is not on disk yet: sd1, sd2 or sdxl"),
+    family: FamilyName = typer.Option(FamilyName.sd1, help="the family to plan for while model.source is not on disk yet"),
 ):
     """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs.
-    A recipe whose model.source is still a placeholder is planned with the family's standard architecture."""
+    A recipe whose model.source is still a placeholder is planned with the family's standard architecture.
+
+    \b
+    Example:
+      titk plan experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml -d photos/
+      titk plan my.yaml -d photos/ --set train.batch_size=2 --json
+    """
     from ..config import load_train_config
     from ..models.families import Family
     from ..models.loading import read_architecture, shipped_architecture
@@ -34,10 +40,8 @@ def plan(
     source = Path(cfg.model.source).expanduser()
     if cfg.model.source != "toyworld" and not source.exists() and source.suffix.lower() in (".safetensors", ".ckpt"):
         # Comparing recipes needs no checkpoint in hand: the plan depends on the family alone.
-        if family not in {f.value for f in Family}:
-            raise TitkError(f"--family {family!r}: choose sd1, sd2 or sdxl")
-        result = make_plan(cfg, data, shipped_architecture(Family(family)))
-        result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family} family's standard architecture (titk's shipped config)")
+        result = make_plan(cfg, data, shipped_architecture(Family(family.value)))
+        result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family.value} family's standard architecture (titk's shipped config)")
     else:
         result = make_plan(cfg, data, read_architecture(cfg.model))
     if as_json:
@@ -56,7 +60,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the newest saved state in the run folder"),
     set_: list[str] = SetOption,
 ):
-    """Train a TI embedding: checkpoints, previews, a log and resumable states in the run folder."""
+    """Train a TI embedding: checkpoints, previews, a log and resumable states in the run folder.
+
+    \b
+    Example:
+      titk train my.yaml -d photos/ -o runs/ohwx
+      titk train my.yaml -d photos/ -o runs/ohwx --resume --set train.max_steps=400
+    """
     from ..config import load_train_config
     from ..models.loading import read_architecture
     from ..train.loop import load_dataset
@@ -79,11 +89,17 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="evaluation config (YAML: model, references, evaluation)"),
     suite: Optional[str] = typer.Option(None, help="prompt suite: experiments/prompts/<name>.yaml or a path"),
     face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
-    scorers: Optional[str] = typer.Option(None, help="comma-separated: identity, clip, diversity, personality, norms"),
+    scorers: Optional[str] = typer.Option(None, callback=scorer_list, help="comma-separated: identity, clip, diversity, personality, norms"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; one subfolder per embedding"),
     set_: list[str] = SetOption,
 ):
-    """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms."""
+    """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms.
+
+    \b
+    Example:
+      titk eval runs/ohwx/ohwx.pt runs/ohwx/embeddings/ohwx-*.pt -m sd15.safetensors -r photos/ -o eval/
+      titk eval ohwx.pt -m sd15.safetensors -r photos/ --scorers identity,norms
+    """
     from ..config import EvalConfig, apply_overrides, parse, read_yaml
     from ..embeddings.formats import read_embedding_file
     from ..evaluate.evaluator import build_evaluator, load_references
@@ -138,7 +154,13 @@ def dataset_check(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
 ):
     """Per image: faces and face size, sharpness, near-duplicates, who it shows (photos of anyone but the
-    folder's main person are flagged as intruders), size and bucket, caption; a table and a contact sheet."""
+    folder's main person are flagged as intruders), size and bucket, caption; a table and a contact sheet.
+
+    \b
+    Example:
+      titk dataset check photos/ --face-pack buffalo_l
+      titk dataset check photos/ --no-faces -o checks/photos
+    """
     import pandas as pd
     from rich.progress import Progress
 

@@ -14,7 +14,9 @@ write is atomic: a temporary file in the same folder, then a rename.
 
 from __future__ import annotations
 
+import math
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +70,10 @@ def read_embedding_file(path: str | Path) -> EmbeddingFile:
         state, metadata = _load_pickle(path), {}
     else:
         raise TitkError(f"{path}: not an embedding file type titk reads ({', '.join(sorted(PICKLE_SUFFIXES | IMAGE_SUFFIXES | {'.safetensors'}))})")
-    return _classify(state, path, metadata)
+    try:
+        return _classify(state, path, metadata)
+    except TitkError as exc:  # the Embedding's own checks know its name, not the file it came from
+        raise exc if str(path) in str(exc) else TitkError(f"{path}: {exc}") from None
 
 
 def _load_safetensors(path: Path) -> tuple[dict, dict]:
@@ -109,9 +114,14 @@ def _read_image(path: Path) -> EmbeddingFile:
     from .png import read_image_embedding
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            data = read_image_embedding(img)
+        with warnings.catch_warnings():
+            # PIL only warns below twice its pixel limit; a picture that large is no embedding card either way.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                data = read_image_embedding(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TitkError(f"{path}: refused: the image is too large to decode safely (a decompression bomb?)") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise TitkError(f"{path}: not a readable image ({_first_line(exc)})") from None
     except ValueError as exc:
@@ -128,6 +138,20 @@ def _tensors(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def _vectors(path: Path, key: str, value) -> torch.Tensor:
+    """An embedding tensor as found in a file, refused unless it can be one: converting an integer mask,
+    an empty tensor or NaNs to float32 would make a file that loads and then spoils every prompt it is in."""
+    if not isinstance(value, torch.Tensor):
+        raise TitkError(f"{path}: {key} holds a {type(value).__name__}, not a tensor of vectors")
+    if not value.is_floating_point():
+        raise TitkError(f"{path}: {key} is a {_dtype(value)} tensor; embedding vectors are floating point")
+    if value.ndim not in (1, 2) or value.numel() == 0:
+        raise TitkError(f"{path}: {key} has shape {tuple(value.shape)}; expected [vectors, width] with at least one vector")
+    if not math.isfinite(float(value.float().abs().sum())):
+        raise TitkError(f"{path}: {key} holds NaN or infinite values; the training that wrote it diverged")
+    return value
+
+
 def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
     if not isinstance(state, dict):
         raise TitkError(f"{path}: not an embedding (the file holds a {type(state).__name__}, not a dict of tensors)")
@@ -141,7 +165,7 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
         if not isinstance(params, dict) or len(params) != 1:
             n = len(params) if isinstance(params, dict) else 0
             raise TitkError(f"{path}: an A1111 embedding must hold exactly one term; this one has {n}")
-        tensor = next(iter(params.values()))
+        tensor = _vectors(path, "string_to_param", next(iter(params.values())))
         emb = Embedding.from_single(
             str(state.get("name") or stem), tensor, step=_int(state.get("step")),
             base_model_hash=state.get("sd_checkpoint"), base_model_name=state.get("sd_checkpoint_name"),
@@ -151,6 +175,7 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
     tensors = _tensors(state)
     if not tensors:
         raise TitkError(f"{path}: not an embedding (no tensors in it)")
+    tensors = {k: _vectors(path, k, v) for k, v in tensors.items()}
     outputs = {k.removesuffix("_out"): v for k, v in tensors.items() if k.endswith("_out")}
     inputs = {k: v for k, v in tensors.items() if not k.endswith("_out")}
     stored = state.get("name")

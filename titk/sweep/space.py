@@ -47,6 +47,8 @@ def check_space(config: SweepConfig, n_images: int) -> None:
                 raise TitkError(f"space: {key}: empty range {spec.low}..{spec.high}")
             if spec.log and spec.low <= 0:
                 raise TitkError(f"space: {key}: a log range must be positive")
+            if spec.step is not None and spec.step <= 0:  # Optuna takes a negative step and never moves
+                raise TitkError(f"space: {key}: step {spec.step} must be positive")
             values = [spec.low, spec.high]
         for value in values:  # each end and each choice must be a value the config accepts
             apply_settings(base, {key: value}, where=f"space: {key}={value!r}")

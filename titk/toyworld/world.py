@@ -220,7 +220,11 @@ def heldout(name_or_index: str | int = 0) -> Identity:
     """A held-out identity (never in pretraining), by index or name."""
     _, held = identities()
     if isinstance(name_or_index, int) or str(name_or_index).isdigit():
-        return held[int(name_or_index)]
+        if int(name_or_index) < len(held):
+            return held[int(name_or_index)]
+        from ..errors import TitkError
+
+        raise TitkError(f"toy world: identity {name_or_index}: there are {len(held)} held-out identities (0–{len(held) - 1})")
     for person in held:
         if person.name == name_or_index:
             return person
@@ -234,18 +238,39 @@ def write_dataset(folder, person: Identity, n: int = 15, *, seed: int = 0, weigh
 
     `weights` skews the looks, e.g. {"clothing": {"tank top": 0.8, "t-shirt": 0.2/3, ...}}.
     """
+    import os
+    import shutil
+    import tempfile
     from pathlib import Path
 
+    from ..errors import TitkError
+    from ..files import _UMASK
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise TitkError(f"{folder}: already holds files; write the dataset to a new or empty folder")
+    if folder.exists() and not folder.is_dir():
+        raise TitkError(f"{folder}: a file is in the way of the dataset folder; remove it or choose another path")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"dataset:{person.name}:{seed}")
     looks = []
-    for i in range(n):
-        look = random_look(rng, weights)
-        render(person, look, rng.randrange(2**31)).save(folder / f"{i:03d}.png")
-        if captions:
-            (folder / f"{i:03d}.txt").write_text(f"{look.clothing_colour} {look.clothing}, {look.background}, {look.framing}")
-        looks.append(look)
+    # Written beside the folder and renamed into place: a full disk leaves no dataset of fewer images.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for i in range(n):
+            look = random_look(rng, weights)
+            render(person, look, rng.randrange(2**31)).save(tmp / f"{i:03d}.png")
+            if captions:
+                (tmp / f"{i:03d}.txt").write_text(f"{look.clothing_colour} {look.clothing}, {look.background}, {look.framing}")
+            looks.append(look)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folder is private; a dataset is shared like any folder
+        os.replace(tmp, folder)
+    except OSError as exc:
+        if exc.filename is None:  # PIL's failed write names no file
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return looks
 
 

@@ -149,7 +149,21 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
         mean = sum(per_size[s] * c for s, c in size_counts.items()) / len(sizes)
         plan.total_tflops = round(mean * views / 1e12, 1)
     _explain(plan, config, batching)
+    _doubtful_inputs(plan, dataset)
     return plan
+
+
+def _doubtful_inputs(plan: TrainPlan, dataset: Dataset) -> None:
+    """Inputs that train, but rarely as meant: said once each, in the plan's warnings."""
+    if len(dataset) == 1:
+        plan.warnings.append(f"the dataset {dataset.root} has one image: the embedding will learn that picture, not the person")
+    top = max(rate for rate, _ in plan.lr_pairs)
+    if top > 1:
+        plan.warnings.append(f"train.learning_rate: a rate above 1 ({top:g}) usually makes the loss NaN within a few steps; TI rates are about 0.005")
+    empty = [r.path.name for r in dataset.records if r.caption_from_file and not r.caption.strip()]
+    if empty:
+        shown = ", ".join(empty[:3]) + (" …" if len(empty) > 3 else "")
+        plan.warnings.append(f"the caption files of {len(empty)} image(s) are empty ({shown}): those images train on the template alone")
 
 
 def _segments(pairs, max_steps: int, semantics: str):

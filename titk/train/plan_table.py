@@ -36,7 +36,7 @@ def print_plan(plan, console: Console, brief: bool = False) -> None:
         for note in plan.notes:
             console.print(f"  [green]•[/] {note}", highlight=False)
     for warning in plan.warnings:
-        console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"  [yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)  # one line each, for grep and logs
 
 
 def _nominal(nominal: int, effective: int) -> str:
