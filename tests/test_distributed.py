@@ -1,7 +1,10 @@
-"""Many machines, simulated on loopback: Optuna on a real PostgreSQL server, a real `mlflow server`, two
-`titk worker` processes on one study, one of them killed with SIGKILL in the middle of a trial."""
+"""Many machines, simulated on loopback: Optuna on a real PostgreSQL server that asks for a password, a real
+`mlflow server`, two `titk worker` processes on one study, one of them killed with SIGKILL in the middle of a
+trial; then the study reported on from a work directory and from URIs, with the password only in a
+libpq password file."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -13,12 +16,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import optuna
 import pytest
 from helpers import write_sweep_config
+from nbclient import NotebookClient
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+
+from titk.analysis import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +41,9 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+PASSWORD = "pg-s3cret-word"
+
+
 @pytest.fixture(scope="module")
 def postgres():
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -47,7 +57,20 @@ def postgres():
         shutil.chown(root, "postgres")
         shutil.chown(sock, "postgres")
     port = free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres")
+    # connections over TCP need the password, as a shared database server would
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+                                 f"--pwfile={pwfile}", "-E", "UTF8"]), check=True, capture_output=True)
+    pwfile.unlink()
+    # libpq's password file: what every process of the test (workers, the MLflow server, readers) uses
+    pgpass = Path(tempfile.mkdtemp(prefix="titk-pgpass-")) / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{port}:*:postgres:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    previous = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(pgpass)
     subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
                                  f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"]), check=True, capture_output=True)
     try:
@@ -55,6 +78,10 @@ def postgres():
             subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", f"create database {db};"], check=True, capture_output=True)
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
+        if previous is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = previous
         subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -85,7 +112,7 @@ def mlflow_server(postgres, tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
+def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path, run_cli, monkeypatch):
     config = write_sweep_config(
         tmp_path, fixtures, study="distributed", n_trials=5, heartbeat_seconds=2, enqueue=[],
         retrain_duplicates=True,  # distinct settings must come from the workers' own sampler seeds
@@ -97,7 +124,10 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     titk = [sys.executable, "-m", "titk"]
     common = ["--storage", storage_url, "--tracking-uri", mlflow_server]
-    created = subprocess.run([*titk, "sweep", str(config), "-w", str(tmp_path / "w0"), *common, "--create-only"], env=env, capture_output=True, text=True)
+    # a user may type the password into the URL once; it is used, and never written down
+    with_password = storage_url.replace("postgres@", f"postgres:{PASSWORD}@")
+    created = subprocess.run([*titk, "sweep", str(config), "-w", str(tmp_path / "w0"), "--storage", with_password, "--tracking-uri", mlflow_server,
+                              "--create-only"], env={**env, "PGPASSFILE": "/nonexistent"}, capture_output=True, text=True)
     assert created.returncode == 0, created.stderr
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in (1, 2)]
     workers = [
@@ -148,3 +178,23 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path):
     assert sum(r.info.status == "FINISHED" for r in trial_runs) == 5
     assert len([r for r in runs if r.data.tags.get("titk.role") == "study"]) == 1  # one parent run, shared
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {next(r.info.run_id for r in runs if r.data.tags.get("titk.role") == "study")}
+
+    # Reported on: from the work directory the study was created from, with the password only in libpq's file
+    record = (tmp_path / "w0" / "sweep.json").read_text()
+    assert json.loads(record)["storage"] == storage_url and json.loads(record)["tracking_uri"] == mlflow_server
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()], "a password was written to disk"
+    code, _, err = run_cli("report", tmp_path / "w0", "-o", tmp_path / "report.html")
+    assert code == 0, err
+    page = (tmp_path / "report.html").read_text()
+    assert "distributed" in page and page.count("data:image/png") >= 3
+    # ... and from its URIs alone, as the notebooks take them
+    data = load_study(study="distributed", storage=storage_url, tracking_uri=mlflow_server)
+    assert len(data.finished) == 5 and not data.curves(("train.loss",)).empty
+    monkeypatch.setenv("TITK_STORAGE", storage_url)
+    monkeypatch.setenv("TITK_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("TITK_STUDY", "distributed")
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "sweep-overview.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)

@@ -1,31 +1,110 @@
-"""`titk serve`: the MLflow UI and optuna-dashboard for a work directory, on loopback."""
+"""`titk serve`: the MLflow UI and optuna-dashboard for a work directory, on loopback.
+
+Both servers run in sessions of their own, so a Ctrl-C in the terminal reaches only titk, which stops
+them in order. Whatever stops titk (Ctrl-C, SIGTERM from a service manager, SIGHUP from a closed
+terminal) stops each server's whole process group: `mlflow server` runs uvicorn as a child of its own,
+which would otherwise outlive it and keep the port.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TitkError
 from .storage import JOURNAL, MLFLOW_DB
 
+START_SECONDS = 120.0  # mlflow server imports for tens of seconds on a busy 2-core machine
+STOP_SECONDS = 10.0
+TAIL_LINES = 10
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # an http_proxy must not see 127.0.0.1
 
-def _wait(url: str, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+class ServerFailed(TitkError):
+    """A server that did not start or died while serving; `tail` holds the last lines of its log."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, tail: list[str]):
+        super().__init__(message)
+        self.tail = tail
+
+
+@dataclass
+class _Server:
+    label: str
+    url: str
+    probe: str
+    log: Path
+    cmd: list[str]
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+
+def resolve_storage(record: dict, workdir: Path) -> str:
+    """The Optuna storage that a parsed sweep.json names, usable from any folder: a database URL as it is,
+    a journal path relative to the work directory made absolute."""
+    storage = record.get("storage") or JOURNAL
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser()
+    if path.is_absolute():
+        return str(path)
+    resolved = workdir / path
+    if not resolved.exists() and path.name == JOURNAL and (workdir / JOURNAL).is_file():
+        # sweep.json files written before their paths were relative to the work directory hold the
+        # path as seen from the folder the sweep ran in, which need not be this one
+        resolved = workdir / JOURNAL
+    return str(resolved)
+
+
+def tracking_store(workdir: str | Path) -> str:
+    """The MLflow backend store a work directory keeps its runs in, as an absolute SQLite URI."""
+    workdir = Path(workdir).resolve()
+    meta = workdir / "sweep.json"
+    db = workdir / MLFLOW_DB
+    if meta.is_file():
+        uri = _read_record(meta).get("tracking_uri") or ""
+        if uri.startswith(("http://", "https://")) and not db.is_file():
+            raise TitkError(f"{meta}: the runs are on the tracking server {uri}; open its UI there")
+    if not db.is_file() or not meta.is_file():
+        raise TitkError(f"{workdir}: not a sweep work directory (no {MLFLOW_DB} or sweep.json); run `titk sweep` first")
+    return f"sqlite:///{db}"
+
+
+def _read_record(meta: Path) -> dict:
+    try:
+        record = json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise TitkError(f"{meta}: cannot read it ({exc}); run `titk sweep` again to rewrite it") from None
+    if not isinstance(record, dict):
+        raise TitkError(f"{meta}: not a titk sweep record; run `titk sweep` again to rewrite it")
+    return record
+
+
+def _check_port(port: int, option: str) -> None:
+    if not 0 < port < 65536:
+        raise TitkError(f"{option} {port}: not a port number (1-65535)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the servers themselves bind: a port left in TIME_WAIT by the last `titk serve` is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status < 500:
-                    return True
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    return False
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TitkError(f"port {port} is in use ({option}); stop what holds it or choose another {option}") from None
+            raise TitkError(f"{option} {port}: cannot listen on it ({exc.strerror}); choose another") from None
 
 
 def _executable(name: str) -> str:
@@ -33,45 +112,142 @@ def _executable(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
+def _tail(log: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+
+
+class _StopRequest:
+    """SIGTERM, SIGHUP and SIGINT only set a flag that the waiting loops look at: an exception raised
+    from a handler could land between starting a server and recording it, and leave it running."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+def _wait_until_up(server: _Server, stop: _StopRequest, seconds: float = START_SECONDS) -> bool:
+    """True once the server answers; False when a stop was asked for. A server that exits or never
+    answers raises ServerFailed with the end of its log."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if stop:
+            return False
+        code = server.proc.poll()
+        if code is not None:
+            raise ServerFailed(f"{server.label} did not start: it exited with status {code}; the last lines of {server.log}:", _tail(server.log))
+        try:
+            with _LOOPBACK.open(server.probe, timeout=2) as response:
+                if response.status < 500:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise ServerFailed(f"{server.label} did not answer at {server.url} within {seconds:.0f} s; the last lines of {server.log}:", _tail(server.log))
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # each server leads its own session, so its group id is its pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    if proc.poll() is None:
+        return True
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to every process of each server, SIGKILL to what is left after STOP_SECONDS."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(_group_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc in procs:
+        if _group_alive(proc):
+            _signal_group(proc, signal.SIGKILL)
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, check: bool = False, console=None) -> None:
+    """Run both servers until a signal (Ctrl-C, SIGTERM, SIGHUP) asks to stop, or with `check` until both answer.
+    A server that fails to start or dies while serving raises ServerFailed; both are stopped either way."""
     workdir = Path(workdir).resolve()
-    db = workdir / MLFLOW_DB
-    meta = workdir / "sweep.json"
-    if not db.is_file() or not meta.is_file():
-        raise TitkError(f"{workdir}: not a sweep work directory (no {MLFLOW_DB} or sweep.json); run `titk sweep` first")
-    storage = json.loads(meta.read_text()).get("storage", str(workdir / JOURNAL))
+    backend = tracking_store(workdir)
+    storage = resolve_storage(_read_record(workdir / "sweep.json"), workdir)
+    if port == dashboard_port:
+        raise TitkError(f"--port and --dashboard-port are both {port}; give them different ports")
+    _check_port(port, "--port")
+    _check_port(dashboard_port, "--dashboard-port")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    mlflow_cmd = [_executable("mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    dash_cmd = [_executable("optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(dashboard_port), "--quiet"]
-    if storage.endswith(JOURNAL):
-        dash_cmd += ["--storage-class", "JournalFileStorage"]
     logs = workdir / "serve"
     logs.mkdir(exist_ok=True)
-    procs = []
-    try:
-        for cmd, name in ((mlflow_cmd, "mlflow"), (dash_cmd, "optuna-dashboard")):
-            procs.append(subprocess.Popen(cmd, env=env, stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        urls = {"MLflow UI": f"http://127.0.0.1:{port}", "optuna-dashboard": f"http://127.0.0.1:{dashboard_port}"}
-        for (label, url), proc in zip(urls.items(), procs):
-            probe = url + "/health" if label == "MLflow UI" else url
-            if not _wait(probe):
-                raise TitkError(f"{label} did not start (see {logs}); is port {url.rsplit(':', 1)[1]} free?")
+    mlflow_url, dash_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
+    servers = [
+        _Server("MLflow UI", mlflow_url, mlflow_url + "/health", logs / "mlflow.log",
+                [_executable("mlflow"), "server", "--backend-store-uri", backend, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]),
+        _Server("optuna-dashboard", dash_url, dash_url, logs / "optuna-dashboard.log",
+                [_executable("optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(dashboard_port), "--quiet"]
+                + (["--storage-class", "JournalFileStorage"] if "://" not in storage else [])),
+    ]
+    procs: list[subprocess.Popen] = []
+    with _StopRequest() as stop:
+        try:
+            for server in servers:
+                with open(server.log, "w") as log:
+                    # in the work directory, so nothing a server writes lands in the caller's folder
+                    server.proc = subprocess.Popen(server.cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                                   stderr=subprocess.STDOUT, start_new_session=True)
+                procs.append(server.proc)
+            for server in servers:
+                if not _wait_until_up(server, stop):
+                    return
+                if console:
+                    console.print(f"{server.label}: {server.url}", highlight=False)
+            if check:
+                return
             if console:
-                console.print(f"{label}: {url}", highlight=False)
-        if check:
-            return
-        if console:
-            console.print("Ctrl-C stops both.")
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                console.print("Ctrl-C stops both.", highlight=False)
+            while not stop:
+                for server in servers:
+                    code = server.proc.poll()
+                    if code is not None:
+                        raise ServerFailed(f"{server.label} exited with status {code} while serving; the last lines of {server.log}:", _tail(server.log))
+                time.sleep(0.25)
+        except KeyboardInterrupt:  # outside the main thread no handler turns Ctrl-C into a flag
+            pass
+        finally:
+            _stop(procs)
