@@ -164,10 +164,6 @@ def accepted(id, args):  # looks odd, is valid: must not be refused
     return Case(id, args, code=0)
 
 
-def lead(reason):  # a case that fails in a file other agents own; the lead fixes it
-    return [pytest.mark.xfail(strict=True, reason=reason)]
-
-
 SWEEP = ["--create-only"]
 CASES = [
     # ---- titk inspect: embedding files
@@ -260,14 +256,10 @@ CASES = [
     bad("sweep-n-trials-0", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--n-trials", "0"], "--n-trials", output=lambda w, t: t / "wk"),
     bad("sweep-workdir-is-a-file", lambda w, t: ["sweep", w.sweep, "-w", (t / "wk").write_text("x") and t / "wk", *SWEEP], "wk", "a file is in the way", output=lambda w, t: t / "wk"),
     bad("sweep-workdir-under-a-file", lambda w, t: ["sweep", w.sweep, "-w", (t / "f").write_text("x") and t / "f" / "wk", *SWEEP], "/f", output=lambda w, t: t / "f"),
-    bad("sweep-storage-unreachable-postgres", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "postgresql://titk@127.0.0.1:1/optuna", *SWEEP], "--storage", "cannot reach", output=lambda w, t: t / "wk",
-        marks=lead("sweep/runner.py or storage.py creates the work directory before the storage is checked")),
-    bad("sweep-storage-not-a-url", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "not a url", *SWEEP], "--storage", output=lambda w, t: t / "wk",
-        marks=lead("sweep/runner.py or storage.py creates the work directory before the storage URL is checked")),
-    bad("sweep-tracking-uri-not-a-uri", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--tracking-uri", "not a uri", *SWEEP], "--tracking-uri", output=lambda w, t: t / "wk",
-        marks=lead("an MlflowException traceback from tracking/ (the file store refused), and the work directory is left")),
-    bad("worker-study-does-not-exist", lambda w, t: ["worker", w.sweep, "-w", t / "wk"], "does not exist", output=lambda w, t: t / "wk",
-        marks=lead("sweep/runner.py creates the work directory before it finds there is no study to join")),
+    bad("sweep-storage-unreachable-postgres", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "postgresql://titk@127.0.0.1:1/optuna", *SWEEP], "--storage", "cannot reach", output=lambda w, t: t / "wk"),
+    bad("sweep-storage-not-a-url", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "not a url", *SWEEP], "--storage", output=lambda w, t: t / "wk"),
+    bad("sweep-tracking-uri-not-a-uri", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--tracking-uri", "not a uri", *SWEEP], "--tracking-uri", output=lambda w, t: t / "wk"),
+    bad("worker-study-does-not-exist", lambda w, t: ["worker", w.sweep, "-w", t / "wk"], "does not exist", output=lambda w, t: t / "wk"),
     # ---- titk eval
     bad("eval-scorer-not-a-choice", lambda w, t: ["eval", w.pt, "-m", w.model, "-r", w.data, "--scorers", "norms,idnetity", "-o", t / "ev"], "--scorers", "idnetity", "personality", output=lambda w, t: t / "ev"),
     bad("eval-references-empty-folder", lambda w, t: ["eval", w.pt, "-m", w.model, "-r", (t / "r").mkdir() or t / "r", "--scorers", "norms", "-o", t / "ev"], "/r", output=lambda w, t: t / "ev"),
@@ -278,8 +270,7 @@ CASES = [
     bad("dataset-check-caption-not-utf8", lambda w, t: ["dataset", "check", data_with(t, "000.txt", b"\xff\xfe"), "--no-faces", "-o", t / "dc"], "000.txt", "UTF-8", output=lambda w, t: t / "dc"),
     bad("dataset-check-output-is-a-file", lambda w, t: ["dataset", "check", w.data, "--no-faces", "-o", (t / "dc").write_text("x") and t / "dc"], "dc", output=lambda w, t: t / "dc"),
     warns("dataset-check-lists-a-decompression-bomb", lambda w, t: ["dataset", "check", data_with(t, "z.png", _png_header(100000, 100000)), "--no-faces", "-o", t / "dc"], "z.png", "decompression bomb", marker="skipped:"),
-    bad("dataset-check-onto-full-disk", lambda w, t: ["dataset", "check", w.data, "--no-faces", "-o", w.full_disk(t) / "dc"], "disk full", code=4, output=lambda w, t: w.root / "full" / "dc",
-        marks=lead("evaluate/dataset_check.py's save writes the table, then fails on the contact sheet: a half-written folder")),
+    bad("dataset-check-onto-full-disk", lambda w, t: ["dataset", "check", w.data, "--no-faces", "-o", w.full_disk(t) / "dc"], "disk full", code=4, output=lambda w, t: w.root / "full" / "dc"),
     # ---- titk report / serve
     bad("report-workdir-missing", lambda w, t: ["report", t / "nowork", "-o", t / "r.html"], "nowork", output=lambda w, t: t / "r.html"),
     bad("report-workdir-is-a-file", lambda w, t: ["report", w.pt, "-o", t / "r.html"], "ohwx.pt", output=lambda w, t: t / "r.html"),

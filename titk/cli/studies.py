@@ -28,6 +28,11 @@ def _trial_line(study, trial) -> None:
     console.print(f"[{colour}]trial {trial.number} {trial.state.name.lower()}[/]{value}  {escape(reason)}", highlight=False, soft_wrap=True)
 
 
+def _trial_start(number: int, k: int, n: int, settings: dict, n_images: int) -> None:
+    shown = ", ".join(f"{name.rsplit('.', 1)[-1]} {value:.4g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]} {value}" for name, value in settings.items())
+    console.print(f"[bold]trial {number}[/] ({k} of {n}): {escape(shown) or 'the base settings'}, {n_images} images", highlight=False, soft_wrap=True)
+
+
 def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
     from ..config import load_sweep_config
     from ..sweep.runner import run_sweep
@@ -36,7 +41,8 @@ def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, cre
     cfg = load_sweep_config(config, set_)
     try:
         result = run_sweep(cfg, workdir=workdir, config_dir=config.parent, storage_url=storage, tracking=tracking_uri,
-                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line, on_note=_note)
+                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line, on_note=_note,
+                           on_start=_trial_start)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished trials are kept; run the same command again to resume the study")
         sys.exit(130)
@@ -104,16 +110,23 @@ def serve(
     dashboard_port: int = typer.Option(8080, min=1, max=65535, help="optuna-dashboard port"),
     check: bool = typer.Option(False, "--check", help="start both, check they answer, then stop"),
 ):
-    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1.
+    """Start the MLflow UI and optuna-dashboard for a work directory, on 127.0.0.1. Ctrl-C, SIGTERM and SIGHUP stop both.
 
     \b
     Example:
       titk serve work/me
       titk serve work/me --port 5001 --dashboard-port 8081
     """
+    from ..sweep.serve import ServerFailed
     from ..sweep.serve import serve as run_servers
 
-    run_servers(workdir, port, dashboard_port, check=check, console=console)
+    try:
+        run_servers(workdir, port, dashboard_port, check=check, console=console)
+    except ServerFailed as exc:  # why a server failed is in its log, which does not fit on one line
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        for line in exc.tail:
+            err_console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..data.dataset import bucket_sizes, nearest_bucket, scan_dataset
 from ..data.images import open_image
 from ..data.prompts import FILEWORDS, read_template
 from ..drawing import font, wrap
+from ..files import atomic_path
 from .metrics import normalise
 
 SHARPNESS_MIN = 30.0  # Laplacian variance at 256 px: sharp photos measured 55–460, blurred copies under 20
@@ -47,12 +49,24 @@ class DatasetReport:
     summary: dict = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> dict[str, Path]:
+        """The table (CSV and Parquet) and the contact sheet, all or nothing: a failure (a full disk) removes
+        what this call wrote, and the folder if it made it."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         paths = {"table": folder / "dataset_check.csv", "parquet": folder / "dataset_check.parquet", "sheet": folder / "contact_sheet.png"}
-        self.table.to_csv(paths["table"], index=False)
-        self.table.to_parquet(paths["parquet"], index=False)
-        self.sheet.save(paths["sheet"])
+        writers = {"table": lambda f: self.table.to_csv(f, index=False), "parquet": lambda f: self.table.to_parquet(f, index=False),
+                   "sheet": lambda f: self.sheet.save(f, format="PNG")}
+        fresh, written = not folder.exists(), []
+        try:
+            for name, path in paths.items():
+                with atomic_path(path) as tmp:
+                    writers[name](tmp)
+                written.append(path)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if fresh:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return paths
 
 

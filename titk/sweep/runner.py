@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -26,7 +27,7 @@ from ..evaluate.registry import HEADLINES, check_metric, lookup, per_image_colum
 from ..files import atomic_path
 from .pruning import Pruning
 from .space import check_space, check_values, recipe_params
-from .storage import artifact_location, optuna_storage, pid_alive, storage_label, stores_record, tracking_uri
+from .storage import JOURNAL, artifact_location, optuna_storage, pid_alive, storage_label, stores_record, tracking_uri
 from .trial import RETRY_REASONS, TrialFailed, TrialObjective
 from .trials import best_trials, failure_summary, measured, trials_frame
 
@@ -198,7 +199,6 @@ def run_sweep(
     from ..evaluate.evaluator import build_evaluator, load_references
     from ..models import load_model
     from ..models.loading import read_architecture
-    from ..tracking.mlflow_log import Tracker
     from ..train.loop import load_dataset
     from ..train.plan import make_plan
 
@@ -213,19 +213,13 @@ def run_sweep(
     arch = read_architecture(config.base.model)
     make_plan(config.base, dataset, arch)
     workdir = Path(workdir)
-    uri = tracking_uri(tracking, workdir, storage_url)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # titk reports each trial itself, with its reason
-    # Two sweeps starting at once on a fresh work directory must not both create its stores.
-    with _work_dir_lock(workdir):
-        storage = optuna_storage(storage_url, workdir, config.heartbeat_seconds, config.max_retries,
-                                 on_stale=lambda study, trial: _mark_stale(uri, trial), notify=on_note)
-        study, created, seed = open_study(config, storage, create, enqueued)
-        tracker = Tracker(uri, config.study, artifact_location(uri, workdir))
-        parent = tracker.study_run(config.study, {"optuna.storage": storage_label(storage_url, workdir), "titk.config": json.dumps(config.model_dump(mode="json"))[:5000]})
-        tracker.set_default_view(parent, default_columns(config), ("metrics", "objective_0" if config.objective.pareto else "objective"))
-        record = {"config": config.model_dump(mode="json"), **stores_record(storage_url, tracking)}
-        with atomic_path(workdir / "sweep.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
+    fresh = not workdir.exists()
+    try:
+        study, storage, tracker, parent, uri, seed = _open_stores(config, workdir, storage_url, tracking, create, enqueued, on_note)
+    except TitkError:
+        if fresh:  # a study that could not be opened leaves no work directory behind
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     if create_only:
         return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), trials_frame(study))
     recover(study, storage, uri)
@@ -246,6 +240,28 @@ def run_sweep(
     _log_study(tracker, parent, study, table)
     _check_outcome(config, table, stop)
     return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table, stop.why)
+
+
+def _open_stores(config: SweepConfig, workdir: Path, storage_url, tracking, create: bool, enqueued: list[dict], on_note):
+    """The study, its storage, the MLflow tracker and study run; sweep.json written."""
+    from ..tracking.mlflow_log import Tracker
+
+    uri = tracking_uri(tracking, workdir, storage_url)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # titk reports each trial itself, with its reason
+    # Two sweeps starting at once on a fresh work directory must not both create its stores.
+    with _work_dir_lock(workdir):
+        if not create and storage_url is None and not (workdir / JOURNAL).is_file():
+            raise TitkError(f"study {config.study!r} does not exist in {workdir} (no {JOURNAL}); create it first with `titk sweep CONFIG -w {workdir}` or give --storage")
+        storage = optuna_storage(storage_url, workdir, config.heartbeat_seconds, config.max_retries,
+                                 on_stale=lambda study, trial: _mark_stale(uri, trial), notify=on_note)
+        study, created, seed = open_study(config, storage, create, enqueued)
+        tracker = Tracker(uri, config.study, artifact_location(uri, workdir))
+        parent = tracker.study_run(config.study, {"optuna.storage": storage_label(storage_url, workdir), "titk.config": json.dumps(config.model_dump(mode="json"))[:5000]})
+        tracker.set_default_view(parent, default_columns(config), ("metrics", "objective_0" if config.objective.pareto else "objective"))
+        record = {"config": config.model_dump(mode="json"), **stores_record(storage_url, tracking)}
+        with atomic_path(workdir / "sweep.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+    return study, storage, tracker, parent, uri, seed
 
 
 def _work_dir_lock(workdir: Path):

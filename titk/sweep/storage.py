@@ -22,6 +22,7 @@ import optuna
 from ..errors import TitkError
 
 JOURNAL = "optuna.journal"
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql", "mssql", "databricks")
 MLFLOW_DB = "mlflow.db"
 
 
@@ -139,6 +140,9 @@ def tracking_uri(uri: str | None, workdir: Path, storage_url: str | None = None,
             check_local_stores(workdir, storage_url or "", None)
         workdir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db.resolve()}"  # an absolute path: four slashes in all
+    if uri.split("://", 1)[0] not in TRACKING_SCHEMES or "://" not in uri:
+        raise TitkError(f"--tracking-uri {public_url(uri) if '://' in uri else uri!r}: expected an MLflow server (http://host:5000) "
+                        "or a database URL (postgresql://user@host/mlflow, sqlite:////abs/mlflow.db)")
     if storage_url and _same_database(uri, storage_url):
         raise TitkError("--tracking-uri and --storage point at one database; Optuna and MLflow need separate ones")
     if uri.startswith(("http://", "https://")):
