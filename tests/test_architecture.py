@@ -165,11 +165,19 @@ def test_files_stay_small():
     assert not big, f"split these: {big}"
 
 
-def test_shipped_prompts_are_found_from_a_non_editable_install(tmp_path):
-    """`pip install .` (not -e) into a folder of its own: the suites and label sets travel as package data."""
-    target = tmp_path / "site"
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """`pip install .` (not -e) into a folder of its own, once: the package as a user gets it, with its
+    `titk` console script in bin/ (its dependencies are the dev venv's)."""
+    target = tmp_path_factory.mktemp("install") / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, cwd=tmp_path, capture_output=True)
+                    "--target", str(target), str(ROOT)], check=True, cwd=target.parent, capture_output=True)
+    return target
+
+
+def test_shipped_prompts_are_found_from_a_non_editable_install(installed, tmp_path):
+    """The suites and label sets travel as package data."""
+    target = installed
     assert not (target / "experiments").exists()
     code = (
         "import titk, pathlib; from titk.evaluate.suite import load_suite, find_prompt_file; "
@@ -181,6 +189,44 @@ def test_shipped_prompts_are_found_from_a_non_editable_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True"]  # toy.yaml: 6 prompts × 4 seeds
+
+
+@pytest.mark.assets
+def test_titk_plan_and_eval_run_from_a_non_editable_install(installed, fixtures, assets, tmp_path):
+    """The installed `titk` command, from a folder with no experiments/ in it: `titk plan` on a shipped recipe
+    as shipped (the family's standard architecture from the installed package's configs) and `titk eval`
+    with a shipped prompt suite and the shipped personality label sets (the tiny model, the real test face
+    pack, random CLIP weights; toy-quick is the smallest shipped suite)."""
+    import json
+    import shutil
+
+    import torch
+
+    from titk.embeddings import Embedding
+    from titk.embeddings.formats import write_embedding
+
+    titk = installed / "bin" / "titk"
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in sorted((assets / "faces").glob("obama__*"))[:3]:
+        shutil.copy(photo, photos / photo.name)
+    recipe = ROOT / "experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml"
+    plan = subprocess.run([str(titk), "plan", str(recipe), "-d", "photos", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert plan.returncode == 0, plan.stderr
+    result = json.loads(plan.stdout)
+    assert "standard architecture" in json.dumps(result) and result["max_steps"] == 200, result
+
+    write_embedding(Embedding("ohwx", {"clip_l": torch.randn(2, 32, generator=torch.Generator().manual_seed(0)) * 0.1}), tmp_path / "ohwx.pt", "a1111")
+    shutil.copy(fixtures["tiny-sd1"].safetensors, tmp_path / "model.safetensors")
+    evaluated = subprocess.run(
+        [str(titk), "eval", "ohwx.pt", "-m", "model.safetensors", "-r", "photos", "--face-pack", str(assets / "face-test-pack"),
+         "--suite", "toy-quick", "--set", f"model.config_dir={fixtures['tiny-sd1'].folder}", "--set", "evaluation.clip.pretrained=null",
+         "-o", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr
+    protocol = json.loads((tmp_path / "out" / "ohwx" / "scorecard.json").read_text())["protocol"]
+    assert protocol["suite"] == "toy-quick" and len(protocol["seeds"]) == 2 and "personality" in protocol
+    assert "ohwx.pt" in (tmp_path / "out" / "summary.csv").read_text()
 
 
 def test_public_surface_resolves():
