@@ -41,22 +41,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def experiment(workdir: Path) -> tuple[str, str]:
-    """The study's name and its MLflow experiment id."""
+def trial_names(workdir: Path) -> tuple[str, list[str]]:
+    """The study's tracking URI and its trial runs' names."""
     from mlflow import MlflowClient
 
     from titk.errors import TitkError
-    from titk.sweep.serve import tracking_store
+    from titk.sweep.serve import stores
+    from titk.sweep.storage import read_record
 
     try:
-        uri = tracking_store(workdir)
+        _, uri = stores(workdir)
+        study = read_record(workdir)["config"]["study"]
     except TitkError as exc:
         fail(str(exc))
-    study = json.loads((workdir / "sweep.json").read_text())["config"]["study"]
     found = MlflowClient(uri).get_experiment_by_name(study)
     if found is None:
-        fail(f"{workdir / 'mlflow.db'}: no experiment named {study!r}; has the sweep run?")
-    return study, found.experiment_id
+        fail(f"{workdir}: no MLflow experiment named {study!r}; has the sweep run?")
+    runs = MlflowClient(uri).search_runs([found.experiment_id], "tags.`titk.role` = 'trial'", max_results=1000)
+    return uri, [run.info.run_name for run in runs]
 
 
 def answers(url: str) -> bool:
@@ -94,9 +96,9 @@ def stop_serve(proc: subprocess.Popen) -> None:
 
 
 class Chromium:
-    """Headless Chromium driven over its DevTools pipe (fds 3 and 4, NUL-separated JSON): the runs table
-    shows only the columns stored in the page's localStorage, which no command-line flag can set, and a
-    picture and a DOM taken from one page load show the same thing."""
+    """Headless Chromium driven over its DevTools pipe (fds 3 and 4, NUL-separated JSON): the React app
+    renders after the load event, so the picture is taken once a trial shows, and a picture and a DOM taken
+    from one page load show the same thing."""
 
     def __init__(self, binary: str, profile: Path, size: str):
         to_chrome, self._out = os.pipe()
@@ -164,54 +166,23 @@ class Chromium:
         os.close(self._in)
 
 
-def columns(workdir: Path, experiment_id: str) -> tuple[list[str], list[str], list[str]]:
-    """The runs table's columns: the objective, the metrics it and its floors are made of, the searched
-    settings and the trial's state; the trials' run names; their parents' run ids."""
-    from mlflow import MlflowClient
-
-    from titk.sweep.serve import tracking_store
-
-    objective = json.loads((workdir / "sweep.json").read_text())["config"].get("objective", {})
-    runs = MlflowClient(tracking_store(workdir)).search_runs([experiment_id], "tags.`titk.role` = 'trial'", max_results=1000)
-    logged = {key for run in runs for key in run.data.metrics}
-    searched = sorted({key for run in runs for key in run.data.params if key.startswith("search.")})
-    wanted = ["objective", "objective_0", "objective_1", *(objective.get("pareto") or []), *(objective.get("metrics") or {}), *(objective.get("floors") or {})]
-    metrics = list(dict.fromkeys(m for m in wanted if m in logged))
-    selected = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in searched] + ["tags.`titk.state`"]
-    parents = sorted({run.data.tags["mlflow.parentRunId"] for run in runs if "mlflow.parentRunId" in run.data.tags})
-    return selected, [run.info.run_name for run in runs], parents
+# MLflow's assistant panel would take a third of the picture; the runs table's columns are titk's own view
+QUIET = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true", "mlflow.assistant.panelOpen_v1": "false"}
 
 
-def runs_page(url: str, experiment_id: str) -> str:
-    return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+def shoot(args, url: str, workdir: Path, profile: Path) -> str:
+    """The page `titk serve` links to (the study's runs in titk's default view), as a user's browser shows it."""
+    from titk.sweep.serve import study_view
+    from titk.sweep.storage import read_record
 
-
-def page_state(experiment_id: str, selected: list[str], parents: list[str]) -> dict[str, str]:
-    """localStorage for the runs page: trials only, unfolded from the study's parent run, best objective
-    first, the chosen columns, and MLflow's assistant panel closed."""
-    state = {"searchFilter": "tags.`titk.role` = 'trial'", "orderByKey": selected[0] if selected[0].startswith("metrics.") else "attributes.start_time",
-             "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-             "selectedColumns": selected, "columnOrder": [], "columnWidths": {},
-             "runsExpanded": {p: True for p in parents}, "runsPinned": [], "runsHidden": [],
-             "runsVisibilityMap": {}, "runsHiddenMode": "FIRST_10_RUNS", "viewMaximized": False, "runListHidden": False,
-             "isAccordionReordered": False, "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "groupBy": None,
-             "groupsExpanded": {}, "autoRefreshEnabled": False}
-    return {
-        f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment_id}"]-ReactComponentState': json.dumps(state),
-        "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
-        "mlflow.assistant.panelOpen_v1": "false",
-    }
-
-
-def shoot(args, url: str, experiment_id: str, workdir: Path, profile: Path) -> str:
-    selected, names, parents = columns(workdir, experiment_id)
+    uri, names = trial_names(workdir)
     if not names:
         fail(f"{workdir}: no trial runs in MLflow yet")
-    page = runs_page(url, experiment_id)
+    page = study_view(uri, read_record(workdir)["config"]["study"], url)
     browser = Chromium(args.chromium, profile, args.window_size)
     try:
         browser.open(url.rstrip("/") + "/")  # localStorage belongs to the origin: set it from one of its pages
-        browser.evaluate(";".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)})" for k, v in page_state(experiment_id, selected, parents).items()))
+        browser.evaluate(";".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)})" for k, v in QUIET.items()))
         browser.open("about:blank")
         browser.open(page)
         # the React app fetches the runs after the load event: wait until the table shows a trial, then a
@@ -251,12 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     workdir = args.workdir.resolve()
     if not Path(args.chromium).is_file():
         fail(f"--chromium {args.chromium}: no such file; install chromium or name its binary")
-    _, experiment_id = experiment(workdir)
     with tempfile.TemporaryDirectory(prefix="titk-shot-", ignore_cleanup_errors=True) as tmp:
         tmp = Path(tmp)
         proc, url = (None, args.url) if args.url else start_serve(workdir, tmp / "serve.log")
         try:
-            page = shoot(args, url, experiment_id, workdir, tmp / "profile")
+            page = shoot(args, url, workdir, tmp / "profile")
         finally:
             if proc is not None:
                 stop_serve(proc)

@@ -187,6 +187,10 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path, run
     assert code == 0, err
     page = (tmp_path / "report.html").read_text()
     assert "distributed" in page and page.count("data:image/png") >= 3
+    # titk serve on the same work directory: optuna-dashboard on the PostgreSQL study, the tracking server's own UI
+    code, out, err = run_cli("serve", tmp_path / "w0", "--port", free_port(), "--dashboard-port", free_port(), "--check")
+    assert code == 0, err
+    assert f"MLflow UI: {mlflow_server}/#/experiments/{experiment.experiment_id}/runs?" in out and "optuna-dashboard: http://127.0.0.1:" in out
     # ... and from its URIs alone, as the notebooks take them
     data = load_study(study="distributed", storage=storage_url, tracking_uri=mlflow_server)
     assert len(data.finished) == 5 and not data.curves(("train.loss",)).empty

@@ -18,7 +18,6 @@ from helpers import assert_one_line_error, write_sweep_config
 from PIL import Image
 
 from titk.config import load_sweep_config
-from titk.sweep.serve import resolve_storage
 from titk.sweep.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,18 +186,6 @@ def _sleeping_dashboard(server_class):
     return make
 
 
-def test_stores_are_found_through_sweep_json_whatever_its_paths(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "optuna.journal").write_text("")
-    assert resolve_storage({"storage": "optuna.journal"}, work) == str(work / "optuna.journal")  # relative to the work dir
-    assert resolve_storage({}, work) == str(work / "optuna.journal")
-    assert resolve_storage({"storage": "runs/x/optuna.journal"}, work) == str(work / "optuna.journal")  # an old record: from the sweep's cwd
-    assert resolve_storage({"storage": "/srv/other/optuna.journal"}, work) == "/srv/other/optuna.journal"
-    assert resolve_storage({"storage": "postgresql://u@db:5432/optuna"}, work) == "postgresql://u@db:5432/optuna"
-
-
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} not found: the MLflow UI screenshot needs headless Chromium (Debian's chromium package)")
 def test_the_mlflow_ui_shows_the_trials_and_their_metrics(sweep, tmp_path):
     png, dom = tmp_path / "ui.png", tmp_path / "ui.html"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "mlflow-ui-screenshot.py"), "work", "-o", str(png), "--dump-dom", str(dom)],

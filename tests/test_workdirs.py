@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from titk.analysis import load_study
 from titk.config import load_sweep_config
 from titk.sweep.runner import run_sweep
+from titk.sweep.serve import stores
 from titk.sweep.storage import public_url, recorded_stores
 
 
@@ -51,6 +52,7 @@ def test_a_moved_work_directory_reports_and_continues_on_its_own_files(original,
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png") >= 2  # the trials' sample grids, read from the copy's own artifacts
 
+    assert stores(copy) == (str(copy.resolve() / "optuna.journal"), f"sqlite:///{copy.resolve() / 'mlflow.db'}")  # what titk serve opens
     data = load_study(os.path.relpath(copy))
     assert len(data.finished) == 2
     assert not data.curves(("train.loss",)).empty
@@ -104,9 +106,9 @@ def test_the_mlflow_experiment_opens_on_the_study(original):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI traces page
     view = json.loads(experiment.tags["mlflow.sharedViewState.titk"])
     columns = view["selectedColumns"]
-    # the objective, the headline metrics of the scorers run (norms has none), the searched settings
-    assert columns[:2] == ["attributes.`Duration`", "metrics.`objective`"]
-    assert sorted(columns[2:]) == ["params.`search.embedding.vectors`", "params.`search.train.learning_rate`"]
+    # the objective, the metric it is made of, the headline metrics of the scorers run (norms has none), the searched settings
+    assert columns[:3] == ["attributes.`Duration`", "metrics.`objective`", "metrics.`norms.mean`"]
+    assert sorted(columns[3:]) == ["params.`search.embedding.vectors`", "params.`search.train.learning_rate`"]
     assert view["orderByKey"] == "metrics.`objective`" and view["orderByAsc"] is False
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("titk.role") == "study")
     assert view["runsExpanded"] == {parent.info.run_id: True}

@@ -60,13 +60,13 @@ class StudyData:
 
 
 def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None, notify=None) -> StudyData:
-    from ..sweep.storage import check_local_stores, optuna_storage, recorded_stores
+    from ..sweep.storage import check_local_stores, optuna_storage, read_record, recorded_stores
     from ..sweep.storage import tracking_uri as local_tracking_uri
 
     meta = {}
     if workdir is not None:
         workdir = Path(workdir)
-        meta = read_sweep_json(workdir)
+        meta = read_record(workdir)
         study = study or meta["config"]["study"]
         recorded_storage, recorded_tracking = recorded_stores(workdir, meta)
         storage, tracking_uri = storage or recorded_storage, tracking_uri or recorded_tracking
@@ -83,18 +83,6 @@ def load_study(workdir: str | Path | None = None, *, study: str | None = None, s
         raise TitkError(f"study {study!r} not found in its storage") from None
     images = _dataset_images(meta)
     return StudyData(study, loaded, trials_frame(loaded), images, tracking_uri, workdir)
-
-
-def read_sweep_json(workdir: Path) -> dict:
-    path = workdir / "sweep.json"
-    if not path.is_file():
-        raise TitkError(f"{workdir}: not a sweep work directory (no sweep.json); run `titk sweep` first")
-    try:
-        meta = json.loads(path.read_text())
-        meta["config"]["study"]
-    except (ValueError, KeyError, TypeError):
-        raise TitkError(f"{path}: not a titk sweep record (unreadable JSON or no config.study); run `titk sweep` again to rewrite it") from None
-    return meta
 
 
 def _dataset_images(meta: dict) -> list[str]:

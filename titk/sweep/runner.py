@@ -114,12 +114,15 @@ def objective_names(config: SweepConfig) -> list[str]:
 
 
 def default_columns(config: SweepConfig) -> list[tuple[str, str]]:
-    """The MLflow runs table's columns: the objective, the headline metrics of the scorers run, the searched
-    settings."""
-    objectives = ["objective_0", "objective_1"] if config.objective.pareto else ["objective"]
-    headlines = [m for m in HEADLINES if lookup(m).scorer in config.evaluation.scorers and m not in objectives]
+    """The MLflow runs table's columns: the objective, the metrics it and its floors are made of, the
+    headline metrics of the scorers run, the searched settings."""
+    o = config.objective
+    objectives = ["objective_0", "objective_1"] if o.pareto else ["objective"]
+    parts = [*(o.pareto or o.metrics), *o.floors]
+    headlines = [m for m in HEADLINES if lookup(m).scorer in config.evaluation.scorers]
+    metrics = list(dict.fromkeys(objectives + parts + headlines))
     searched = [f"search.{name}" for name in config.space] + (["subset.size"] if config.subset.size or config.subset.include_flags or config.subset.leave_one_out else [])
-    return [("metrics", m) for m in objectives + headlines] + [("params", p) for p in searched]
+    return [("metrics", m) for m in metrics] + [("params", p) for p in searched]
 
 
 def recover(study: optuna.Study, storage, uri: str) -> list[int]:

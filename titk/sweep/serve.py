@@ -9,7 +9,6 @@ which would otherwise outlive it and keep the port.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TitkError
-from .storage import JOURNAL, MLFLOW_DB
+from .storage import JOURNAL, check_local_stores, read_record, recorded_stores, tracking_uri
 
 START_SECONDS = 120.0  # mlflow server imports for tens of seconds on a busy 2-core machine
 STOP_SECONDS = 10.0
@@ -52,45 +51,29 @@ class _Server:
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
 
-def resolve_storage(record: dict, workdir: Path) -> str:
-    """The Optuna storage that a parsed sweep.json names, usable from any folder: a database URL as it is,
-    a journal path relative to the work directory made absolute."""
-    storage = record.get("storage") or JOURNAL
-    if "://" in storage:
-        return storage
-    path = Path(storage).expanduser()
-    if path.is_absolute():
-        return str(path)
-    resolved = workdir / path
-    if not resolved.exists() and path.name == JOURNAL and (workdir / JOURNAL).is_file():
-        # sweep.json files written before their paths were relative to the work directory hold the
-        # path as seen from the folder the sweep ran in, which need not be this one
-        resolved = workdir / JOURNAL
-    return str(resolved)
+def stores(workdir: Path) -> tuple[str, str]:
+    """(Optuna storage, MLflow tracking URI) of a work directory, from any folder: its own files wherever it
+    now is (artifact paths of a moved one pointed at it), or the database and server it names."""
+    storage_url, tracking = recorded_stores(workdir, read_record(workdir))
+    check_local_stores(workdir, storage_url, tracking)
+    return storage_url or str(workdir / JOURNAL), tracking_uri(tracking, workdir, storage_url, create=False)
 
 
-def tracking_store(workdir: str | Path) -> str:
-    """The MLflow backend store a work directory keeps its runs in, as an absolute SQLite URI."""
-    workdir = Path(workdir).resolve()
-    meta = workdir / "sweep.json"
-    db = workdir / MLFLOW_DB
-    if meta.is_file():
-        uri = _read_record(meta).get("tracking_uri") or ""
-        if uri.startswith(("http://", "https://")) and not db.is_file():
-            raise TitkError(f"{meta}: the runs are on the tracking server {uri}; open its UI there")
-    if not db.is_file() or not meta.is_file():
-        raise TitkError(f"{workdir}: not a sweep work directory (no {MLFLOW_DB} or sweep.json); run `titk sweep` first")
-    return f"sqlite:///{db}"
+def study_view(tracking: str, study: str, base: str) -> str:
+    """The MLflow UI's page of the study's experiment, in titk's default view (trials with their scores and
+    settings), or the UI's front page when the experiment cannot be found."""
+    from mlflow import MlflowClient
 
+    from ..tracking.mlflow_log import VIEW_KEY
 
-def _read_record(meta: Path) -> dict:
     try:
-        record = json.loads(meta.read_text())
-    except (OSError, ValueError) as exc:
-        raise TitkError(f"{meta}: cannot read it ({exc}); run `titk sweep` again to rewrite it") from None
-    if not isinstance(record, dict):
-        raise TitkError(f"{meta}: not a titk sweep record; run `titk sweep` again to rewrite it")
-    return record
+        experiment = MlflowClient(tracking).get_experiment_by_name(study)
+    except Exception:  # noqa: BLE001  the link is a convenience; the servers are up either way
+        experiment = None
+    if experiment is None:
+        return base
+    # the training UI (MLflow 3 opens on its GenAI pages unless told), in titk's view
+    return f"{base.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
 
 def _check_port(port: int, option: str) -> None:
@@ -206,8 +189,7 @@ def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, 
     """Run both servers until a signal (Ctrl-C, SIGTERM, SIGHUP) asks to stop, or with `check` until both answer.
     A server that fails to start or dies while serving raises ServerFailed; both are stopped either way."""
     workdir = Path(workdir).resolve()
-    backend = tracking_store(workdir)
-    storage = resolve_storage(_read_record(workdir / "sweep.json"), workdir)
+    storage, tracking = stores(workdir)
     if port == dashboard_port:
         raise TitkError(f"--port and --dashboard-port are both {port}; give them different ports")
     _check_port(port, "--port")
@@ -217,12 +199,15 @@ def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, 
     logs.mkdir(exist_ok=True)
     mlflow_url, dash_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
     servers = [
-        _Server("MLflow UI", mlflow_url, mlflow_url + "/health", logs / "mlflow.log",
-                [_executable("mlflow"), "server", "--backend-store-uri", backend, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]),
         _Server("optuna-dashboard", dash_url, dash_url, logs / "optuna-dashboard.log",
                 [_executable("optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(dashboard_port), "--quiet"]
                 + (["--storage-class", "JournalFileStorage"] if "://" not in storage else [])),
     ]
+    if tracking.startswith(("http://", "https://")):  # the study's runs are on a tracking server: its UI is the one to open
+        mlflow_url = tracking
+    else:
+        servers.insert(0, _Server("MLflow UI", mlflow_url, mlflow_url + "/health", logs / "mlflow.log",
+                                  [_executable("mlflow"), "server", "--backend-store-uri", tracking, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]))
     procs: list[subprocess.Popen] = []
     with _StopRequest() as stop:
         try:
@@ -235,8 +220,9 @@ def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, 
             for server in servers:
                 if not _wait_until_up(server, stop):
                     return
-                if console:
-                    console.print(f"{server.label}: {server.url}", highlight=False)
+            if console:
+                console.print(f"MLflow UI: {study_view(tracking, read_record(workdir)['config']['study'], mlflow_url)}", highlight=False, soft_wrap=True)
+                console.print(f"optuna-dashboard: {dash_url}", highlight=False)
             if check:
                 return
             if console:

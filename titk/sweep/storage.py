@@ -89,6 +89,21 @@ def storage_label(url: str | None, workdir: Path) -> str:
     return _redact(url) if url else str(workdir / JOURNAL)
 
 
+def read_record(workdir: Path) -> dict:
+    """A work directory's sweep.json, checked."""
+    import json
+
+    path = workdir / "sweep.json"
+    if not path.is_file():
+        raise TitkError(f"{workdir}: not a sweep work directory (no sweep.json); run `titk sweep` first")
+    try:
+        meta = json.loads(path.read_text())
+        meta["config"]["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TitkError(f"{path}: not a titk sweep record (unreadable, or no config.study); run `titk sweep` again to rewrite it") from None
+    return meta
+
+
 def stores_record(storage_url: str | None, tracking: str | None) -> dict:
     """What sweep.json records of the stores: names inside the work directory, URLs without passwords."""
     return {"storage": public_url(storage_url) if storage_url else JOURNAL,

@@ -77,9 +77,6 @@ class Tracker:
         }
         self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
 
-    def view_url(self, base: str) -> str:
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?viewStateShareKey={VIEW_KEY}"
-
     def study_run(self, study: str, tags: dict) -> str:
         """The study's parent run: found again on resume, created once."""
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`titk.role` = 'study' and tags.`titk.study` = '{study}'", max_results=1)
