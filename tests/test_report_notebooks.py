@@ -40,6 +40,14 @@ def test_load_study_gives_one_row_per_trial(study_dir):
     assert (curves[curves["metric"] == "intermediate/norms.mean"].groupby("trial")["step"].nunique() >= 2).all()
 
 
+def test_report_says_which_section_it_is_on(study_dir):
+    from titk.analysis.html import SECTIONS, build_report
+
+    seen = []
+    build_report(load_study(study_dir), on_progress=seen.append)
+    assert seen == list(SECTIONS)
+
+
 def test_report_renders_in_headless_chromium(study_dir, tmp_path, run_cli):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -133,4 +133,5 @@ def test_the_sweep_says_which_trial_runs_and_leaks_no_experimental_warning(tmp_p
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trial 0 (1 of 1): vectors 2, learning_rate 0.05, 6 images" in done.stdout
+    assert "scoring ohwx on the suite suite" in done.stdout  # the final evaluation's bar (the test's suite file is suite.yaml)
     assert "ExperimentalWarning" not in done.stderr, done.stderr[-2000:]

@@ -65,7 +65,13 @@ def _final_grid(data: StudyData, run_id: str) -> Image.Image | None:
         return None
 
 
-def build_report(data: StudyData, top: int = 3) -> str:
+SECTIONS = ("progress", "best trials", "sample grids", "importance", "Pareto front", "learning curves", "attribution", "personality", "seed variance")
+
+
+def build_report(data: StudyData, top: int = 3, on_progress=None) -> str:
+    """The report's page; `on_progress(section)` is called as each of SECTIONS begins (the sample grids and
+    curves come from MLflow, which can take a while on a tracking server)."""
+    tick = on_progress or (lambda section: None)
     trials = data.trials
     counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
     objective = data.objectives[0] if data.objectives else None
@@ -78,13 +84,16 @@ def build_report(data: StudyData, top: int = 3) -> str:
         return _page(data.name, parts)
 
     multi = len(data.study.directions) > 1
+    tick("progress")
     parts += ["<h2>Progress</h2>", _img(plots.history(trials, objective), "objective by trial")]
 
+    tick("best trials")
     done = measured(trials)
     best = done.sort_values(objective, ascending=False).head(top) if not multi else done.head(top)
     columns = ["trial", *data.objectives, *[c for c in trials if c.startswith("param.")],
                *[c for c in ("metric.identity.similarity", "metric.identity.detection_rate", "metric.clip_t", "metric.clip_i") if c in trials], "mlflow_run_id"]
     parts += ["<h2>Best trials</h2>", _table(best[[c for c in columns if c in best]])]
+    tick("sample grids")
     figures = []
     for row in best.itertuples(index=False):
         grid = _final_grid(data, row.mlflow_run_id) if isinstance(row.mlflow_run_id, str) else None
@@ -93,16 +102,19 @@ def build_report(data: StudyData, top: int = 3) -> str:
     if figures:
         parts.append('<div class="grids">' + "".join(figures) + "</div>")
 
+    tick("importance")
     importance = effects.param_importance(data.study)
     if not importance.empty:
         parts += ["<h2>Which settings matter</h2>", _img(plots.importance(importance), "parameter importance"),
                   _table(importance.rename("importance").reset_index().rename(columns={"index": "setting"}))]
 
+    tick("Pareto front")
     pair = ("value0", "value1") if multi else ("metric.identity.similarity", "metric.clip_t")
     if all(c in done and done[c].notna().any() for c in pair):
         front = effects.pareto_front(done, *pair)
         parts += ["<h2>Identity against editability</h2>", _img(plots.pareto(done, *pair, front), "Pareto front"), _table(front[["trial", *pair]])]
 
+    tick("learning curves")
     if data.tracking_uri:
         try:
             curves = data.curves()
@@ -113,6 +125,7 @@ def build_report(data: StudyData, top: int = 3) -> str:
                 parts += [f"<h2>Learning curves: {metric}</h2>",
                           _img(plots.curves(curves, metric, list(best["trial"]), final=final), f"{metric} curves")]
 
+    tick("attribution")
     subsets = trials["subset"].map(lambda s: isinstance(s, list)).sum() if "subset" in trials else 0
     varied = len({tuple(s) for s in trials["subset"] if isinstance(s, list)}) > 1 if subsets else False
     if varied:
@@ -121,6 +134,7 @@ def build_report(data: StudyData, top: int = 3) -> str:
         parts += ["<h2>Which images help</h2>", '<p class="note">Mean objective of trials that trained on the image minus that of trials that did not, with a 95% Welch interval.</p>',
                   _img(plots.attribution(table, column), "per-image attribution"), _table(table, 60)]
 
+    tick("personality")
     if "personality" in trials and trials["personality"].map(lambda h: isinstance(h, dict)).any():
         table = effects.personality_table(done)
         summary = effects.personality_summary(done)
@@ -128,6 +142,7 @@ def build_report(data: StudyData, top: int = 3) -> str:
         for label_set in dict.fromkeys(table["set"]):
             parts.append(_img(plots.personality(table, label_set, list(best["trial"])), f"personality {label_set}"))
 
+    tick("seed variance")
     variance = effects.seed_variance(done) if not multi else pd.DataFrame()
     if not variance.empty:
         parts += ["<h2>Seed variance</h2>", _img(plots.seeds(variance), "seed variance"), _table(variance.drop(columns=["values"]))]
@@ -139,10 +154,11 @@ def _page(title: str, parts: list[str]) -> str:
             f"<style>{STYLE}</style>{CHECK}</head><body>" + "\n".join(parts) + "</body></html>")
 
 
-def write_report(data: StudyData, path: str | Path) -> Path:
+def write_report(data: StudyData, path: str | Path, on_progress=None) -> Path:
     from ..files import atomic_path
 
     path = Path(path)
+    page = build_report(data, on_progress=on_progress)
     with atomic_path(path) as tmp:
-        tmp.write_text(build_report(data), encoding="utf-8")
+        tmp.write_text(page, encoding="utf-8")
     return path

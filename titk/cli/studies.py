@@ -145,11 +145,19 @@ def report(
       titk report work/me -o report.html
       titk report --study me --storage postgresql://titk@db/optuna --tracking-uri http://mlflow:5000 -o me.html
     """
+    from rich.progress import Progress
+
     from ..analysis import load_study
-    from ..analysis.html import write_report
+    from ..analysis.html import SECTIONS, write_report
 
     data = load_study(workdir, study=study, storage=storage, tracking_uri=tracking_uri, notify=_note)
-    path = write_report(data, output)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("report", total=len(SECTIONS))
+
+        def section(name: str) -> None:
+            progress.update(task, description=f"report: {name}", completed=SECTIONS.index(name))
+
+        path = write_report(data, output, on_progress=section)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, opens offline)", highlight=False)
 
 

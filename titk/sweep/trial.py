@@ -197,7 +197,8 @@ class TrialObjective:
         """The final evaluation; under the Wilcoxon rule it goes prompt by prompt so that it can stop early."""
         suite = self.evaluator.suite
         if not (prune and self.pruning.on_final_images):
-            return self.evaluator.evaluate(embedding, name=name)
+            with _progress(self.show_progress, f"scoring {name} on the {Path(suite.name).stem} suite") as on_progress:
+                return self.evaluator.evaluate(embedding, name=name, on_progress=on_progress)
         samples = []
         for prompt in range(len(suite.spec.prompts)):
             part = self.evaluator.samples(embedding, name, suite.only(prompt))
@@ -214,6 +215,20 @@ def measured_twin(trial: optuna.Trial):
         if other.params == trial.params and other.user_attrs.get("subset") == subset and "duplicate_of" not in other.user_attrs:
             return other
     return None
+
+
+@contextmanager
+def _progress(show: bool, label: str):
+    """A bar for a long phase, fed (done, total), left on screen as the training bars are; None when bars
+    are off."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @contextmanager
