@@ -173,6 +173,8 @@ COVERED_ELSEWHERE = {
         "tests/test_distributed.py::test_two_workers_one_killed",
     "CUDA_VISIBLE_DEVICES=0 titk worker experiments/sweeps/person-settings.yaml --storage postgresql://… --tracking-uri "
     "http://mlflow-host:5000 -w /scratch/titk-gpu0": "tests/test_distributed.py::test_two_workers_one_killed",
+    "titk report /scratch/titk-gpu0 -o report.html": "tests/test_distributed.py::test_two_workers_one_killed",
+    "titk serve /scratch/titk-gpu0": "tests/test_distributed.py::test_two_workers_one_killed",
     "titk toyworld pretrain --out titk/toyworld/weights": "tests/test_toyworld.py::test_pretraining_writes_a_loadable_model_and_an_honest_record",
 }
 
