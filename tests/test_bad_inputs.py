@@ -256,6 +256,7 @@ CASES = [
     bad("sweep-n-trials-0", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--n-trials", "0"], "--n-trials", output=lambda w, t: t / "wk"),
     bad("sweep-workdir-is-a-file", lambda w, t: ["sweep", w.sweep, "-w", (t / "wk").write_text("x") and t / "wk", *SWEEP], "wk", "a file is in the way", output=lambda w, t: t / "wk"),
     bad("sweep-workdir-under-a-file", lambda w, t: ["sweep", w.sweep, "-w", (t / "f").write_text("x") and t / "f" / "wk", *SWEEP], "/f", output=lambda w, t: t / "f"),
+    bad("sweep-workdir-read-only", lambda w, t: ["sweep", w.sweep, "-w", w.mounted("ro", "ro,size=1m") / "wk", *SWEEP], "/ro/wk", output=lambda w, t: w.root / "ro" / "wk"),
     bad("sweep-storage-unreachable-postgres", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "postgresql://titk@127.0.0.1:1/optuna", *SWEEP], "--storage", "cannot reach", output=lambda w, t: t / "wk"),
     bad("sweep-storage-not-a-url", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--storage", "not a url", *SWEEP], "--storage", output=lambda w, t: t / "wk"),
     bad("sweep-tracking-uri-not-a-uri", lambda w, t: ["sweep", w.sweep, "-w", t / "wk", "--tracking-uri", "not a uri", *SWEEP], "--tracking-uri", output=lambda w, t: t / "wk"),
@@ -321,6 +322,22 @@ def test_bad_input(case: Case, world, run_cli, tmp_path, monkeypatch):
             assert code == case.code
         assert _state(output) == before, f"{output} was changed or half-written"
     assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary file was left behind"
+
+
+def test_an_unreadable_image_is_named_as_unreadable(world, run_cli, tmp_path, monkeypatch):
+    # chmod cannot stop root reading a file, so the refusal comes from the read itself, as it would for a user
+    folder = make_images(tmp_path / "data", 2)
+    read_bytes = Path.read_bytes
+
+    def refuse(path):
+        if path.name == "000.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    code, _, err = run_cli("plan", world.recipe, "-d", folder)
+    assert_one_line_error(code, err, "000.png", "cannot read it")
+    assert "write" not in err
 
 
 def test_the_corpus_is_large():

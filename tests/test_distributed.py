@@ -180,15 +180,18 @@ def test_two_workers_one_killed(postgres, mlflow_server, fixtures, tmp_path, run
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {next(r.info.run_id for r in runs if r.data.tags.get("titk.role") == "study")}
 
     # Reported on: from the work directory the study was created from, with the password only in libpq's file
-    record = (tmp_path / "w0" / "sweep.json").read_text()
+    record = (tmp_path / "w2" / "sweep.json").read_text()  # a worker's work directory, as docs/many-machines.md shows
     assert json.loads(record)["storage"] == storage_url and json.loads(record)["tracking_uri"] == mlflow_server
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()], "a password was written to disk"
-    code, _, err = run_cli("report", tmp_path / "w0", "-o", tmp_path / "report.html")
+    code, _, err = run_cli("report", tmp_path / "w2", "-o", tmp_path / "report.html")
     assert code == 0, err
     page = (tmp_path / "report.html").read_text()
     assert "distributed" in page and page.count("data:image/png") >= 3
+    code, _, err = run_cli("report", "--study", "distributed", "--storage", storage_url, "--tracking-uri", mlflow_server, "-o", tmp_path / "by-uri.html")
+    assert code == 0, err
+    assert "distributed" in (tmp_path / "by-uri.html").read_text()
     # titk serve on the same work directory: optuna-dashboard on the PostgreSQL study, the tracking server's own UI
-    code, out, err = run_cli("serve", tmp_path / "w0", "--port", free_port(), "--dashboard-port", free_port(), "--check")
+    code, out, err = run_cli("serve", tmp_path / "w2", "--port", free_port(), "--dashboard-port", free_port(), "--check")
     assert code == 0, err
     assert f"MLflow UI: {mlflow_server}/#/experiments/{experiment.experiment_id}/runs?" in out and "optuna-dashboard: http://127.0.0.1:" in out
     # ... and from its URIs alone, as the notebooks take them

@@ -4,6 +4,7 @@ whose stores are missing is an error, never a new empty database. What sweep.jso
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -25,6 +26,12 @@ def original(tmp_path_factory, fixtures):
                                 objective={"metrics": {"norms.mean": 1.0}, "floors": {}, "pruner": "none", "eval_every": 3})
     run_sweep(load_sweep_config(config), workdir=tmp / "work", show_progress=False)
     return tmp, config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _client(workdir):
@@ -53,6 +60,9 @@ def test_a_moved_work_directory_reports_and_continues_on_its_own_files(original,
     assert page.count("data:image/png") >= 2  # the trials' sample grids, read from the copy's own artifacts
 
     assert stores(copy) == (str(copy.resolve() / "optuna.journal"), f"sqlite:///{copy.resolve() / 'mlflow.db'}")  # what titk serve opens
+    code, out, err = run_cli("serve", "moved/copy", "--port", free_port(), "--dashboard-port", free_port(), "--check")
+    assert code == 0, err
+    assert "/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=titk" in out
     data = load_study(os.path.relpath(copy))
     assert len(data.finished) == 2
     assert not data.curves(("train.loss",)).empty
@@ -76,8 +86,27 @@ def test_a_work_directory_without_its_stores_is_an_error(original, tmp_path, run
     (copy / missing).unlink()
     code, _, err = run_cli("report", copy, "-o", tmp_path / "report.html")
     assert_one_line_error(code, err, missing, "missing")
-    assert not (copy / missing).exists(), "a reader must not create an empty store"
     assert not (tmp_path / "report.html").exists()
+    code, _, err = run_cli("serve", copy, "--port", free_port(), "--dashboard-port", free_port(), "--check")
+    assert_one_line_error(code, err, missing, "missing")
+    assert not (copy / missing).exists(), "a reader must not create an empty store"
+
+
+def test_a_read_only_moved_copy_says_it_must_be_writable(original, tmp_path, run_cli):
+    tmp, _ = original
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (chmod cannot make a folder read-only for root)")
+    try:
+        shutil.copytree(tmp / "work", mount / "copy")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        code, _, err = run_cli("report", mount / "copy", "-o", tmp_path / "report.html")
+        # its artifact paths must be moved to the copy before anything reads them: that needs a write
+        assert_one_line_error(code, err, "mlflow.db", "make the work directory writable")
+        assert not (tmp_path / "report.html").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 def test_a_study_from_before_relative_records_is_read_from_where_it_is_now(original, tmp_path):
@@ -94,7 +123,8 @@ def test_a_study_from_before_relative_records_is_read_from_where_it_is_now(origi
 
 def test_passwords_never_reach_a_file():
     assert public_url("postgresql://titk:s3cret@db.example:5432/optuna") == "postgresql://titk@db.example:5432/optuna"
-    assert public_url("http://me:pw@127.0.0.1:5000") == "http://me@127.0.0.1:5000"
+    assert public_url("http://me:pw@127.0.0.1:5000") == "http://127.0.0.1:5000"  # MLflow takes MLFLOW_TRACKING_USERNAME/PASSWORD
+    assert public_url("https://me@mlflow.example/") == "https://mlflow.example/"
     assert public_url("postgresql://titk@db/optuna") == "postgresql://titk@db/optuna"
     assert public_url("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
 
@@ -117,6 +147,16 @@ def test_the_mlflow_experiment_opens_on_the_study(original):
     for column in columns[1:]:
         kind, name = column.split(".", 1)
         assert name.strip("`") in (trial.data.metrics if kind == "metrics" else trial.data.params), column
+
+
+def test_the_default_view_shows_the_headline_metrics_of_the_scorers_run(tmp_path, fixtures):
+    from titk.sweep.runner import default_columns
+
+    config = load_sweep_config(write_sweep_config(tmp_path, fixtures, evaluation={"scorers": ["identity", "norms"]},
+                                                  objective={"metrics": {"identity.similarity": 1.0}, "floors": {"identity.detection_rate": 0.5}}))
+    metrics = [name for kind, name in default_columns(config) if kind == "metrics"]
+    assert metrics[:3] == ["objective", "identity.similarity", "identity.detection_rate"]
+    assert "identity.ceiling" in metrics and "clip_t" not in metrics  # headlines only of the scorers this study runs
 
 
 def test_optuna_dashboard_names_the_objective(original):

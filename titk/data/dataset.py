@@ -15,7 +15,7 @@ from ..hashing import sha256_bytes
 from .images import BadImage, is_image_path, open_image
 from .prompts import filename_caption, read_caption
 
-RESIZE_MODES = ("stretch", "native", "buckets")
+RESIZE_MODES = ("stretch", "native", "crop", "buckets")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ def scan_dataset(
     records, skipped = [], []
     for path in candidates:
         try:
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # permissions, a vanished file, an I/O error: the image, not the output, is at fault
+                raise BadImage(f"{path}: cannot read it ({exc.strerror or exc})") from None
             img = open_image(path, min_side=min_side)
         except BadImage as exc:
             if on_bad_image == "skip":
@@ -109,7 +112,7 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 def target_size(record: ImageRecord, mode: str, width: int, height: int, buckets: list[tuple[int, int]] | None) -> tuple[int, int]:
     """The (width, height) the image is trained at under a resize mode (`buckets` from bucket_sizes when bucketing)."""
-    if mode == "stretch":
+    if mode in ("stretch", "crop"):
         return width, height
     if mode == "native":
         return record.width, record.height
@@ -123,7 +126,7 @@ def prepare_pixels(record: ImageRecord, size: tuple[int, int], mode: str) -> tup
     img = open_image(record.path)
     rgb, alpha = img.rgb, img.alpha
     if (rgb.width, rgb.height) != size:
-        if mode == "buckets":
+        if mode in ("crop", "buckets"):
             rgb, alpha = _cover_crop(rgb, size), _cover_crop(alpha, size) if alpha is not None else None
         else:  # A1111 stretches with bicubic, ignoring the aspect ratio
             rgb = rgb.resize(size, Image.BICUBIC)
@@ -133,13 +136,26 @@ def prepare_pixels(record: ImageRecord, size: tuple[int, int], mode: str) -> tup
 
 
 def _cover_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize to cover `size` keeping the aspect ratio, then crop the centre."""
+    """Resize to cover `size` keeping the aspect ratio, then crop the centre, as kohya's
+    `trim_and_resize_if_required` does (sizes rounded half up; area filter to shrink, Lanczos to enlarge;
+    PIL's box filter stands in for cv2's INTER_AREA, the same average for whole-number factors)."""
     w, h = size
     scale = max(w / img.width, h / img.height)
-    rw, rh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-    img = img.resize((rw, rh), Image.BICUBIC)
+    rw, rh = max(w, int(img.width * scale + 0.5)), max(h, int(img.height * scale + 0.5))
+    if (rw, rh) != img.size:
+        img = img.resize((rw, rh), Image.BOX if img.width >= rw and img.height >= rh else Image.LANCZOS)
     left, top = (rw - w) // 2, (rh - h) // 2
     return img.crop((left, top, left + w, top + h))
+
+
+def kohya_alpha_weight(alpha: Image.Image | None, latent_size: tuple[int, int]) -> torch.Tensor | None:
+    """kohya's alpha mask: alpha / 255 at the training size, area-averaged to the latent grid, not
+    renormalised (`apply_masked_loss`): a half-transparent image trains at half strength."""
+    if alpha is None:
+        return None
+    w = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+    size = (latent_size[1], latent_size[0])
+    return torch.nn.functional.interpolate(w[None, None], size=size, mode="area")[0, 0]
 
 
 def alpha_weight(alpha: Image.Image | None, latent_size: tuple[int, int]) -> torch.Tensor | None:

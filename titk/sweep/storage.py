@@ -129,16 +129,18 @@ def check_local_stores(workdir: Path, storage_url: str | None, tracking: str | N
 
 
 def public_url(url: str) -> str:
-    """The URL without its password, which must never reach a file (libpq and MLflow read it from the
-    environment or a password file)."""
+    """The URL without its password, which must never reach a file (libpq reads it from PGPASSWORD or a
+    password file). An MLflow server's URL loses its user too: MLflow authenticates with
+    MLFLOW_TRACKING_USERNAME/PASSWORD, never with a user in the URL."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
+    web = parts.scheme in ("http", "https")
+    if parts.password is None and not (web and parts.username):
         return url
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
-    netloc = f"{parts.username}@{host}" if parts.username else host
+    netloc = f"{parts.username}@{host}" if parts.username and not web else host
     return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
 
 
@@ -165,7 +167,7 @@ def tracking_uri(uri: str | None, workdir: Path, storage_url: str | None = None,
         import urllib.request
 
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            with urllib.request.urlopen(public_url(uri).rstrip("/") + "/health", timeout=10) as response:
                 if response.status != 200:
                     raise urllib.error.URLError(f"status {response.status}")
         except (urllib.error.URLError, OSError, ValueError) as exc:
