@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .dataset import Dataset, alpha_weight, prepare_pixels
+from .dataset import Dataset, alpha_weight, kohya_alpha_weight, prepare_pixels
 
 SAMPLING_MODES = ("once", "deterministic", "random")
 
@@ -36,13 +36,16 @@ class LatentCache:
         self.root = Path(root) / bundle.vae_fingerprint
 
     def _path(self, sha: str, mode: str, size: tuple[int, int]) -> Path:
-        return self.root / f"{sha[:32]}-{mode}-{size[0]}x{size[1]}.safetensors"
+        # Bucket latents cached before buckets took kohya's resampling filters must not be reused.
+        key = "buckets-kohya" if mode == "buckets" else mode
+        return self.root / f"{sha[:32]}-{key}-{size[0]}x{size[1]}.safetensors"
 
     def load_or_encode(
         self, dataset: Dataset, sizes: list[tuple[int, int]], resize_mode: str, *, use_alpha: bool,
-        batch_size: int = ENCODE_BATCH, progress=None,
+        alpha: str = "a1111", batch_size: int = ENCODE_BATCH, progress=None,
     ) -> list[CachedLatent]:
-        """Latents of every record at its size; encodes (in batches of equal size) only what is missing."""
+        """Latents of every record at its size; encodes (in batches of equal size) only what is missing.
+        With `use_alpha`, each image's loss weight as `alpha` ("a1111" or "kohya") computes it."""
         out: list[CachedLatent | None] = [None] * len(dataset)
         todo: dict[tuple[int, int], list[int]] = {}
         for i, (rec, size) in enumerate(zip(dataset.records, sizes)):
@@ -70,9 +73,10 @@ class LatentCache:
         if use_alpha:
             for i, rec in enumerate(dataset.records):
                 if rec.has_alpha:
-                    _, alpha = prepare_pixels(rec, sizes[i], resize_mode)
+                    _, alpha_image = prepare_pixels(rec, sizes[i], resize_mode)
                     h, w = out[i].mean.shape[-2:]
-                    out[i].weight = alpha_weight(alpha, (w, h))
+                    weigh = kohya_alpha_weight if alpha == "kohya" else alpha_weight
+                    out[i].weight = weigh(alpha_image, (w, h))
         return out
 
     @torch.no_grad()

@@ -300,7 +300,8 @@ def write_safetensors(emb: Embedding, path: Path) -> list[Path]:
 
 
 def write_kohya(emb: Embedding, path: Path) -> list[Path]:
-    """kohya's `save_weights`: `{"emb_params": T}` (SDXL: clip_l, clip_g); .safetensors with sai-modelspec metadata."""
+    """kohya's `save_weights`: `{"emb_params": T}` (SDXL: clip_l, clip_g); .safetensors with sai-modelspec metadata
+    (and any `modelspec.*` entries of `emb.extra`, such as the training resolution)."""
     metadata = None
     if path.suffix.lower() == ".safetensors":
         spec = FAMILIES.get(emb.family or "")
@@ -309,6 +310,7 @@ def write_kohya(emb: Embedding, path: Path) -> list[Path]:
             "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/textual-inversion",
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if emb.family == "sdxl"
             else "diffusers", "modelspec.title": emb.name,
+            **{k: v for k, v in emb.extra.items() if k.startswith("modelspec.")},
         }
     return [_save(_keyed(emb, "emb_params"), path, metadata)]
 
@@ -376,6 +378,9 @@ def write_embedding(emb: Embedding, path: str | Path, fmt: str | None = None) ->
     return WRITERS[fmt](emb, path)
 
 
-def save_embedding(emb: Embedding, path: str | Path) -> Path:
-    """The training outputs: `.pt` as A1111, `.safetensors` as single-key safetensors."""
-    return write_embedding(emb, path)[0]
+def save_embedding(emb: Embedding, path: str | Path, layout: str = "a1111") -> Path:
+    """The training outputs. Layout `a1111`: `.pt` as A1111, `.safetensors` as single-key safetensors;
+    `kohya`: both as kohya's `save_weights` writes them (`emb_params`, or clip_l/clip_g)."""
+    path = Path(path)
+    kohya = layout == "kohya" and path.suffix.lower() in (".pt", ".safetensors")
+    return write_embedding(emb, path, "kohya" if kohya else None)[0]

@@ -46,7 +46,7 @@ def load_model(source: str | Path | ModelConfig, **settings) -> ModelBundle:
         ModelConfig, {"source": str(source), **settings}, "model"
     )
     torch_device = resolve_device(config.device)
-    torch_dtype = resolve_dtype(config.dtype, torch_device)
+    torch_dtype = resolve_dtype(config.dtype or "auto", torch_device)
     kind, where = _resolve_source(config.source)
     with quiet_libraries():
         if kind == "folder":
