@@ -1,5 +1,8 @@
 """`titk plan` and `titk train` from the command line, with bad inputs giving one line and writing nothing."""
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from helpers import assert_one_line_error, make_images
@@ -25,6 +28,37 @@ def test_plan_prints_the_effective_numbers(run_cli, setup):
     assert "2 (asked for 6)" in out and "A1111 clamps" in out and "3 steps" in out.replace("\n", " ")
     code, out, _ = run_cli("plan", config, "--dataset", data, "--json", "--set", "train.semantics=kohya")
     assert code == 0 and '"grad_accum_eff": 6' in out
+
+
+def test_plan_names_its_template_and_prints_user_text_as_written(run_cli, setup, tmp_path):
+    import hashlib
+
+    import titk
+
+    tmp, config, data = setup
+    shipped = Path(titk.__file__).parent / "data" / "templates" / "titk-subject-filewords.txt"
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:10]
+    lines = len(shipped.read_text().splitlines())
+    code, out, err = run_cli("plan", config, "--dataset", data, "--set", "train.learning_rate=0.005:100:200")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert f"template titk-subject-filewords ({lines} lines, sha256 {digest})" in flat
+    assert "A1111's UI default is style_filewords.txt" in flat
+    assert "'0.005:100:200' has two colons" in flat and "\U0001f4af" not in out  # no emoji for :100:
+    a1111 = tmp_path / "textual_inversion_templates"
+    a1111.mkdir()
+    (a1111 / "subject.txt").write_bytes(b"a photo of [name]\n")
+    code, out, err = run_cli("plan", config, "-d", data, "--set", f"data.template_dir={a1111}", "--set", "data.template=subject", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert (plan["template"], plan["template_lines"]) == (str(a1111 / "subject.txt"), 1)
+    assert plan["template_sha256"] == hashlib.sha256(b"a photo of [name]\n").hexdigest()
+    (a1111 / "none.txt").write_bytes(b"picture\n")  # A1111's none.txt has no [name]
+    code, out, err = run_cli("plan", config, "-d", data, "--set", f"data.template_dir={a1111}", "--set", "data.template=none")
+    assert code == 0, err
+    assert "1 of 1 template lines lack [name]" in " ".join(out.split())
+    code, _, err = run_cli("plan", config, "-d", data, "--set", "train.learning_rate='abc:100:'")
+    assert_one_line_error(code, err, "'abc:100:'")
 
 
 def test_train_then_resume(run_cli, setup):

@@ -142,7 +142,7 @@ def test_skip_policy_lists_bad_files(tmp_path):
 
 
 def test_templates_and_prompt_rules():
-    lines = read_template("subject_filewords")
+    lines = read_template("titk-subject-filewords")
     assert all("[name]" in line and "[filewords]" in line for line in lines)
     fixed = PromptBuilder("a1111", ["a photo of [name], [filewords]"], "ohwx", False, 0.0)
     assert fixed.fixed_per_image
@@ -162,6 +162,38 @@ def test_template_file_and_bad_template(tmp_path):
     assert read_template(str(tmp_path / "t.txt")) == ["one [name]", "", "two [name]"]
     with pytest.raises(TitkError, match="neither a shipped template"):
         read_template("no-such-template")
+
+
+def test_template_names_never_collide_with_a1111s_and_a1111_folders_are_read(tmp_path):
+    import hashlib
+
+    from titk.data.prompts import A1111_TEMPLATES, find_template, shipped_templates
+
+    assert shipped_templates() and all(name.startswith("titk-") for name in shipped_templates())
+    assert not set(shipped_templates()) & set(A1111_TEMPLATES)
+    with pytest.raises(TitkError, match="'subject_filewords' is one of A1111's templates.*template_dir.*titk-subject-filewords"):
+        find_template("subject_filewords")
+    # A user's A1111 folder: a name (with or without .txt), also in a subfolder as A1111 lists them
+    folder = tmp_path / "textual_inversion_templates"
+    (folder / "mine").mkdir(parents=True)
+    raw = b"a photo of a [name], [filewords]\r\na rendering of a [name]\n\n"
+    (folder / "subject_filewords.txt").write_bytes(raw)
+    (folder / "mine" / "deep.txt").write_text("[name]\n")
+    for name in ("subject_filewords", "subject_filewords.txt"):
+        t = find_template(name, folder)
+        assert t.source == str(folder / "subject_filewords.txt")
+        assert t.lines == ["a photo of a [name], [filewords]", "a rendering of a [name]", ""]  # readlines, stripped
+        assert t.sha256 == hashlib.sha256(raw).hexdigest()
+        assert t.describe() == f"{folder / 'subject_filewords.txt'} (3 lines, sha256 {hashlib.sha256(raw).hexdigest()[:10]})"
+    assert find_template("deep", folder).lines == ["[name]"]
+    assert find_template(str(folder / "subject_filewords.txt")).lines[0] == "a photo of a [name], [filewords]"  # a file path
+    assert find_template("titk-subject", folder).source == "titk-subject"  # titk's own still found beside a folder
+    with pytest.raises(TitkError, match="is a folder; set data.template_dir to it.*subject_filewords"):
+        find_template(str(folder))
+    with pytest.raises(TitkError, match=f"'style' is neither a shipped template .*, in {folder} nor a file"):
+        find_template("style", folder)
+    with pytest.raises(TitkError, match="data.template_dir: .*nope is not a folder"):
+        find_template("style", tmp_path / "nope")
 
 
 def test_caption_not_utf8(tmp_path):

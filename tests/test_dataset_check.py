@@ -107,17 +107,28 @@ def test_captions_are_flagged_only_when_the_template_uses_filewords(tmp_path, ru
         rows = check_dataset(folder, DatasetCheckSettings(), **kw).table
         return sorted(rows.loc[rows["flags"].str.contains("no caption"), "file"])
 
-    assert uncaptioned() == ["001.png", "002.png"]  # titk train's default template, subject_filewords
-    assert uncaptioned(template="subject_filewords") == ["001.png", "002.png"]
+    assert uncaptioned() == ["001.png", "002.png"]  # titk train's default template, titk-subject-filewords
+    assert uncaptioned(template="titk-subject-filewords") == ["001.png", "002.png"]
     assert uncaptioned(template=str(custom)) == ["001.png", "002.png"]
-    assert uncaptioned(template="subject") == []
-    for extra, flagged, said in (("subject", 0, "has no [filewords]"), ("subject_filewords", 2, "uses [filewords]")):
+    assert uncaptioned(template="titk-subject") == []
+    for extra, flagged, said in (("titk-subject", 0, "has no [filewords]"), ("titk-subject-filewords", 2, "uses [filewords]")):
         code, out, err = run_cli("dataset", "check", folder, "--no-faces", "--template", extra, "-o", tmp_path / extra)
         assert code == 0, err
         assert pd.read_csv(tmp_path / extra / "dataset_check.csv")["flags"].fillna("").str.contains("no caption").sum() == flagged
         assert said in " ".join(out.split())
     code, _, err = run_cli("dataset", "check", folder, "--no-faces", "--template", "no-such-template")
-    assert_one_line_error(code, err, "--template", "no-such-template", "subject_filewords")
+    assert_one_line_error(code, err, "--template", "no-such-template", "titk-subject-filewords")
+    # A1111's names are looked up in the user's A1111 folder, never among titk's own
+    a1111 = tmp_path / "textual_inversion_templates"
+    a1111.mkdir()
+    (a1111 / "subject.txt").write_text("a photo of a [name]\n")
+    code, _, err = run_cli("dataset", "check", folder, "--no-faces", "--template", "subject", "-o", tmp_path / "x")
+    assert_one_line_error(code, err, "--template", "'subject' is one of A1111's templates", "--template-dir")
+    code, out, err = run_cli("dataset", "check", folder, "--no-faces", "--template-dir", a1111, "--template", "subject", "-o", tmp_path / "y")
+    assert code == 0, err
+    assert "has no [filewords]" in " ".join(out.split())
+    code, _, err = run_cli("dataset", "check", folder, "--no-faces", "--template-dir", tmp_path / "nope", "--template", "subject", "-o", tmp_path / "z")
+    assert_one_line_error(code, err, "--template-dir", "nope", "not a folder")
 
 
 def test_progress_reaches_every_image_and_pair(tmp_path):

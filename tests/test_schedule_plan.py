@@ -43,7 +43,7 @@ def test_schedule_pairs_follow_a1111():
     assert parse_schedule(0.005, 10) == [(0.005, 10)]
 
 
-@pytest.mark.parametrize("bad", ["abc", "0.1:x", "1:2:3", "0.1:10, oops", "-0.1", "0"])
+@pytest.mark.parametrize("bad", ["abc", "0.1:x", "x:2:3", "0.1:10, oops", "-0.1", "0"])
 def test_invalid_schedules_are_one_clear_error(bad):
     with pytest.raises(TitkError, match="learning_rate"):
         parse_schedule(bad, 100)
@@ -62,15 +62,60 @@ def test_a_schedule_ending_before_max_steps_stops_training(ds15):
     assert any("stops there" in w for w in plan.warnings)
 
 
-def test_repeated_end_steps_reproduce_a1111_extra_step(ds15):
+def test_a_piece_with_two_colons_is_read_as_a1111_reads_it(ds15):
+    # LearnScheduleIterator: a piece that does not split into exactly two parts is a bare rate, until max steps
+    assert parse_schedule("0.005:100:200", 300) == [(0.005, 300)]
+    assert parse_schedule("0.01:10, 0.005:100:200, 0.001:300", 300) == [(0.01, 10), (0.005, 300)]
+    plan = make_plan(config(batch_size=3, grad_accum=5, max_steps=300, learning_rate="0.01:10, 0.005:100:200"), ds15)
+    assert plan.lr_segments == [(0.01, 0, 10), (0.005, 10, 300)] and plan.stop_step == 300
+    assert any("'0.005:100:200' has two colons; A1111 reads it as the bare rate 0.005" in w for w in plan.warnings)
+
+
+def test_repeated_end_step_with_accumulation_counts_only_the_updates_made(ds15):
+    # 15 images, BS 3, GA 5: one update = one pass of 15 images. Steps 0-49 train at 0.01. At step 50 the first
+    # micro-batch's check moves to (0.005, 50) and computes 3 images; the second check finds no entry left
+    # and stops A1111 before the update: 50 updates, 50 × 15 = 750 image views (not 753).
+    plan = make_plan(config(batch_size=3, grad_accum=5, max_steps=100, learning_rate="0.01:50, 0.005:50"), ds15)
+    assert (plan.stop_step, plan.image_views) == (50, 750)
+    assert plan.lr_segments == [(0.01, 0, 50)]
+
+
+def test_repeated_end_step_without_accumulation_trains_one_more_update_at_the_next_rate(ds15):
+    # BS 3, GA 1: 5 updates per pass. At step 50 the one micro-batch moves to (0.005, 50) and is an update:
+    # A1111 makes step 51 at 0.005, then stops. 51 × 3 = 153 views.
+    plan = make_plan(config(batch_size=3, grad_accum=1, max_steps=100, learning_rate="0.01:50, 0.005:50"), ds15)
+    assert (plan.stop_step, plan.image_views) == (51, 153)
+    assert plan.lr_segments == [(0.01, 0, 50), (0.005, 50, 51)]
+
+
+def test_an_update_takes_the_rate_set_before_its_last_micro_batch(ds15):
+    # Step 50, GA 5: the first check moves to (0.005, 40), the second (50 >= 40) to (0.001, 100); the optimizer
+    # steps with 0.001. No update is made at 0.005.
+    plan = make_plan(config(batch_size=3, grad_accum=5, max_steps=100, learning_rate="0.01:50, 0.005:40, 0.001:100"), ds15)
+    assert plan.lr_segments == [(0.01, 0, 50), (0.001, 50, 100)] and (plan.stop_step, plan.image_views) == (100, 1500)
+
+
+def test_a1111_caps_its_passes_at_max_steps_times_ga(ds15):
+    # BS 15, GA 1: one update per pass, and A1111's outer loop runs (max steps − 0) × GA = 500 passes at most,
+    # so the bare rate's repeated end step 500 gives no step 501.
+    plan = make_plan(config(batch_size=15, max_steps=500, learning_rate="0.005:500, 0.001"), ds15)
+    assert (plan.max_passes, plan.stop_step, plan.image_views) == (500, 500, 7500)
+    assert plan.lr_segments == [(0.005, 0, 500)]
+    # BS 5: 3 updates per pass, 500 passes are 1500 updates; the extra step is made (at the last entry's rate)
+    plan = make_plan(config(batch_size=5, max_steps=200, learning_rate="0.005:100, 1e-3:200, 1e-4:200"), ds15)
+    assert plan.stop_step == 201 and plan.lr_segments == [(0.005, 0, 100), (0.001, 100, 200), (0.0001, 200, 201)]
+    assert any("trains past max steps" in w for w in plan.warnings)
     plan = make_plan(config(batch_size=15, max_steps=200, learning_rate="0.005:100, 1e-3:200, 1e-4:200"), ds15)
-    assert plan.stop_step == 201
+    assert plan.stop_step == 200
 
 
 def test_kohya_schedule_never_stops_early(ds15):
     plan = make_plan(config(semantics="kohya", batch_size=3, grad_accum=5, max_steps=300, learning_rate="0.005:100, 1e-3:150"), ds15)
     assert plan.stop_step == 300
     assert plan.lr_segments[-1] == (0.001, 100, 300)
+    # a repeated end step: the loop moves to the next entry and keeps its rate to the end
+    plan = make_plan(config(semantics="kohya", batch_size=3, grad_accum=5, max_steps=100, learning_rate="0.01:50, 0.005:50"), ds15)
+    assert plan.lr_segments == [(0.01, 0, 50), (0.005, 50, 100)] and plan.max_passes is None
 
 
 # ----------------------------------------------------------------------------------------------- recipes

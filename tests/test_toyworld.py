@@ -95,7 +95,7 @@ def _train(bundle, data, out, cache, **train):
     config = parse(TrainConfig, {
         "model": {"source": "toyworld", "dtype": "fp32"},
         "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
-        "data": {"path": str(data), "template": "subject", "width": 64, "height": 64},
+        "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
         "train": settings,
         "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
     }, "proof")

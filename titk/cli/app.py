@@ -16,8 +16,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: user text such as a schedule "0.005:100:200" must print as written, not as 💯.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def _version(value: bool) -> None:
@@ -42,6 +43,13 @@ def _print_sections(sections: dict[str, dict[str, str]]) -> None:
             table.add_row(escape(str(key)), escape(str(value)))
         console.print(table)
         console.print()
+
+
+def _progress():
+    """A transient bar whose descriptions (file names, stages) print as plain text: no markup, no emoji codes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
 
 
 def _cell(value) -> str:

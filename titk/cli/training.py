@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
-from .app import DatasetOption, FamilyName, SetOption, _print_frame, app, console, scorer_list
+from .app import DatasetOption, FamilyName, SetOption, _print_frame, _progress, app, console, scorer_list
 
 
 @app.command()
@@ -118,9 +118,7 @@ def evaluate(
     bundle = load_model(cfg.model)
     evaluator = build_evaluator(bundle, cfg.evaluation, refs)
     rows = []
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
+    with _progress() as progress:
         for item in found:
             task = progress.add_task(f"scoring {item.path.name}", total=len(evaluator.suite.items))
             card = evaluator.evaluate(item.embedding, name=item.token, on_progress=lambda done, total: progress.update(task, completed=done))
@@ -149,8 +147,9 @@ def dataset_check(
     no_faces: bool = typer.Option(False, "--no-faces", help="skip face detection (no face pack needed)"),
     size: Optional[int] = typer.Option(None, help="training size, for the bucket each image falls in (default: 512)"),
     template: Optional[str] = typer.Option(
-        None, help="the training template (shipped name or file); missing captions are flagged only when it uses "
-        "[filewords] (default: titk train's, subject_filewords)"),
+        None, help="the training template (a file, a name in --template-dir, or titk's own); missing captions are "
+        "flagged only when it uses [filewords] (default: titk train's, titk-subject-filewords)"),
+    template_dir: Optional[Path] = typer.Option(None, help="a folder of templates, e.g. A1111's textual_inversion_templates"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the table and contact sheet go (default: ./dataset-check-<folder>)"),
 ):
     """Per image: faces and face size, sharpness, near-duplicates, who it shows (photos of anyone but the
@@ -160,29 +159,29 @@ def dataset_check(
     Example:
       titk dataset check photos/ --face-pack buffalo_l
       titk dataset check photos/ --no-faces -o checks/photos
+      titk dataset check photos/ --no-faces --template-dir ~/sd/textual_inversion_templates --template subject_filewords
     """
     import pandas as pd
-    from rich.progress import Progress
-
     from ..config import DatasetCheckSettings, merge, parse
     from ..evaluate.dataset_check import DEFAULT_TEMPLATE, check_dataset, template_uses_captions
     from ..evaluate.scorers.identity import InsightFaceEmbedder
 
     template = template or DEFAULT_TEMPLATE
     try:
-        template_uses_captions(template)
-    except TitkError as exc:  # its message names data.template, a setting this command does not have
-        raise TitkError(f"--template: {str(exc).removeprefix('data.template: ')}") from None
+        template_uses_captions(template, template_dir)
+    except TitkError as exc:  # its message names data.template(_dir), settings this command has as options
+        message = str(exc).removeprefix("data.template: ").replace("data.template_dir", "--template-dir").replace("data.template", "--template")
+        raise TitkError(message if message.startswith("--template-dir") else f"--template: {message}") from None
     given = {"size": size, "identity": {"pack": face_pack} if face_pack else {}}
     settings = parse(DatasetCheckSettings, merge({}, {k: v for k, v in given.items() if v is not None}), "titk dataset check")
     embedder = None if no_faces else InsightFaceEmbedder(settings.identity)
-    with Progress(console=console, transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("scanning", total=None)
 
         def step(stage: str, done: int, total: int) -> None:
             progress.update(task, description=stage, completed=done, total=total)
 
-        report = check_dataset(folder, settings, face_embedder=embedder, template=template, on_progress=step)
+        report = check_dataset(folder, settings, face_embedder=embedder, template=template, template_dir=template_dir, on_progress=step)
     out = out or Path(f"dataset-check-{folder.resolve().name}")
     paths = report.save(out)
     table = report.table

@@ -136,15 +136,15 @@ def find_person(embeddings: np.ndarray) -> Identity:
     return Identity(person, np.einsum("ij,ij->i", centroids, e), group, note)
 
 
-def template_uses_captions(template: str) -> bool:
-    return any(FILEWORDS in line for line in read_template(template))
+def template_uses_captions(template: str, template_dir: str | Path | None = None) -> bool:
+    return any(FILEWORDS in line for line in read_template(template, template_dir))
 
 
 def check_dataset(
     folder: str | Path, settings: DatasetCheckSettings, *, face_embedder=None, template: str = DEFAULT_TEMPLATE,
-    on_progress: OnProgress | None = None,
+    template_dir: str | Path | None = None, on_progress: OnProgress | None = None,
 ) -> DatasetReport:
-    uses_captions = template_uses_captions(template)
+    uses_captions = template_uses_captions(template, template_dir)
     dataset = scan_dataset(folder, caption_extension=settings.caption_extension, on_bad_image="skip")
     buckets = bucket_sizes(settings.size, settings.bucket_step)
     report = on_progress or (lambda stage, done, total: None)

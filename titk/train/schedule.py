@@ -3,7 +3,9 @@
 Grammar: pieces separated by commas; each is `rate:step` (rate until that step), `rate:-1` or a bare
 `rate` (rate until max steps; both end the parse). A `rate:step` pair is kept only if its step lies after
 the current step (so entries already passed are dropped on resume) and is stored with its step capped at
-max steps; a step beyond max steps ends the parse after that pair.
+max steps; a step beyond max steps ends the parse after that pair. A piece with two colons or more, like
+`0.005:100:200`, is read as A1111's `LearnScheduleIterator` reads it: as the bare rate before its first colon
+(until max steps, ending the parse); `plan` warns about it (`overlong_pieces`).
 
 Running: the current (rate, end) holds while step < end. A check at step >= end moves to the next pair,
 one pair per check; with no pair left the schedule is finished and training stops, even before max
@@ -37,14 +39,17 @@ def parse_schedule(text: str | float, max_steps: int, cur_step: int = 0, *, what
                 elif step == -1:
                     pairs.append((rate, max_steps))
                     return _checked(pairs, text, what)
-            elif len(parts) == 1:
+            else:  # A1111 takes anything but `rate:step` as a bare rate, whatever follows a second colon
                 pairs.append((float(parts[0]), max_steps))
                 return _checked(pairs, text, what)
-            else:
-                raise ValueError(piece)
     except ValueError:
         raise TitkError(f"{what}: invalid schedule {str(text)!r}; write a rate or rate:step pairs like {EXAMPLE}") from None
     return _checked(pairs, text, what)
+
+
+def overlong_pieces(text: str | float) -> list[str]:
+    """Pieces with more than one colon, which A1111 reads as a bare rate (a likely typo for two pieces)."""
+    return [piece.strip() for piece in str(text).split(",") if piece.count(":") > 1]
 
 
 def _checked(pairs, text, what):
@@ -86,12 +91,3 @@ class Schedule:
                 self.finished = True
         return self.rate
 
-
-def segments(pairs: list[tuple[float, int]], start: int = 0) -> list[tuple[float, int, int]]:
-    """(rate, first step, last step + 1) for each pair that trains at least one step."""
-    out, begin = [], start
-    for rate, end in pairs:
-        if end > begin:
-            out.append((rate, begin, end))
-            begin = end
-    return out
