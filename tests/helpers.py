@@ -63,3 +63,25 @@ def write_sweep_config(tmp_path, fixtures, **over) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def plain_ids(tokenizer, prompts: list[str], name: str, first_extra: int, n_vectors: int):
+    """[B, 77] ids of plain prompts (no emphasis, one chunk) with the name's tokens replaced by the ids
+    first_extra … first_extra + N − 1: how kohya's added tokens, or A1111's spliced vectors, sit in a prompt.
+    Written apart from titk's tokenization so tests can hold it against its own."""
+    import torch
+
+    name_ids = tokenizer(name, add_special_tokens=False).input_ids
+    rows = []
+    for prompt in prompts:
+        ids, out, i = tokenizer(prompt, add_special_tokens=False).input_ids, [], 0
+        while i < len(ids):
+            if ids[i : i + len(name_ids)] == name_ids:
+                out += range(first_extra, first_extra + n_vectors)
+                i += len(name_ids)
+            else:
+                out.append(ids[i])
+                i += 1
+        out = [tokenizer.bos_token_id] + out[:75] + [tokenizer.eos_token_id]
+        rows.append(out + [tokenizer.pad_token_id] * (77 - len(out)))
+    return torch.tensor(rows)
