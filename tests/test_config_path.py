@@ -1,9 +1,6 @@
 """One config path: a sweep's base file, base_overrides and --set merge the same way, and the README's
 person sweep runs as typed on offline stand-ins."""
 
-import re
-import shlex
-import shutil
 from pathlib import Path
 
 import yaml
@@ -59,45 +56,6 @@ def test_merge_is_deep_and_copies():
     assert out == {"a": {"b": 3, "c": [1]}, "d": 2}
     out["a"]["c"].append(2)
     assert base["a"]["c"] == [1]
-
-
-def _readme_sweep_command() -> list[str]:
-    """The README's person-sweep command, as a user would type it."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^titk sweep experiments/sweeps/person-settings\.yaml.*?(?<!\\)$", text, re.M | re.S)
-    assert match, "the README shows a person sweep"
-    line = re.sub(r"\s*#.*$", "", match.group(0).replace("\\\n", " "), flags=re.M)
-    return shlex.split(line)
-
-
-def test_readme_person_sweep_runs_as_typed(tmp_path, fixtures, assets, run_cli, monkeypatch):
-    """Only paths change (the checkpoint, the photos, the work dir) plus offline stand-ins for what no hub
-    can give here (the face pack, random CLIP weights) and sizes a CPU test can afford."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("obama__1.jpg", "obama__2.jpg", "obama__3.jpg", "obama__4.jpg"):
-        shutil.copy(assets / "faces" / name, photos / name)
-    shutil.copy(fixtures["tiny-sd1"].safetensors, tmp_path / "sd15.safetensors")
-    suite = tmp_path / "tiny-suite.yaml"
-    suite.write_text(yaml.safe_dump({"steps": 2, "seeds": [1], "prompts": [{"text": "a photo of [name]"}, {"text": "[name] in a park", "kind": "editability"}]}))
-    monkeypatch.chdir(ROOT)  # the README's paths are relative to the project
-    args = _readme_sweep_command()
-    assert args[:2] == ["titk", "sweep"]
-    args = [a.replace("work/me", str(tmp_path / "work")).replace("sd15.safetensors", str(tmp_path / "sd15.safetensors"))
-            .replace("photos/", str(photos)) for a in args[1:]]
-    stand_ins = [
-        "--set", f"base.model.config_dir={fixtures['tiny-sd1'].folder}",  # a tiny architecture needs its configs
-        "--set", f"evaluation.identity.pack={assets / 'face-test-pack'}", "--set", "evaluation.clip.pretrained=null",
-        "--set", f"evaluation.suite={suite}", "--set", f"objective.intermediate_suite={suite}",
-        "--set", "base.data.width=64", "--set", "base.data.height=64",
-        "--set", "space.train.epochs.low=2", "--set", "space.train.epochs.high=2", "--set", "space.train.epochs.step=null",
-        "--n-trials", "1",
-    ]
-    code, out, err = run_cli(*args, *stand_ins)
-    assert code == 0, err
-    assert "trial 0 complete" in out and "study person-settings: 1 complete" in out
-    config = load_sweep_config(ROOT / "experiments/sweeps/person-settings.yaml", [a for a in args if "=" in a and not a.startswith("-")])
-    assert config.base.model.source.endswith("sd15.safetensors")
 
 
 def test_eval_builds_the_toy_worlds_scorers_like_a_sweep(tmp_path, run_cli):

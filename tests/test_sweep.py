@@ -73,13 +73,6 @@ def test_mlflow_holds_everything_to_compare(finished):
     assert client.get_run(parent).data.metrics["trials.complete"] >= 2
 
 
-def test_serve_starts_the_ui_and_the_dashboard(finished, run_cli):
-    tmp, _ = finished
-    code, out, err = run_cli("serve", tmp / "work", "--port", 5911, "--dashboard-port", 5912, "--check")
-    assert code == 0, err
-    assert "http://127.0.0.1:5911" in out and "http://127.0.0.1:5912" in out
-
-
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, fixtures, monkeypatch):
     import titk.train.loop as loop
 
