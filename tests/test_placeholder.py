@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from titk.embeddings.placeholder import find_name, init_vectors, tokenize_with_placeholders
+from titk.embeddings.placeholder import (
+    find_name,
+    init_vectors,
+    kohya_ids,
+    kohya_token_strings,
+    prompt_has_name,
+    tokenize_with_placeholders,
+)
 from titk.errors import TitkError
 from titk.models.tokenizer import clip_tokenizer
 
@@ -50,6 +57,32 @@ def test_name_replaced_by_placeholder_ids_even_when_it_is_a_vocabulary_word():
 
 def test_name_inside_a_longer_word_is_not_matched():
     assert find_name(ids("ohwxman ohwx"), ids("ohwx")) == [len(ids("ohwxman"))]
+
+
+def test_kohya_finds_the_name_as_text_inside_longer_words_case_sensitively():
+    # A1111 matches token ids: "ohwxman" is other BPE pieces, "Ohwx" is lowercased to the same ids
+    assert not prompt_has_name(TOK, "a photo of ohwxman", "ohwx") and prompt_has_name(TOK, "a photo of Ohwx", "ohwx")
+    # kohya's added tokens are cut out of the text anywhere, with its pinned slow tokenizer's case
+    assert prompt_has_name(TOK, "a photo of ohwxman", "ohwx", "kohya") and not prompt_has_name(TOK, "a photo of Ohwx", "ohwx", "kohya")
+    assert kohya_ids(TOK, "a photo of ohwxman", "ohwx", 1, 49408) == ids("a photo of") + [49408] + ids("man")
+    assert kohya_ids(TOK, "myohwx, Ohwx", "ohwx", 1, 49408) == ids("my") + [49408] + ids(", Ohwx")
+    # N vectors: the name becomes "ohwx ohwx1 ohwx2" in the text first ("ohwx12" → "… ohwx212"), then
+    # the longest string wins: "ohwx2" then "12"
+    assert kohya_ids(TOK, "ohwx and ohwx12", "ohwx", 3, 49408) == [49408, 49409, 49410] + ids("and") + [49408, 49409, 49410] + ids("12")
+
+
+def test_kohya_matching_equals_a_tokenizer_holding_the_added_strings():
+    added = clip_tokenizer()
+    strings = kohya_token_strings("ohwx", 3)
+    added.add_tokens(strings)
+    for caption in ["a photo of ohwxman", "myohwx, ohwx1 in snow", "ohwx12 ohwx", "no name"]:
+        expected = added(caption.replace("ohwx", " ".join(strings)), add_special_tokens=False).input_ids
+        assert kohya_ids(TOK, caption, "ohwx", 3, 49408) == expected, caption
+
+
+def test_kohya_prompts_use_kohya_matching():
+    out = tokenize_with_placeholders(TOK, ["ohwxman"], "ohwx", 2, 49408)[0].tolist()
+    assert out[:5] == [49406, 49408, 49409, *ids("man"), 49407]
 
 
 def test_long_prompts_are_cut_to_one_chunk():

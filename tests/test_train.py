@@ -12,7 +12,9 @@ from PIL import Image
 from titk.config import TrainConfig, parse
 from titk.errors import TitkError, TrainingDiverged
 from titk.models import load_model
+from titk.embeddings.formats import read_embedding
 from titk.train.loop import train
+from titk.train.outputs import epoch_columns
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def cfg(tmp_path, images, model="m", **over):
 
 
 def test_training_writes_checkpoints_log_previews_and_a1111_files(tmp_path, images, sd1):
-    c = cfg(tmp_path, images, output__preview={"every": 2, "steps": 2, "seeds": [1]})
+    c = cfg(tmp_path, images, output__preview={"every": 2, "steps": 2, "seeds": [1]}, output__formats=["pt", "safetensors", "png"])
     result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
     run = tmp_path / "run"
     assert result.steps_done == 4
@@ -48,6 +50,9 @@ def test_training_writes_checkpoints_log_previews_and_a1111_files(tmp_path, imag
     for number in (2, 4):
         pt = torch.load(run / "embeddings" / f"ohwx-{number}.pt", weights_only=True)
         assert pt["step"] == number - 1 and pt["name"] == f"ohwx-{number}"
+        png = read_embedding(run / "embeddings" / f"ohwx-{number}.png")  # A1111's image embedding, when asked
+        assert png.step == number - 1 and png.name == f"ohwx-{number}"
+        assert torch.equal(png.vectors["clip_l"], pt["string_to_param"]["*"])
     assert (run / "previews" / "ohwx-2.png").is_file() and (run / "previews" / "ohwx-4.png").is_file()
     final = torch.load(run / "ohwx.pt", weights_only=True)
     assert set(final) == {"string_to_token", "string_to_param", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
@@ -63,8 +68,31 @@ def test_training_writes_checkpoints_log_previews_and_a1111_files(tmp_path, imag
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     # 6 images, bs 2, GA 3: one update per epoch of 6 images
-    assert [int(r["images_seen"]) for r in rows] == [6, 12, 18, 24] and rows[-1]["epoch"] == "4"
+    assert [int(r["images_seen"]) for r in rows] == [6, 12, 18, 24]
+    # A1111's CSV columns: update k came from pass (k-1) // 1, its first update
+    assert [(r["epoch"], r["epoch_step"]) for r in rows] == [("0", "0"), ("1", "0"), ("2", "0"), ("3", "0")]
+    assert read_embedding(run / "ohwx.png").step == 4
     assert (run / "plan.json").is_file() and (run / "config.yaml").is_file()
+
+
+def test_log_epoch_columns_are_a1111s():
+    # textual_inversion.py write_loss(step=updates done, epoch_len=updates per pass): epoch = (step-1) // len,
+    # epoch_step = (step-1) % len. 30 images, BS 3, GA 5: 2 updates per pass.
+    assert [epoch_columns(step, 2) for step in (1, 2, 3, 4, 5)] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    assert epoch_columns(500, 1) == (499, 0)
+
+
+def test_loop_stops_where_a1111_stops_on_a_repeated_end_step(tmp_path, images, sd1):
+    # "0.01:2, 0.005" is (0.01, 2), (0.005, 2). BS 6 on 6 images, GA 1: one update per pass, and A1111 runs
+    # 2 × 1 passes at most, so no third step. BS 3: two updates per pass, 4 passes allowed: at step 2 the
+    # check moves to (0.005, 2) and that micro-batch is an update, at 0.005; then the schedule is finished.
+    for bs, steps, rates in ((6, 2, ["0.01", "0.01"]), (3, 3, ["0.01", "0.01", "0.005"])):
+        c = cfg(tmp_path / str(bs), images, train__batch_size=bs, train__grad_accum=1, train__max_steps=2,
+                train__learning_rate="0.01:2, 0.005", output__save_every=0)
+        result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+        assert result.steps_done == result.plan.stop_step == steps
+        with open(tmp_path / str(bs) / "run" / "train_log.csv") as f:
+            assert [r["learn_rate"] for r in csv.DictReader(f)] == rates
 
 
 def test_only_the_placeholder_rows_train(tmp_path, images, sd1):
@@ -134,15 +162,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, im
 
 
 def test_kohya_semantics_trains_and_requires_the_token_in_captions(tmp_path, images, sd1):
-    c = cfg(tmp_path, images, train__semantics="kohya", output__numbering=None)
+    c = cfg(tmp_path, images, train__semantics="kohya", output__numbering=None, data__caption_extension=".txt")
     result = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
     assert result.plan.weight_decay == 0.01 and result.plan.clip_mode == "norm" and result.plan.loss_divisor == 3
-    assert (tmp_path / "run" / "embeddings" / "ohwx-2.pt").is_file()  # exact numbering: after 2 updates
+    assert set(torch.load(tmp_path / "run" / "embeddings" / "ohwx-2.pt", weights_only=True)) == {"emb_params"}  # exact numbering, kohya's layout
     bare = tmp_path / "bare"
     shutil.copytree(images, bare)
     (bare / "003.txt").write_text("a photo without the token")
     with pytest.raises(TitkError, match="1 of 6 captions lack the token 'ohwx' \\(003.txt\\)"):
-        train(cfg(tmp_path / "x", bare, train__semantics="kohya"), bundle=sd1, show_progress=False)
+        train(cfg(tmp_path / "x", bare, train__semantics="kohya", data__caption_extension=".txt"), bundle=sd1, show_progress=False)
     assert not (tmp_path / "x" / "run").exists()  # refused before anything was written
 
 
@@ -159,7 +187,7 @@ def test_kohya_norm_includes_caption_rows(tmp_path, images, sd1, monkeypatch):
         return real(vectors, mode, threshold, captured, scaler)
 
     monkeypatch.setattr(loop, "_clip", spy)
-    train(cfg(tmp_path, images, train__semantics="kohya", train__max_steps=1), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    train(cfg(tmp_path, images, train__semantics="kohya", train__max_steps=1, data__caption_extension=".txt"), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
     assert norms and norms[0][1] > 0  # token-embedding outputs were captured for the matrix norm
 
 

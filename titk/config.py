@@ -1,23 +1,31 @@
-"""Typed configuration and YAML loading. Every default of titk lives in this file, once.
+"""Typed configuration. Every default of titk lives in this file, once.
 
-Configs are read in one way: a YAML file, then overrides deep-merged into it (`merge`), then validated by
-pydantic. A sweep's `base:` file is read first, and its `base_overrides` and every `--set` are merged
-into it, so a setting given on the command line works whether the base is inline or a file.
+Configs are read in one way (titk/settings_files.py): a YAML file, then overrides deep-merged into it,
+then validated by pydantic. A sweep's `base:` file is read first, and its `base_overrides` and every `--set`
+are merged into it, so a setting given on the command line works whether the base is inline or a file.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import TitkError
+from .settings_files import (  # noqa: F401  (the config API)
+    apply_overrides,
+    load_config,
+    merge,
+    parse,
+    parse_override,
+    read_yaml,
+    validation_message,
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CONTEXT_TOKENS = 77  # one CLIP prompt chunk: start, 75 tokens, end
+COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk ending within 20 tokens of a comma breaks there
 RESOLUTION = 512  # SD1's training size; used where no model says otherwise (a plan without a model, dataset check)
 
 
@@ -33,76 +41,51 @@ class ModelConfig(Strict):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="override the model's eps/v parameterisation"
     )
-    dtype: Precision = Field("auto", description="precision of the frozen model")
+    dtype: Precision | None = Field(None, description="precision of the frozen model; default auto (training: the semantics')")
     device: str = "auto"
     clip_skip: int = Field(1, ge=1, le=12, description="A1111's 'CLIP skip': 1 = last layer")
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validation_message(exc: ValidationError, where: str) -> str:
-    """The first problem of a pydantic error as one line: `file: key.path: what is wrong`."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown setting"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{where}: {loc}: {msg}{more}"
-
-
-def parse(model: type[M], data: dict, where: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise TitkError(validation_message(exc, where)) from None
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TitkError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TitkError(f"{path}: unreadable ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise TitkError(f"{path}: not valid YAML{at}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TitkError(f"{path}: expected a mapping of settings at the top level")
-    return data
-
-
-def load_config(model: type[M], path: str | Path) -> M:
-    return parse(model, read_yaml(path), str(path))
+    embeddings_dir: Path | None = Field(
+        None, description="a folder of other embeddings (A1111's embeddings folder) that prompts may name; loaded frozen"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ training
 
 SEMANTICS_DEFAULTS = {
     # A1111: AdamW without weight decay, no clipping, init text stretched over the vectors, file names
-    # numbered one ahead of the step they hold, captions through a template with [name] and [filewords].
-    "a1111": dict(weight_decay=0.0, clip_mode="none", clip_threshold="0.1", init_mode="stretch", numbering="a1111", template="subject_filewords"),
-    # kohya (accelerate): weight decay 0.01, gradient-norm clip 1.0, init tokens cycled, the caption is the prompt.
-    "kohya": dict(weight_decay=0.01, clip_mode="norm", clip_threshold="1.0", init_mode="cycle", numbering="exact", template="filewords"),
+    # numbered one ahead of the step they hold, captions through a template with [name] and [filewords],
+    # <stem>.txt captions, images stretched, one latent sample per image kept for the run, A1111's .pt files.
+    "a1111": dict(
+        weight_decay=0.0, clip_mode="none", clip_threshold="0.1", init_mode="stretch", numbering="a1111",
+        template="titk-subject-filewords", learning_rate="0.005", caption_extension=".txt", resize="stretch",
+        latent_sampling="once", dtype="auto", max_steps=None, layout="a1111",
+    ),
+    # kohya (sd-scripts train_textual_inversion.py and library/train_util.py argument defaults): weight decay
+    # 0.01 (AdamW's own), gradient-norm clip 1.0, init tokens cycled, the caption is the prompt, LR 2e-6,
+    # <stem>.caption, cover and centre-crop (no --enable_bucket), the VAE run every step (a new posterior
+    # sample each use; `once` is --cache_latents), no mixed precision, 1600 steps, `emb_params` files.
+    "kohya": dict(
+        weight_decay=0.01, clip_mode="norm", clip_threshold="1.0", init_mode="cycle", numbering="exact",
+        template="titk-filewords", learning_rate="2e-06", caption_extension=".caption", resize="crop",
+        latent_sampling="random", dtype="fp32", max_steps=1600, layout="kohya",
+    ),
 }
+DEFAULT_VECTORS = 1
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
 class EmbeddingConfig(Strict):
     name: str = Field(description="the trigger word; files are <name>.pt / <name>.safetensors")
-    vectors: int = Field(1, description="vectors per token, 1..75")
+    vectors: int | None = Field(None, description=f"vectors per token, 1..75; default {DEFAULT_VECTORS}, or init_from's count")
     init_text: str = Field("*", description="text whose token rows start the vectors; empty = zeros")
     init_mode: Literal["stretch", "cycle"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya cycle)")
+    init_from: Path | None = Field(None, description="an embedding file to train further; its vectors replace init_text")
 
 
-def _caption_extension(value: str) -> str:
+def _caption_extension(value: str | None) -> str | None:
+    if value is None:
+        return value
     # Path.with_suffix, which finds each caption, accepts only a dot and at least one more character.
     if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
         raise ValueError(f"{value!r} is not a file extension; write it with its dot, like .txt")
@@ -112,18 +95,19 @@ def _caption_extension(value: str) -> str:
 class DataConfig(Strict):
     path: Path | None = Field(None, description="the image folder (or --dataset)")
     recursive: bool = False
-    caption_extension: str = ".txt"
+    caption_extension: str | None = Field(None, description="default: the semantics' (a1111 .txt, kohya .caption)")
     filename_regex: str = ""
     filename_join: str = " "
-    template: str | None = Field(None, description="shipped template name or file; default: the semantics'")
+    template: str | None = Field(None, description="a file, a name in template_dir, or titk's own (titk-subject-filewords, ...); default: the semantics'")
+    template_dir: Path | None = Field(None, description="a folder of templates, e.g. A1111's textual_inversion_templates")
     shuffle_tags: bool = False
     tag_dropout: float = Field(0.0, ge=0.0, le=1.0)
-    resize: Literal["stretch", "native", "buckets"] = "stretch"
+    resize: Literal["stretch", "native", "crop", "buckets"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya crop)")
     width: int | None = Field(None, ge=8, description="default: the model's resolution")
     height: int | None = Field(None, ge=8)
     bucket_step: int = Field(64, ge=8)
-    latent_sampling: Literal["once", "deterministic", "random"] = "once"
-    use_alpha: bool = Field(False, description="PNG alpha as loss weight (min 0, mean 1)")
+    latent_sampling: Literal["once", "deterministic", "random"] | None = Field(None, description="default: the semantics' (a1111 once, kohya random)")
+    use_alpha: bool = Field(False, description="PNG alpha as loss weight (a1111: min 0, mean 1; kohya: alpha/255 as is)")
     repeats: int = Field(1, ge=1, description="kohya: times each image appears per epoch")
     min_side: int = Field(32, ge=1, description="smaller images are refused")
     on_bad_image: Literal["error", "skip"] = "error"
@@ -133,10 +117,10 @@ class DataConfig(Strict):
 
 class TrainSettings(Strict):
     semantics: Literal["a1111", "kohya"] = "a1111"
-    learning_rate: str = Field("0.005", description='a rate or an A1111 schedule like "0.005:100, 1e-3:1000"')
+    learning_rate: str | None = Field(None, description='a rate or an A1111 schedule like "0.005:100, 1e-3:1000"; default: the semantics\'')
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="optimizer updates; or give epochs")
+    max_steps: int | None = Field(None, ge=1, description="optimizer updates; or give epochs; kohya's default 1600 when neither is given")
     epochs: int | None = Field(None, ge=1, description="derive max_steps from this many passes over the data")
     weight_decay: float | None = Field(None, ge=0.0)
     clip_mode: Literal["none", "value", "norm"] | None = None
@@ -177,7 +161,8 @@ class OutputConfig(Strict):
     dir: Path | None = Field(None, description="default: runs/<name>")
     save_every: int = Field(500, ge=0, description="updates between checkpoints; 0 = final only")
     numbering: Literal["a1111", "exact"] | None = Field(None, description="a1111: file <name>-N holds N-1 updates")
-    formats: list[Literal["pt", "safetensors"]] = Field(default_factory=lambda: ["pt", "safetensors"])
+    layout: Literal["a1111", "kohya"] | None = Field(None, description="a1111: string_to_param .pt, one-key .safetensors; kohya: emb_params (SDXL clip_l/clip_g)")
+    formats: list[Literal["pt", "safetensors", "png"]] = Field(default_factory=lambda: ["pt", "safetensors"], description="png: A1111's image embedding")
     keep_states: int = Field(2, ge=1, description="resume states kept")
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
 
@@ -189,76 +174,51 @@ class TrainConfig(Strict):
     train: TrainSettings = Field(default_factory=TrainSettings)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    def semantic(self, section: str, key: str):
+        """A setting left unset (None) takes its semantics' default from SEMANTICS_DEFAULTS."""
+        value = getattr(getattr(self, section), key)
+        return SEMANTICS_DEFAULTS[self.train.semantics][key] if value is None else value
+
     @property
     def template(self) -> str:
-        return self.data.template or SEMANTICS_DEFAULTS[self.train.semantics]["template"]
+        return self.semantic("data", "template")
 
     @property
     def init_mode(self) -> str:
-        return self.embedding.init_mode or SEMANTICS_DEFAULTS[self.train.semantics]["init_mode"]
+        return self.semantic("embedding", "init_mode")
 
     @property
     def numbering(self) -> str:
-        return self.output.numbering or SEMANTICS_DEFAULTS[self.train.semantics]["numbering"]
+        return self.semantic("output", "numbering")
+
+    @property
+    def layout(self) -> str:
+        return self.semantic("output", "layout")
+
+    @property
+    def learning_rate(self) -> str:
+        return self.semantic("train", "learning_rate")
+
+    @property
+    def caption_extension(self) -> str:
+        return self.semantic("data", "caption_extension")
+
+    @property
+    def resize(self) -> str:
+        return self.semantic("data", "resize")
+
+    @property
+    def latent_sampling(self) -> str:
+        return self.semantic("data", "latent_sampling")
+
+    @property
+    def model_settings(self) -> ModelConfig:
+        """The model section with the semantics' precision when none is given (kohya: fp32, no mixed precision)."""
+        return self.model.model_copy(update={"dtype": self.semantic("model", "dtype")})
 
     @property
     def output_dir(self) -> Path:
         return self.output.dir or Path("runs") / self.embedding.name
-
-
-def merge(base: dict, override: dict) -> dict:
-    """A copy of `base` with `override` merged in: mappings key by key, any other value replaced."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_override(item: str, data: dict | None = None) -> dict:
-    """`a.b.c=value` (the value read as YAML) as the nested mapping {a: {b: {c: value}}}. Keys that hold dots
-    themselves (a sweep's `space: {train.epochs: ...}`) are matched against `data`: `space.train.epochs.low=2`."""
-    key, sep, raw = item.partition("=")
-    parts = [p.strip() for p in key.split(".")]
-    if not sep or not all(parts):
-        raise TitkError(f"--set {item!r}: expected section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise TitkError(f"--set {item!r}: the value is not valid YAML") from None
-    for part in reversed(_dotted_keys(parts, data)):
-        value = {part: value}
-    return value
-
-
-def _dotted_keys(parts: list[str], node) -> list[str]:
-    keys, i = [], 0
-    while i < len(parts):
-        j = next((j for j in range(len(parts), i + 1, -1) if isinstance(node, dict) and ".".join(parts[i:j]) in node), i + 1)
-        keys.append(".".join(parts[i:j]))
-        node = node.get(keys[-1]) if isinstance(node, dict) else None
-        i = j
-    return keys
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`section.key=value` pairs merged into a config mapping, in order."""
-    for item in overrides:
-        override = parse_override(item, data)
-        _check_sections(data, override, item)
-        data = merge(data, override)
-    return data
-
-
-def _check_sections(data, override: dict, item: str, path: str = "") -> None:
-    """`--set a.b=1` where `a` holds a value rather than settings is a mistake, not a replacement."""
-    for key, value in override.items():
-        if isinstance(value, dict) and key in data and not isinstance(data[key], dict) and data[key] is not None:
-            raise TitkError(f"--set {item!r}: {path}{key} is a value ({data[key]!r}), not a section of settings")
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            _check_sections(data[key], value, item, f"{path}{key}.")
 
 
 def load_train_config(path: str | Path, *, dataset: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:

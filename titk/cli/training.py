@@ -91,6 +91,9 @@ def evaluate(
     face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
     scorers: Optional[str] = typer.Option(None, callback=scorer_list, help="comma-separated: identity, clip, diversity, personality, norms"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; one subfolder per embedding"),
+    embeddings_dir: Optional[Path] = typer.Option(
+        None, "--embeddings", help="a folder of other embeddings the prompts may name, e.g. A1111's embeddings folder (model.embeddings_dir)"
+    ),
     set_: list[str] = SetOption,
 ):
     """Score embeddings on generated samples: identity, CLIP-T/CLIP-I, diversity, personality, norms.
@@ -106,7 +109,8 @@ def evaluate(
     from ..models import load_model
 
     data = read_yaml(config) if config else {}
-    given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack}
+    given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack,
+             "model.embeddings_dir": embeddings_dir}
     data = apply_overrides(data, [f"{key}={json.dumps(str(value))}" for key, value in given.items() if value is not None])
     if scorers:
         data = apply_overrides(data, [f"evaluation.scorers={json.dumps([x.strip() for x in scorers.split(',') if x.strip()])}"])

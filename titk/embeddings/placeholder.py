@@ -6,9 +6,16 @@ of the embedding's name appear they are replaced by N placeholder ids just above
 looks up ordinary ids in the frozen table and placeholder ids in the N extra rows. Only those rows are
 ever trainable; the vocabulary matrix never goes through the optimizer. Because matching is by token ids,
 any name works, including one that already is a vocabulary word.
+
+Other embeddings a prompt names (`titk/embeddings/library.py`) take ids from `FROZEN_BASE` on, above any
+active embedding's range, and their rows form a second block that is never trained.
+
+Under kohya semantics the name is found as kohya finds it (`kohya_ids`): as text, not token ids.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -17,6 +24,7 @@ from ..config import CONTEXT_TOKENS
 from ..errors import TitkError
 
 MAX_VECTORS = CONTEXT_TOKENS - 2  # one prompt chunk holds 75 tokens besides start and end
+FROZEN_BASE = MAX_VECTORS  # offset above the vocabulary of the first frozen row: no active range reaches it
 
 
 class SplicedEmbedding(nn.Module):
@@ -29,6 +37,7 @@ class SplicedEmbedding(nn.Module):
         self.padding_idx = base.padding_idx
         self.vocab_size = base.num_embeddings
         self.set_rows(None)
+        self.set_frozen(None)
         # When a list, every forward appends (ids, output) with the output a leaf that receives gradients:
         # kohya clips the gradient norm of the whole table, caption-token rows included.
         self.capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -47,6 +56,14 @@ class SplicedEmbedding(nn.Module):
         # encoder's own parameter, and the rows must never appear in its state dict or parameter list.
         self.__dict__["_rows"] = rows
 
+    @property
+    def frozen(self) -> torch.Tensor | None:
+        """Other embeddings' rows [M, width], behind ids from vocab + FROZEN_BASE on; never trained."""
+        return self.__dict__["_frozen"]
+
+    def set_frozen(self, rows: torch.Tensor | None) -> None:
+        self.__dict__["_frozen"] = None if rows is None else rows.detach()
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         is_extra = ids >= self.vocab_size
         out = nn.functional.embedding(ids.masked_fill(is_extra, 0), self.weight, self.padding_idx)
@@ -54,10 +71,15 @@ class SplicedEmbedding(nn.Module):
             out = out.detach().requires_grad_(True)
             self.capture.append((ids, out))
         if bool(is_extra.any()):
-            if self.extra is None or int(ids.max()) >= self.vocab_size + len(self.extra):
-                raise RuntimeError("placeholder ids in a prompt but no matching embedding vectors are set")
-            rows = self.extra[(ids - self.vocab_size).clamp(min=0)].to(out.dtype)
-            out = torch.where(is_extra[..., None], rows, out)
+            offset = ids - self.vocab_size
+            active = is_extra & (offset < FROZEN_BASE)
+            for used, block, local in ((active, self.extra, offset), (offset >= FROZEN_BASE, self.frozen, offset - FROZEN_BASE)):
+                if not bool(used.any()):
+                    continue
+                if block is None or int(local[used].max()) >= len(block):
+                    raise RuntimeError("placeholder ids in a prompt but no matching embedding vectors are set")
+                rows = block[local.masked_fill(~used, 0)].to(out.device, out.dtype)
+                out = torch.where(used[..., None], rows, out)
         return out
 
 
@@ -118,26 +140,51 @@ def find_name(ids: list[int], name_ids: list[int]) -> list[int]:
     return starts
 
 
+def kohya_token_strings(name: str, n_vectors: int) -> list[str]:
+    """The strings kohya adds to its tokenizer for N vectors: name, name1, …, name{N-1}."""
+    return [name] + [f"{name}{i}" for i in range(1, n_vectors)]
+
+
+def kohya_ids(tokenizer, text: str, name: str, n_vectors: int, vocab_size: int) -> list[int]:
+    """The caption's token ids as kohya's train_textual_inversion.py gets them, placeholders in place.
+
+    kohya replaces the name in the caption text by "name name1 … name{N-1}" (for N > 1), then its
+    tokenizer, holding those strings as added tokens, cuts them out of the text before BPE: anywhere,
+    inside a longer word too ("ohwxman" holds "ohwx"), longest first, case-sensitive (the slow
+    CLIPTokenizer of kohya's pinned transformers does not lowercase before matching added tokens). Each
+    piece between them is tokenized on its own, so "myohwx" gives "my</w>", not the BPE pieces of a word.
+    """
+    strings = kohya_token_strings(name, n_vectors)
+    if n_vectors > 1:
+        text = text.replace(name, " ".join(strings))
+    found = re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
+    ids, pos = [], 0
+    for m in found.finditer(text):
+        ids += _plain_ids(tokenizer, text[pos : m.start()]) + [vocab_size + strings.index(m.group())]
+        pos = m.end()
+    return ids + _plain_ids(tokenizer, text[pos:])
+
+
+def _plain_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids if text.strip() else []
+
+
 def tokenize_with_placeholders(tokenizer, prompts: list[str], name: str | None, n_vectors: int, vocab_size: int) -> torch.Tensor:
-    """[B, 77] ids with each occurrence of `name` replaced by the N placeholder ids; start, end and padding
-    as the tokenizer defines them; text beyond 75 tokens is cut as in a single prompt chunk."""
+    """kohya's plain-text prompts: [B, 77] ids with the name found as kohya finds it (`kohya_ids`); start,
+    end and padding as the tokenizer defines them; text beyond 75 tokens is cut, as kohya's single chunk."""
     max_len = tokenizer.model_max_length
-    placeholder = list(range(vocab_size, vocab_size + n_vectors))
-    name_ids = name_token_ids(tokenizer, name) if name else []
     rows = []
     for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
-        if name_ids:
-            out, pos = [], 0
-            for start in find_name(ids, name_ids):
-                out += ids[pos:start] + placeholder
-                pos = start + len(name_ids)
-            ids = out + ids[pos:]
+        ids = kohya_ids(tokenizer, prompt, name, n_vectors, vocab_size) if name else _plain_ids(tokenizer, prompt)
         ids = [tokenizer.bos_token_id] + ids[: max_len - 2] + [tokenizer.eos_token_id]
         rows.append(ids + [tokenizer.pad_token_id] * (max_len - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
 
 
-def prompt_has_name(tokenizer, prompt: str, name: str) -> bool:
+def prompt_has_name(tokenizer, prompt: str, name: str, semantics: str = "a1111") -> bool:
+    """Whether the name reaches the encoder in this prompt's first chunk, as the semantics find it."""
+    if semantics == "kohya":
+        vocab = len(tokenizer)
+        return any(i >= vocab for i in kohya_ids(tokenizer, prompt, name, 1, vocab)[: tokenizer.model_max_length - 2])
     ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
     return bool(find_name(ids[: tokenizer.model_max_length - 2], name_token_ids(tokenizer, name)))

@@ -9,8 +9,13 @@ from typing import Any
 
 import torch
 
-from ..embeddings.placeholder import tokenize_with_placeholders
+from ..embeddings.placeholder import (
+    FROZEN_BASE,
+    name_token_ids,
+    tokenize_with_placeholders,
+)
 from .families import Conditioning, Family, FamilyAdapter, adapter_for
+from .prompt_syntax import Name, PromptTokens, batch_tensors, prompt_chunks
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ModelBundle:
     source: str
     short_hash: str | None = None
     clip_skip: int = 1
+    library: list = field(default_factory=list)  # FrozenEmbedding: other embeddings a prompt may name
     adapter: FamilyAdapter = field(init=False)
     noise_scheduler: Any = field(init=False)
 
@@ -103,18 +109,53 @@ class ModelBundle:
             enc.spliced.set_rows(None if vectors is None else vectors[enc.key])
         return None if any(v is None for v in previous.values()) else previous
 
-    def tokenize(self, prompts: list[str], name: str | None = None, n_vectors: int = 0) -> list[torch.Tensor]:
-        """Token ids per encoder, [B, 77]; with `name`, its occurrences become N placeholder ids."""
-        return [
-            tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, enc.spliced.vocab_size).to(self.device)
-            for enc in self.encoders
-        ]
+    def use_library(self, entries: list) -> None:
+        """Make these frozen embeddings (`titk.embeddings.library`) available to every prompt by name."""
+        self.library = list(entries)
+        for enc in self.encoders:
+            rows = [e.vectors[enc.key] for e in self.library]
+            enc.spliced.set_frozen(torch.cat(rows).to(self.device) if rows else None)
 
-    def encode_ids(self, ids: list[torch.Tensor]) -> Conditioning:
-        return self.adapter.encode(self.encoders, ids, self.clip_skip)
+    def _names(self, enc: TextEncoderSlot, name: str | None, n_vectors: int) -> list[Name]:
+        """The active embedding's name, then the library's (one named like the active one gives way to it)."""
+        vocab = enc.spliced.vocab_size
+        names = [Name(tuple(name_token_ids(enc.tokenizer, name)), tuple(range(vocab, vocab + n_vectors)))] if name else []
+        start = vocab + FROZEN_BASE
+        for entry in self.library:
+            if entry.name != name:
+                names.append(Name(tuple(name_token_ids(enc.tokenizer, entry.name)), tuple(range(start, start + entry.n_vectors))))
+            start += entry.n_vectors
+        return names
+
+    def tokenize(self, prompts: list[str], name: str | None = None, n_vectors: int = 0, *, syntax: bool = True) -> PromptTokens:
+        """Token ids and emphasis weights per encoder, [B, chunks × 77]; with `name`, its occurrences become
+        N placeholder ids. `syntax`: A1111's prompt syntax and chunks, the library's names found too; without
+        it (kohya) the prompt is plain text cut to one chunk, and only `name` is found, as kohya's trainer does."""
+        ids, weights = [], []
+        for enc in self.encoders:
+            vocab = enc.spliced.vocab_size
+            if syntax:
+                names = self._names(enc, name, n_vectors)
+                enc_ids, enc_weights = batch_tensors(enc.tokenizer, [prompt_chunks(enc.tokenizer, p, names) for p in prompts])
+            else:
+                enc_ids = tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, vocab)
+                enc_weights = torch.ones(enc_ids.shape)
+            ids.append(enc_ids.to(self.device))
+            weights.append(enc_weights.to(self.device))
+        return PromptTokens(ids, weights)
+
+    def encode_ids(self, tokens: PromptTokens, *, per_prompt: bool = True) -> Conditioning:
+        """Each 77-token chunk encoded on its own and the chunks joined along the sequence; SDXL's pooled
+        output is the first chunk's, as in A1111."""
+        parts = []
+        for k in range(tokens.chunks):
+            ids, weights = tokens.chunk(k)
+            parts.append(self.adapter.encode(self.encoders, ids, self.clip_skip, weights, per_prompt))
+        return Conditioning(torch.cat([p.hidden for p in parts], dim=1), parts[0].pooled)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], name: str | None = None, n_vectors: int = 0) -> Conditioning:
+        """Sampling's encoding: A1111's syntax, each prompt's emphasis normalised on its own."""
         return self.encode_ids(self.tokenize(prompts, name, n_vectors))
 
     def describe(self) -> dict[str, Any]:

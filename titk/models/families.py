@@ -18,6 +18,7 @@ import torch
 
 from ..errors import TitkError, UnknownArchitecture
 from ..families import FAMILIES, FamilySpec
+from .prompt_syntax import emphasize
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -132,12 +133,16 @@ def _read_json(path: Path) -> dict:
 class Conditioning:
     """What the UNet is conditioned on for a batch of prompts."""
 
-    hidden: torch.Tensor  # [B, 77, cross_attention_dim]
+    hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim]
     pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]
 
     def repeat(self, n: int) -> Conditioning:
         pooled = None if self.pooled is None else self.pooled.repeat_interleave(n, 0)
         return Conditioning(self.hidden.repeat_interleave(n, 0), pooled)
+
+
+def _emphasize(hidden, weights, i: int, per_prompt: bool):
+    return hidden if weights is None else emphasize(hidden, weights[i], per_prompt)
 
 
 def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -148,7 +153,9 @@ def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 class FamilyAdapter:
     family: Family
 
-    def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1) -> Conditioning:
+    def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1, weights=None, per_prompt: bool = True) -> Conditioning:
+        """One 77-token chunk per prompt; `weights` (per encoder, [B, 77]) are the prompt's emphasis,
+        applied to each encoder's hidden states on their own, as A1111 does."""
         raise NotImplementedError
 
     def unet_kwargs(self, cond: Conditioning, height: int, width: int) -> dict:
@@ -165,12 +172,14 @@ class SDAdapter(FamilyAdapter):
     def __init__(self, family: Family):
         self.family = family
 
-    def encode(self, encoders, ids, clip_skip=1):
+    def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
         te = encoders[0].model
         if clip_skip <= 1:
-            return Conditioning(te(ids[0]).last_hidden_state)
-        out = te(ids[0], output_hidden_states=True)
-        return Conditioning(te.final_layer_norm(out.hidden_states[-clip_skip]))
+            hidden = te(ids[0]).last_hidden_state
+        else:
+            out = te(ids[0], output_hidden_states=True)
+            hidden = te.final_layer_norm(out.hidden_states[-clip_skip])
+        return Conditioning(_emphasize(hidden, weights, 0, per_prompt))
 
 
 class SDXLAdapter(FamilyAdapter):
@@ -178,12 +187,12 @@ class SDXLAdapter(FamilyAdapter):
 
     family = Family.SDXL
 
-    def encode(self, encoders, ids, clip_skip=1):
+    def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
         hidden = []
-        for enc, enc_ids in zip(encoders, ids):
+        for i, (enc, enc_ids) in enumerate(zip(encoders, ids)):
             text_model = getattr(enc.model, "text_model", enc.model)
             out = text_model(enc_ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-(clip_skip + 1)])
+            hidden.append(_emphasize(out.hidden_states[-(clip_skip + 1)], weights, i, per_prompt))
             if hasattr(enc.model, "text_projection"):
                 eos = _eos_positions(enc_ids, enc.tokenizer.eos_token_id)
                 last = out.last_hidden_state[torch.arange(len(enc_ids)), eos]

@@ -19,6 +19,7 @@ import torch
 
 from ..config import CONTEXT_TOKENS, ModelConfig, parse
 from ..devices import resolve_device, resolve_dtype
+from ..embeddings.library import read_library
 from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
 from ..hashing import short_hash
@@ -40,7 +41,7 @@ def shipped_config(name: str) -> Path:
 def load_model(source: str | Path | ModelConfig, **settings) -> ModelBundle:
     """Load a diffusers folder, a .safetensors/.ckpt file or a hub id as a frozen ModelBundle.
 
-    `settings` are ModelConfig fields (dtype, device, config_dir, prediction_type, clip_skip).
+    `settings` are ModelConfig fields (dtype, device, config_dir, prediction_type, clip_skip, embeddings_dir).
     """
     config = source if isinstance(source, ModelConfig) else parse(
         ModelConfig, {"source": str(source), **settings}, "model"
@@ -58,10 +59,13 @@ def load_model(source: str | Path | ModelConfig, **settings) -> ModelBundle:
         else:
             folder = _download(str(where))
             pipe, file_hash, name = _load_folder(folder, torch_dtype), _folder_hash(folder), str(where)
-    return bundle_from_pipeline(
+    bundle = bundle_from_pipeline(
         pipe, name=name, source=config.source, short_hash=file_hash, device=torch_device,
         prediction_type=config.prediction_type, clip_skip=config.clip_skip,
     )
+    if config.embeddings_dir is not None:
+        bundle.use_library(read_library(config.embeddings_dir, bundle))
+    return bundle
 
 
 def bundle_from_pipeline(

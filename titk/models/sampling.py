@@ -69,6 +69,7 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
         chunk, chunk_seeds = prompts[start : start + s.batch_size], seeds[start : start + s.batch_size]
         cond = bundle.encode_prompts(chunk, name, n_vectors)
         negative = bundle.encode_prompts([negative_prompt] * len(chunk))
+        cond, negative = _same_length(bundle, cond, negative)
         if bundle.family.spec.zero_empty_negative and not negative_prompt:
             # SDXL's convention: an empty negative prompt means zero conditioning.
             negative.hidden, negative.pooled = torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled)
@@ -80,6 +81,22 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
         out = pipe(
             **bundle.adapter.pipeline_kwargs(cond, negative), num_inference_steps=s.steps, guidance_scale=s.cfg,
             height=height, width=width, latents=latents, output_type="pil",
+            generator=generators,  # ancestral samplers draw fresh noise every step: from each image's own seed
         )
         images.extend(out.images)
     return images
+
+
+def _same_length(bundle, cond, negative):
+    """Prompt and negative prompt padded to as many chunks as the longer one, with the empty prompt's chunk
+    (A1111's "pad prompt/negative prompt" option: the pipeline needs both of one length)."""
+    longest = max(cond.hidden.shape[1], negative.hidden.shape[1])
+    if cond.hidden.shape[1] == negative.hidden.shape[1]:
+        return cond, negative
+    empty = bundle.encode_prompts([""]).hidden
+    for c in (cond, negative):
+        repeats = (longest - c.hidden.shape[1]) // empty.shape[1]
+        if repeats:
+            c.hidden = torch.cat([c.hidden, empty.repeat(len(c.hidden), repeats, 1)], dim=1)
+    return cond, negative
+

@@ -228,7 +228,7 @@ def run_sweep(
     recover(study, storage, uri)
     stop = _StopAfter(n_trials)
     if finished(study) < n_trials:
-        bundle = load_model(config.base.model)
+        bundle = load_model(config.base.model_settings)  # the semantics' precision when none is set (kohya: fp32)
         references = load_references(config.references or config.base.data.path, config.evaluation.max_references)
         evaluator = build_evaluator(bundle, config.evaluation, references)
         def starting(trial, settings: dict, n_images: int) -> None:

@@ -28,7 +28,8 @@ from ..data.dataset import Dataset, scan_dataset
 from ..data.latents import LatentCache
 from ..data.prompts import PromptBuilder, read_template
 from ..embeddings import Embedding
-from ..embeddings.placeholder import check_vector_count, init_vectors, prompt_has_name
+from ..embeddings.fit import vectors_for
+from ..embeddings.placeholder import init_vectors, prompt_has_name
 from ..errors import TitkError, TrainingDiverged
 from ..drawing import image_grid
 from ..models.sampling import generate
@@ -37,9 +38,10 @@ from ..files import atomic_path
 from ..paths import cache_dir
 from .examples import Examples, step_generator
 from .loss import diffusion_loss
-from .outputs import RunFolder
+from .outputs import RunFolder, epoch_columns
 from .plan import TrainPlan, make_plan
 from .schedule import Schedule
+from .start import read_start
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def load_dataset(config: TrainConfig) -> Dataset:
     if d.path is None:
         raise TitkError("data.path: no dataset folder given (set it in the config or pass --dataset)")
     return scan_dataset(
-        d.path, recursive=d.recursive, caption_extension=d.caption_extension, filename_regex=d.filename_regex,
+        d.path, recursive=d.recursive, caption_extension=config.caption_extension, filename_regex=d.filename_regex,
         filename_join=d.filename_join, min_side=d.min_side, on_bad_image=d.on_bad_image,
     )
 
@@ -98,7 +100,9 @@ def train(
     pruning) stops training with what was saved kept."""
     from ..models.loading import Architecture, load_model, read_architecture
 
-    t, name, n_vectors = config.train, config.embedding.name, check_vector_count(config.embedding.vectors)
+    t, name = config.train, config.embedding.name
+    start = read_start(config)
+    n_vectors = start.n_vectors
 
     # 1. Dataset and plan --------------------------------------------------------------------------
     dataset = dataset or load_dataset(config)
@@ -108,26 +112,30 @@ def train(
         )
         plan = make_plan(config, dataset, arch)
     run = RunFolder(config, plan, dataset)
-    prompts = PromptBuilder(t.semantics, read_template(config.template), name, config.data.shuffle_tags, config.data.tag_dropout)
+    prompts = PromptBuilder(t.semantics, read_template(config.template, config.data.template_dir), name, config.data.shuffle_tags, config.data.tag_dropout)
 
-    _check_prompts_name(dataset, prompts, name, t.semantics)
+    _check_prompts_name(dataset, prompts, name, t.semantics, config.caption_extension)
     state = run.start(resume)
-    start_step = state["step"] if state else 0
+    start_step = state["step"] if state else plan.start_step
 
     # 2. Model -------------------------------------------------------------------------------------
-    bundle = bundle or load_model(config.model)
+    bundle = bundle or load_model(config.model_settings)
 
     # 3. Latents, encoded once per image and cached on disk -----------------------------------------
     progress = _progress(show_progress)
     with progress:
         cache = LatentCache(latent_cache or cache_dir() / "latents", bundle)
-        latents = cache.load_or_encode(dataset, plan.image_sizes, config.data.resize, use_alpha=config.data.use_alpha, progress=progress)
-        examples = Examples(dataset, latents, prompts, config.data.latent_sampling, bundle.latent_scaling, t.seed)
+        latents = cache.load_or_encode(
+            dataset, plan.image_sizes, config.resize, use_alpha=config.data.use_alpha, alpha=t.semantics, progress=progress
+        )
+        examples = Examples(dataset, latents, prompts, config.latent_sampling, bundle.latent_scaling, t.seed)
         batching = plan.batching
 
         # 4. The trainable vectors: N rows per text encoder, and nothing else ---------------------------
         if state:
             initial = state["vectors"]
+        elif start.embedding is not None:
+            initial = vectors_for(start.embedding, bundle, where=str(start.path))
         else:
             initial = {
                 enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
@@ -141,13 +149,17 @@ def train(
         if state:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
-        lr_schedule = Schedule.from_string(t.learning_rate, plan.max_steps, start_step)
+        lr_schedule = Schedule.from_string(config.learning_rate, plan.max_steps, start_step)
         clip_schedule = Schedule.from_string(plan.clip_threshold, plan.max_steps, start_step, what="train.clip_threshold")
         kohya_matrix_clip = t.semantics == "kohya" and plan.clip_mode == "norm"
+        # kohya clips through a loop variable left over from its encoder loop: SDXL's last encoder (CLIP-G) only.
+        clipped = {bundle.encoders[-1].key: vectors[bundle.encoders[-1].key]} if t.semantics == "kohya" else vectors
 
         # 5. The loop ---------------------------------------------------------------------------------
         step, losses = start_step, []
-        views = sum(batching.update(s).views for s in range(start_step))
+        # Passes count from where the run began (a new DataLoader in A1111): the file's step, or 0.
+        origin = plan.start_step
+        views = sum(batching.update(s - origin).views for s in range(origin, start_step))
         task = progress.add_task(f"training {name}", total=plan.stop_step, completed=start_step, status="")
         started = time.monotonic()
         if config.train.gradient_checkpointing:
@@ -155,8 +167,10 @@ def train(
         bundle.set_vectors(vectors)
         try:
             while step < plan.max_steps or t.semantics == "a1111":
-                update = batching.update(step)
-                captured = _capture(bundle, kohya_matrix_clip)
+                update = batching.update(step - origin)
+                if plan.max_passes is not None and update.pass_index >= plan.max_passes:
+                    break  # A1111's outer loop has run out of passes
+                captured = _capture(bundle, kohya_matrix_clip, clipped)
                 loss_sum, finished = 0.0, False
                 for micro, batch in enumerate(update.batches):
                     lr = lr_schedule.apply(step)  # A1111 consults the schedule before every micro-batch
@@ -168,7 +182,9 @@ def train(
                         group["lr"] = lr
                     generator = step_generator(t.seed, step, micro)
                     latent, weights, texts = examples.micro_batch(batch, step, micro, generator)
-                    cond = bundle.encode_ids(bundle.tokenize(texts, name, n_vectors))
+                    # A1111 reads its prompt syntax in training prompts and normalises emphasis over the batch; kohya reads plain text.
+                    tokens = bundle.tokenize(texts, name, n_vectors, syntax=t.semantics == "a1111")
+                    cond = bundle.encode_ids(tokens, per_prompt=False)
                     loss = diffusion_loss(bundle, latent, cond, weights, generator)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
@@ -180,7 +196,7 @@ def train(
                 if finished:
                     break
                 scaler.unscale_(optimizer)
-                _clip(vectors, plan.clip_mode, clip_threshold, captured, scaler)
+                _clip(clipped, plan.clip_mode, clip_threshold, captured, scaler)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -188,8 +204,9 @@ def train(
                 losses.append(loss_sum)
 
                 # Log, save, preview ---------------------------------------------------------------------
-                run.log({  # A1111's columns: epoch = step // updates per epoch, epoch_step = the remainder
-                    "step": step, "epoch": step // batching.updates_per_pass, "epoch_step": step % batching.updates_per_pass,
+                epoch, epoch_step = epoch_columns(step, batching.updates_per_pass)
+                run.log({
+                    "step": step, "epoch": epoch, "epoch_step": epoch_step,
                     "loss": f"{loss_sum:.6f}",
                     "learn_rate": lr, "images_seen": views, "seconds": f"{time.monotonic() - started:.2f}",
                 })
@@ -227,18 +244,29 @@ def _embedding(config: TrainConfig, bundle, vectors, step: int) -> Embedding:
     return Embedding(
         config.embedding.name, {k: v.detach().clone() for k, v in vectors.items()}, step=step,
         base_model_hash=bundle.short_hash, base_model_name=bundle.name, family=bundle.family.value,
+        extra=_kohya_metadata(config, bundle) if config.layout == "kohya" else {},
     )
 
 
-def _check_prompts_name(dataset, prompts: PromptBuilder, name: str, semantics: str) -> None:
+def _kohya_metadata(config: TrainConfig, bundle) -> dict[str, str]:
+    """What kohya's `get_sai_model_spec` adds for a TI from its arguments: the training resolution and the
+    prediction type (its `--resolution`, `--v_parameterization`)."""
+    width, height = config.data.width or bundle.default_size, config.data.height or bundle.default_size
+    return {
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.prediction_type": "v" if bundle.prediction_type == "v_prediction" else "epsilon",
+    }
+
+
+def _check_prompts_name(dataset, prompts: PromptBuilder, name: str, semantics: str, extension: str) -> None:
     """kohya trains nothing on an image whose caption lacks the token; say so before training starts."""
     if semantics != "kohya":
         return
     tokenizer = clip_tokenizer()  # every SD family shares CLIP's vocabulary
     lacking = [
-        r.path.with_suffix(".txt").name if r.caption_from_file else r.path.name
+        r.path.with_suffix(extension).name if r.caption_from_file else r.path.name
         for r in dataset.records
-        if not prompt_has_name(tokenizer, prompts.caption_text(r.caption), name)
+        if not prompt_has_name(tokenizer, prompts.caption_text(r.caption), name, semantics)
     ]
     if lacking and all("[filewords]" in line and "[name]" not in line for line in prompts.lines):
         shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
@@ -248,11 +276,12 @@ def _check_prompts_name(dataset, prompts: PromptBuilder, name: str, semantics: s
         )
 
 
-def _capture(bundle, on: bool) -> list:
-    """Start (or stop) recording the token-embedding outputs whose gradients kohya's clipping includes."""
+def _capture(bundle, on: bool, clipped: dict | None = None) -> list:
+    """Start (or stop) recording the token-embedding outputs whose gradients kohya's clipping includes
+    (those of the encoders in `clipped`, or of all)."""
     captured = [] if on else None
     for enc in bundle.encoders:
-        enc.spliced.capture = captured
+        enc.spliced.capture = captured if clipped is None or enc.key in clipped else None
     return captured if on else []
 
 
@@ -299,6 +328,7 @@ def _save_preview(path: Path, config: TrainConfig, bundle, n_vectors: int) -> No
 
 def _progress(show: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
     )

@@ -3,12 +3,15 @@
 Layout of a run folder:
     config.yaml, plan.json          the resolved config and the plan it followed
     train_log.csv                   step, epoch, epoch_step, loss, learn_rate, images_seen, seconds
-    embeddings/<name>-<N>.pt|.safetensors   checkpoints every `save_every` updates
+    embeddings/<name>-<N>.pt|.safetensors|.png   checkpoints every `save_every` updates (.png: output.formats)
     previews/<name>-<N>.png         preview grids (prompts × seeds)
     state/state-<step>.pt           optimizer, vectors and step, to resume
     <name>.pt, <name>.safetensors   the final embedding
-Numbering `a1111` copies A1111's off-by-one: `<name>-N` is written after N-1 updates and stores step N-1;
-`exact` writes `<name>-N` after N updates.
+Numbering `a1111` copies A1111's off-by-one (`train_embedding`: `steps_done = embedding.step + 1`): `<name>-N`
+is written after N-1 updates and stores step N-1 and the name `<name>-N`; `exact` writes `<name>-N` after N
+updates. The log's epoch columns are A1111's CSV columns (`write_loss`): after update `step`, epoch =
+(step - 1) // updates per pass and epoch_step = (step - 1) % updates per pass, the pass that update came from
+and its place in it, both from 0. A1111 writes a row every 500 updates; titk writes one every update.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ from ..errors import TitkError
 LOG_FIELDS = ["step", "epoch", "epoch_step", "loss", "learn_rate", "images_seen", "seconds"]
 # Settings that may change between a run and its resumption; anything else must match.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "output", "model.device"}
+
+
+def epoch_columns(step: int, updates_per_pass: int) -> tuple[int, int]:
+    """The log's (epoch, epoch_step) after update `step` (from 1), as A1111's `write_loss` computes them."""
+    return divmod(step - 1, updates_per_pass)
 
 
 def config_fingerprint(config, dataset) -> dict[str, str]:
@@ -108,7 +116,7 @@ class RunFolder:
         stem = self.name if label is None else f"{self.name}-{label}"
         folder = self.root if label is None else self.root / "embeddings"
         emb.name = stem  # the stored name equals the file stem, so A1111 (stem) and diffusers (name) agree
-        return [save_embedding(emb, folder / f"{stem}.{fmt}") for fmt in self.config.output.formats]
+        return [save_embedding(emb, folder / f"{stem}.{fmt}", self.config.layout) for fmt in self.config.output.formats]
 
     def preview_path(self, label: str) -> Path:
         return self.root / "previews" / f"{self.name}-{label}.png"

@@ -13,12 +13,13 @@ from fractions import Fraction
 
 from ..config import RESOLUTION, TrainConfig
 from ..data.dataset import Dataset, bucket_sizes, target_size
-from ..data.prompts import NAME, read_template
+from ..data.prompts import NAME, SHIPPED_PREFIX, Template, find_template
 from ..embeddings.embedding import check_name
-from ..embeddings.placeholder import check_vector_count
 from ..errors import TitkError
-from .schedule import Schedule, parse_schedule, segments
+from .schedule import Schedule, overlong_pieces, parse_schedule
 from .batching import Batching, make_batching
+from .differences import differences
+from .start import read_start
 
 
 @dataclass
@@ -35,7 +36,7 @@ class TrainPlan:
     updates_per_pass: int
     views_per_update: int
     max_steps: int
-    max_steps_from: str  # "max_steps" or "epochs"
+    max_steps_from: str  # "max_steps", "epochs" or "semantics" (kohya's default)
     stop_step: int
     epochs: float
     image_views: int
@@ -43,14 +44,21 @@ class TrainPlan:
     learning_rate: str
     lr_pairs: list[tuple[float, int]]
     lr_segments: list[tuple[float, int, int]]
+    max_passes: int | None  # A1111 stops after this many passes over the data; kohya: no such cap
+    start_step: int  # the update count the run continues from (init_from under A1111), else 0
+    start: str  # where the vectors come from: the init text, or init_from's file and step
     weight_decay: float
     clip_mode: str
     clip_threshold: str
     sizes: dict[str, int]
     tflops_per_view: dict[str, float] = field(default_factory=dict)
     total_tflops: float | None = None
+    template: str = ""  # the template file used (a shipped name or a path), its line count and sha256
+    template_lines: int = 0
+    template_sha256: str = ""
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # what still differs from A1111's or kohya's trainer
     # What the trainer follows: each image's training size and the batching rule (not part of the printed plan).
     image_sizes: list[tuple[int, int]] = field(default_factory=list, repr=False)
     batching: Batching | None = field(default=None, repr=False)
@@ -66,8 +74,9 @@ def image_sizes(config: TrainConfig, dataset: Dataset, default_size: int) -> lis
     """The (width, height) each image trains at under the resize mode."""
     d = config.data
     width, height = d.width or default_size, d.height or default_size
-    buckets = bucket_sizes(max(width, height), d.bucket_step) if d.resize == "buckets" else None
-    return [target_size(r, d.resize, width, height, buckets) for r in dataset.records]
+    resize = config.resize
+    buckets = bucket_sizes(max(width, height), d.bucket_step) if resize == "buckets" else None
+    return [target_size(r, resize, width, height, buckets) for r in dataset.records]
 
 
 def size_groups(sizes: list[tuple[int, int]]) -> list[list[int]]:
@@ -77,42 +86,67 @@ def size_groups(sizes: list[tuple[int, int]]) -> list[list[int]]:
     return [groups[s] for s in sorted(groups)]
 
 
-def resolve_max_steps(config: TrainConfig, batching: Batching) -> tuple[int, str]:
+def resolve_max_steps(config: TrainConfig, batching: Batching, start: int = 0) -> tuple[int, str]:
+    """Max steps count from 0, as A1111's do (a run from a file at step s trains max - s more); epochs are
+    passes made by this run, after `start`."""
     t = config.train
     if t.max_steps is not None and t.epochs is not None:
         raise TitkError("train: give max_steps or epochs, not both")
     if t.max_steps is not None:
         return t.max_steps, "max_steps"
     if t.epochs is not None:
-        return t.epochs * batching.updates_per_pass, "epochs"
+        return start + t.epochs * batching.updates_per_pass, "epochs"
+    if config.semantic("train", "max_steps") is not None:
+        return config.semantic("train", "max_steps"), "semantics"
     raise TitkError("train: set max_steps (optimizer updates) or epochs (passes over the dataset)")
 
 
-def simulate(batching: Batching, pairs, max_steps: int, semantics: str) -> tuple[int, int]:
-    """(the step training stops at, image views) by running the schedule exactly as the loop will.
+def simulate(batching: Batching, pairs, max_steps: int, semantics: str, max_passes: int | None = None, start: int = 0):
+    """(the step training stops at, image views of the updates made, the rate of each update), by running
+    the schedule exactly as the loop will.
 
-    A1111 consults the schedule before every micro-batch and stops the moment it is finished; kohya's
-    schedules never stop early, so training runs to max_steps.
+    A1111 consults the schedule before every micro-batch and stops the moment it is finished: a micro-batch
+    already computed in an unfinished update is lost, so its images do not count. It also stops after
+    `max_passes` passes over the data. An update's rate is the one set before its last micro-batch (the
+    optimizer reads it at the step). kohya's schedules never stop early: training runs to max_steps.
+    A run that continues from update `start` begins a fresh pass there, as A1111's new DataLoader does.
     """
-    if semantics != "a1111":
-        views = sum(batching.update(s).views for s in range(max_steps))
-        return max_steps, views
-    schedule, step, views = Schedule(list(pairs)), 0, 0
-    while True:
-        update = batching.update(step)
-        for batch in update.batches:
-            schedule.apply(step)
-            if schedule.finished:
-                return step, views
-            views += len(batch)
+    schedule, step, views, rates = Schedule(list(pairs)), start, 0, []
+    while semantics == "a1111" or step < max_steps:
+        update = batching.update(step - start)
+        if max_passes is not None and update.pass_index >= max_passes:
+            break
+        for _ in update.batches:
+            rate = schedule.apply(step)
+            if schedule.finished and semantics == "a1111":
+                return step, views, rates
+        rates.append(rate)
+        views += update.views
         step += 1
+    return step, views, rates
+
+
+def rate_segments(rates: list[float], start: int = 0) -> list[tuple[float, int, int]]:
+    """(rate, first step, last step + 1) for each run of updates at one rate, the first being update `start`."""
+    out: list[tuple[float, int, int]] = []
+    for step, rate in enumerate(rates, start):
+        if out and out[-1][0] == rate:
+            out[-1] = (rate, out[-1][1], step + 1)
+        else:
+            out.append((rate, step, step + 1))
+    return out
 
 
 def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
     """The plan for `config` on `dataset`; `arch` (from read_architecture) adds sizes' defaults and FLOPs."""
     t = config.train
     check_name(config.embedding.name)
-    check_vector_count(config.embedding.vectors)
+    if t.semantics == "kohya" and config.data.tag_dropout:
+        raise TitkError(
+            "data.tag_dropout: kohya's TI trainer has no tag dropout (train_textual_inversion.py registers no "
+            "caption-dropout options); set it to 0, or use train.semantics: a1111"
+        )
+    start = read_start(config, arch)
     default_size = arch.default_size if arch else RESOLUTION
     sizes = image_sizes(config, dataset, default_size)
     batching = make_batching(t.semantics, size_groups(sizes), t.batch_size, t.grad_accum, t.seed, config.data.repeats)
@@ -120,15 +154,24 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
         raise TitkError(
             f"train: with {len(dataset)} images, batch size {t.batch_size} and GA {t.grad_accum} no update fits in a pass"
         )
-    max_steps, steps_from = resolve_max_steps(config, batching)
-    pairs = parse_schedule(t.learning_rate, max_steps)
+    max_steps, steps_from = resolve_max_steps(config, batching, start.step)
+    if start.step >= max_steps:
+        raise TitkError(
+            f"embedding.init_from: {start.path} is at step {start.step}, not below max steps {max_steps}: nothing to "
+            "train (A1111 stops at once); max steps count from 0, so raise them"
+        )
+    learning_rate = config.learning_rate
+    pairs = parse_schedule(learning_rate, max_steps, start.step)
     if not pairs:
-        raise TitkError(f"train.learning_rate: {t.learning_rate!r} holds no rate")
+        raise TitkError(f"train.learning_rate: {learning_rate!r} holds no rate" + (f" after step {start.step}" if start.step else ""))
     clip_mode = t.resolved("clip_mode")
     clip_threshold = t.resolved("clip_threshold")
     if clip_mode != "none":
         parse_schedule(clip_threshold, max_steps, what="train.clip_threshold")
-    stop_step, views = simulate(batching, pairs, max_steps, t.semantics)
+    # A1111's outer loop runs (max steps - starting step) × GA passes at most.
+    max_passes = (max_steps - start.step) * batching.grad_accum if t.semantics == "a1111" else None
+    stop_step, views, rates = simulate(batching, pairs, max_steps, t.semantics, max_passes, start.step)
+    template = find_template(config.template, config.data.template_dir)
     size_counts = Counter(f"{w}x{h}" for w, h in sizes)
     plan = TrainPlan(
         semantics=t.semantics, n_images=len(dataset), repeats=config.data.repeats,
@@ -136,10 +179,11 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
         grad_accum_eff=batching.grad_accum, micro_per_pass=batching.micro_per_pass,
         micro_used_per_pass=batching.micro_used_per_pass, updates_per_pass=batching.updates_per_pass,
         views_per_update=batching.batch_size * batching.grad_accum, max_steps=max_steps, max_steps_from=steps_from,
-        stop_step=stop_step, epochs=stop_step / batching.updates_per_pass, image_views=views,
-        loss_divisor=batching.divisor, learning_rate=t.learning_rate, lr_pairs=pairs,
-        lr_segments=_segments(pairs, max_steps, t.semantics), weight_decay=float(t.resolved("weight_decay")), clip_mode=clip_mode,
+        stop_step=stop_step, epochs=(stop_step - start.step) / batching.updates_per_pass, image_views=views,
+        loss_divisor=batching.divisor, learning_rate=learning_rate, lr_pairs=pairs,
+        lr_segments=rate_segments(rates, start.step), max_passes=max_passes, start_step=start.step, start=start.describe(config), weight_decay=float(t.resolved("weight_decay")), clip_mode=clip_mode,
         clip_threshold=clip_threshold, sizes=dict(sorted(size_counts.items())), image_sizes=sizes, batching=batching,
+        template=template.source, template_lines=len(template.lines), template_sha256=template.sha256,
     )
     if arch is not None:
         from .flops import unet_flops_per_view
@@ -149,7 +193,9 @@ def make_plan(config: TrainConfig, dataset: Dataset, arch=None) -> TrainPlan:
         mean = sum(per_size[s] * c for s, c in size_counts.items()) / len(sizes)
         plan.total_tflops = round(mean * views / 1e12, 1)
     _explain(plan, config, batching)
+    _template_notes(plan, template)
     _doubtful_inputs(plan, dataset)
+    plan.differences = differences(config)
     return plan
 
 
@@ -160,18 +206,16 @@ def _doubtful_inputs(plan: TrainPlan, dataset: Dataset) -> None:
     top = max(rate for rate, _ in plan.lr_pairs)
     if top > 1:
         plan.warnings.append(f"train.learning_rate: a rate above 1 ({top:g}) usually makes the loss NaN within a few steps; TI rates are about 0.005")
+    for piece in overlong_pieces(plan.learning_rate):
+        rate = piece.split(":")[0].strip()
+        plan.warnings.append(
+            f"train.learning_rate: {piece!r} has two colons; A1111 reads it as the bare rate {rate} until max steps "
+            "and ignores the rest of the schedule (write rate:step pieces separated by commas)"
+        )
     empty = [r.path.name for r in dataset.records if r.caption_from_file and not r.caption.strip()]
     if empty:
         shown = ", ".join(empty[:3]) + (" …" if len(empty) > 3 else "")
         plan.warnings.append(f"the caption files of {len(empty)} image(s) are empty ({shown}): those images train on the template alone")
-
-
-def _segments(pairs, max_steps: int, semantics: str):
-    segs = segments(pairs)
-    if semantics == "kohya" and segs and segs[-1][2] < max_steps:
-        rate, begin, _ = segs[-1]
-        segs[-1] = (rate, begin, max_steps)  # kohya's schedules never stop early: the last rate holds
-    return segs
 
 
 def _explain(plan: TrainPlan, config: TrainConfig, batching: Batching) -> None:
@@ -224,7 +268,15 @@ def _explain(plan: TrainPlan, config: TrainConfig, batching: Batching) -> None:
         )
     if plan.semantics == "a1111" and plan.stop_step > plan.max_steps:
         warn("this schedule repeats its last end step: A1111 trains past max steps until the repeated entries are used up")
-    lines = read_template(config.template)
-    if config.train.semantics == "a1111" and not all(NAME in line for line in lines):
+
+
+def _template_notes(plan: TrainPlan, template: Template) -> None:
+    lines = template.lines
+    if plan.semantics == "a1111" and not all(NAME in line for line in lines):
         missing = sum(NAME not in line for line in lines)
-        warn(f"{missing} of {len(lines)} template lines lack [name]: prompts built from them give no gradient")
+        plan.warnings.append(f"{missing} of {len(lines)} template lines lack [name]: prompts built from them give no gradient")
+    if plan.semantics == "a1111" and template.source.startswith(SHIPPED_PREFIX):
+        plan.notes.append(
+            f"template {template.source} is titk's own; A1111's UI default is style_filewords.txt: to build A1111's "
+            "prompts, set data.template_dir to your A1111 textual_inversion_templates folder and data.template to a name in it"
+        )
