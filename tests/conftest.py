@@ -55,3 +55,22 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models run several times faster on one thread than on two contended ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sd1(fixtures):
+    """The tiny SD1 fixture, loaded in fp32."""
+    from titk.models import load_model
+
+    return load_model(fixtures["tiny-sd1"].folder, dtype="fp32")

@@ -27,7 +27,6 @@ from PIL import Image
 
 from titk.config import TrainConfig, parse
 from titk.data.latents import LatentCache
-from titk.models import load_model
 from titk.train import batching as batching_module
 from titk.train.examples import step_generator
 from titk.train.loop import train
@@ -35,18 +34,7 @@ from titk.train.loop import train
 NAME, SEED = "ohwx", 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd1(fixtures):
-    return load_model(fixtures["tiny-sd1"].folder, dtype="fp32")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ shared inputs

@@ -19,18 +19,7 @@ from titk.train import loop
 from titk.train.loss import diffusion_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def sd1(fixtures):
-    return load_model(fixtures["tiny-sd1"].folder, dtype="fp32")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

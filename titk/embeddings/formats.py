@@ -147,7 +147,7 @@ def _vectors(path: Path, key: str, value) -> torch.Tensor:
         raise TitkError(f"{path}: {key} is a {_dtype(value)} tensor; embedding vectors are floating point")
     if value.ndim not in (1, 2) or value.numel() == 0:
         raise TitkError(f"{path}: {key} has shape {tuple(value.shape)}; expected [vectors, width] with at least one vector")
-    if not math.isfinite(float(value.float().abs().sum())):
+    if not math.isfinite(float(value.detach().float().abs().sum())):
         raise TitkError(f"{path}: {key} holds NaN or infinite values; the training that wrote it diverged")
     return value
 
