@@ -41,24 +41,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def trial_names(workdir: Path) -> tuple[str, list[str]]:
-    """The study's tracking URI and its trial runs' names."""
+def trial_names(workdir: Path) -> tuple[str, str, list[str]]:
+    """The study's name, its tracking URI and its trial runs' names."""
     from mlflow import MlflowClient
 
     from titk.errors import TitkError
     from titk.sweep.serve import stores
-    from titk.sweep.storage import read_record
-
     try:
-        _, uri = stores(workdir)
-        study = read_record(workdir)["config"]["study"]
+        study, _, uri = stores(workdir)
     except TitkError as exc:
         fail(str(exc))
     found = MlflowClient(uri).get_experiment_by_name(study)
     if found is None:
         fail(f"{workdir}: no MLflow experiment named {study!r}; has the sweep run?")
     runs = MlflowClient(uri).search_runs([found.experiment_id], "tags.`titk.role` = 'trial'", max_results=1000)
-    return uri, [run.info.run_name for run in runs]
+    return study, uri, [run.info.run_name for run in runs]
 
 
 def answers(url: str) -> bool:
@@ -173,12 +170,11 @@ QUIET = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true", "mlflow.assist
 def shoot(args, url: str, workdir: Path, profile: Path) -> str:
     """The page `titk serve` links to (the study's runs in titk's default view), as a user's browser shows it."""
     from titk.sweep.serve import study_view
-    from titk.sweep.storage import read_record
 
-    uri, names = trial_names(workdir)
+    study, uri, names = trial_names(workdir)
     if not names:
         fail(f"{workdir}: no trial runs in MLflow yet")
-    page = study_view(uri, read_record(workdir)["config"]["study"], url)
+    page = study_view(uri, study, url)
     browser = Chromium(args.chromium, profile, args.window_size)
     try:
         browser.open(url.rstrip("/") + "/")  # localStorage belongs to the origin: set it from one of its pages

@@ -59,7 +59,7 @@ def test_a_moved_work_directory_reports_and_continues_on_its_own_files(original,
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png") >= 2  # the trials' sample grids, read from the copy's own artifacts
 
-    assert stores(copy) == (str(copy.resolve() / "optuna.journal"), f"sqlite:///{copy.resolve() / 'mlflow.db'}")  # what titk serve opens
+    assert stores(copy) == ("tiny", str(copy.resolve() / "optuna.journal"), f"sqlite:///{copy.resolve() / 'mlflow.db'}")  # what titk serve opens
     code, out, err = run_cli("serve", "moved/copy", "--port", free_port(), "--dashboard-port", free_port(), "--check")
     assert code == 0, err
     assert "/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=titk" in out

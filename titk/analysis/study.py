@@ -7,7 +7,6 @@ trial recorded (its subset, mean summary, per-seed values, histograms); MLflow h
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,18 +59,13 @@ class StudyData:
 
 
 def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None, notify=None) -> StudyData:
-    from ..sweep.storage import check_local_stores, optuna_storage, read_record, recorded_stores
-    from ..sweep.storage import tracking_uri as local_tracking_uri
+    from ..sweep.storage import optuna_storage, workdir_stores
 
     meta = {}
     if workdir is not None:
         workdir = Path(workdir)
-        meta = read_record(workdir)
+        meta, storage, tracking_uri = workdir_stores(workdir, storage, tracking_uri)
         study = study or meta["config"]["study"]
-        recorded_storage, recorded_tracking = recorded_stores(workdir, meta)
-        storage, tracking_uri = storage or recorded_storage, tracking_uri or recorded_tracking
-        check_local_stores(workdir, storage, tracking_uri)
-        tracking_uri = tracking_uri or local_tracking_uri(None, workdir, create=False)
     if study is None:
         raise TitkError("give a work directory, or --study with --storage and --tracking-uri")
     backend = optuna_storage(storage, workdir or Path("."), notify=notify) if (storage or workdir) else None

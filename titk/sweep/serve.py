@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TitkError
-from .storage import JOURNAL, check_local_stores, read_record, recorded_stores, tracking_uri
+from .storage import JOURNAL, tracking_uri, workdir_stores
 
 START_SECONDS = 120.0  # mlflow server imports for tens of seconds on a busy 2-core machine
 STOP_SECONDS = 10.0
@@ -51,12 +51,12 @@ class _Server:
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
 
-def stores(workdir: Path) -> tuple[str, str]:
-    """(Optuna storage, MLflow tracking URI) of a work directory, from any folder: its own files wherever it
-    now is (artifact paths of a moved one pointed at it), or the database and server it names."""
-    storage_url, tracking = recorded_stores(workdir, read_record(workdir))
-    check_local_stores(workdir, storage_url, tracking)
-    return storage_url or str(workdir / JOURNAL), tracking_uri(tracking, workdir, storage_url, create=False)
+def stores(workdir: Path) -> tuple[str, str, str]:
+    """(study name, Optuna storage, MLflow tracking URI) of a work directory, from any folder: its own files
+    wherever it now is, or the database and server it names (checked to answer)."""
+    meta, storage_url, tracking = workdir_stores(workdir)
+    tracking = tracking_uri(tracking, workdir, storage_url, create=False)  # a tracking server must answer
+    return meta["config"]["study"], storage_url or str(workdir / JOURNAL), tracking
 
 
 def study_view(tracking: str, study: str, base: str) -> str:
@@ -189,7 +189,7 @@ def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, 
     """Run both servers until a signal (Ctrl-C, SIGTERM, SIGHUP) asks to stop, or with `check` until both answer.
     A server that fails to start or dies while serving raises ServerFailed; both are stopped either way."""
     workdir = Path(workdir).resolve()
-    storage, tracking = stores(workdir)
+    study, storage, tracking = stores(workdir)
     if port == dashboard_port:
         raise TitkError(f"--port and --dashboard-port are both {port}; give them different ports")
     _check_port(port, "--port")
@@ -221,7 +221,7 @@ def serve(workdir: str | Path, port: int = 5000, dashboard_port: int = 8080, *, 
                 if not _wait_until_up(server, stop):
                     return
             if console:
-                console.print(f"MLflow UI: {study_view(tracking, read_record(workdir)['config']['study'], mlflow_url)}", highlight=False, soft_wrap=True)
+                console.print(f"MLflow UI: {study_view(tracking, study, mlflow_url)}", highlight=False, soft_wrap=True)
                 console.print(f"optuna-dashboard: {dash_url}", highlight=False)
             if check:
                 return

@@ -128,6 +128,17 @@ def check_local_stores(workdir: Path, storage_url: str | None, tracking: str | N
                             "copy the whole work directory, or give --storage/--tracking-uri")
 
 
+def workdir_stores(workdir: Path, storage: str | None = None, tracking: str | None = None) -> tuple[dict, str | None, str]:
+    """What a reader opens for a work directory: its sweep.json, the Optuna storage URL (None for its own
+    journal) and the MLflow tracking URI (its own mlflow.db, artifact paths of a moved copy pointed at it),
+    each recorded one replaced by `storage`/`tracking` when given. Never creates a store."""
+    meta = read_record(workdir)
+    recorded_storage, recorded_tracking = recorded_stores(workdir, meta)
+    storage, tracking = storage or recorded_storage, tracking or recorded_tracking
+    check_local_stores(workdir, storage, tracking)
+    return meta, storage, tracking or tracking_uri(None, workdir, create=False)
+
+
 def public_url(url: str) -> str:
     """The URL without its password, which must never reach a file (libpq reads it from PGPASSWORD or a
     password file). An MLflow server's URL loses its user too: MLflow authenticates with
