@@ -51,7 +51,8 @@ def write_sweep_config(tmp_path, fixtures, **over) -> Path:
             {"train.learning_rate": 0.00001, "embedding.vectors": 2},
         ],
         "n_trials": 4,
-        "objective": {"metrics": {"norms.mean": 1.0}, "floors": {}, "eval_every": 2, "intermediate_suite": str(suite)},
+        "confirm": {"top": 0},  # confirmation is tested on its own (test_confirm.py)
+        "objective": {"metrics": {"norms.mean": 1.0}, "floors": {}, "eval_every": 2},
         "evaluation": {"suite": str(suite), "scorers": ["norms"]},
     }
     for key, value in over.items():

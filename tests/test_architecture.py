@@ -169,26 +169,33 @@ def test_files_stay_small():
 def installed(tmp_path_factory) -> Path:
     """`pip install .` (not -e) into a folder of its own, once: the package as a user gets it, with its
     `titk` console script in bin/ (its dependencies are the dev venv's)."""
+    import shutil
+
+    # From a copy without build/: pip would reuse a stale build/lib and install files the source no longer has.
+    source = tmp_path_factory.mktemp("source") / "titk"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "work", "runs", "*.egg-info", "__pycache__", ".pytest_cache"))
     target = tmp_path_factory.mktemp("install") / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, cwd=target.parent, capture_output=True)
+                    "--target", str(target), str(source)], check=True, cwd=target.parent, capture_output=True)
     return target
 
 
 def test_shipped_prompts_are_found_from_a_non_editable_install(installed, tmp_path):
-    """The suites and label sets travel as package data."""
+    """The suites, label sets and the report's template travel as package data."""
     target = installed
     assert not (target / "experiments").exists()
     code = (
         "import titk, pathlib; from titk.evaluate.suite import load_suite, find_prompt_file; "
         "from titk.toyworld.world import DEMO_CONFIG; "
         "assert pathlib.Path(titk.__file__).is_relative_to(pathlib.Path(r'%s')), titk.__file__; "
-        "print(load_suite('person').name, len(load_suite('toy').items), find_prompt_file('personality-labels').name, DEMO_CONFIG.is_file())"
+        "from importlib.resources import files; "
+        "print(load_suite('person').name, len(load_suite('toy').items), find_prompt_file('personality-labels').name, DEMO_CONFIG.is_file(), "
+        "files('titk.analysis').joinpath('templates/report.html').is_file())"
     ) % target
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True"]  # toy.yaml: 6 prompts × 4 seeds
+    assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True", "True"]  # toy.yaml: 6 prompts × 4 seeds; the report's template
 
 
 @pytest.mark.assets

@@ -139,6 +139,7 @@ NEEDS = {
     "convert": [],
     "sweep": ["--set", "base.model.config_dir={config}", "--set", "evaluation.clip.pretrained=null"],
     "report": [],
+    "confirm": [],
 }
 
 
@@ -157,7 +158,7 @@ SHRINK_SUITES = {  # the shipped suites' kinds, one prompt each, one seed, two s
     "quick": {**_SMALL, "prompts": [{"kind": "identity", "text": "a photo of [name]"}, {"kind": "personality", "text": "[name]"}]},
 }
 # The order commands run in: each stage's inputs come from the stages before it (documents' order within a stage).
-STAGES = ["dataset check", "plan", "train", "eval", "inspect", "convert", "sweep", "report"]
+STAGES = ["dataset check", "plan", "train", "eval", "inspect", "convert", "sweep", "confirm", "report"]
 assert set(STAGES) == set(NEEDS)
 
 # Documented commands another test runs (the command exactly as documented → the test). Short, and honest:
@@ -175,6 +176,7 @@ COVERED_ELSEWHERE = {
     "http://mlflow-host:5000 -w /scratch/titk-gpu0": "tests/test_distributed.py::test_two_workers_one_killed",
     "titk report /scratch/titk-gpu0 -o report.html": "tests/test_distributed.py::test_two_workers_one_killed",
     "titk serve /scratch/titk-gpu0": "tests/test_distributed.py::test_two_workers_one_killed",
+    "titk confirm work/person --trial 7 --trial 12 --seeds 5": "tests/test_confirm.py::test_a_sweep_measures_seed_noise_and_confirms_on_fresh_seeds",
     "titk toyworld pretrain --out titk/toyworld/weights": "tests/test_toyworld.py::test_pretraining_writes_a_loadable_model_and_an_honest_record",
 }
 
@@ -299,6 +301,8 @@ def test_documented_command_runs_as_typed(command, ran):
         assert "ohwx.pt" in summary and "ohwx-2.pt" in summary  # the final embedding and the checkpoints
     elif command.subcommand == "sweep":
         assert "trial 0 complete" in out and "study person-settings: 1 complete" in out
+    elif command.subcommand == "confirm":
+        assert "decision:" in out and (where / command.argv[2] / "confirmation.json").is_file()
     elif command.subcommand == "report":
         assert (where / command.argv[command.argv.index("-o") + 1]).stat().st_size > 10_000
     elif command.subcommand == "dataset check":

@@ -33,7 +33,7 @@ def study_dir(tmp_path_factory, fixtures):
 def test_load_study_gives_one_row_per_trial(study_dir):
     data = load_study(study_dir)
     assert len(data.finished) == 5 and data.objectives == ["value"]
-    assert data.finished["subset"].map(len).eq(4).all() and data.finished["values_per_seed"].map(len).eq(2).all()
+    assert data.finished["subset"].map(len).eq(4).all() and data.finished["values_per_seed"].map(len).eq(data.finished["baseline"].map({True: 3, False: 2})).all()  # the baseline: 3 seeds
     assert len(data.images) == 6 and "param.train.learning_rate" in data.trials
     curves = data.curves(("intermediate/norms.mean", "norms.mean", "train.loss"))
     assert set(curves["metric"]) == {"intermediate/norms.mean", "norms.mean", "train.loss"}
@@ -57,8 +57,11 @@ def test_report_renders_in_headless_chromium(study_dir, tmp_path, run_cli):
     assert code == 0, err
     text = report.read_text()
     assert "<link" not in text and 'src="http' not in text  # self-contained: opens offline
-    for heading in ("Progress", "Best trials", "Which settings matter", "Learning curves", "Which images help", "Seed variance"):
-        assert heading in text
+    for heading in ("Decision", "Progress", "Best trials", "Which settings matter", "Learning curves", "Do intermediate scores predict",
+                    "Which images help", "Seed variance"):
+        assert f"<h2>{heading}" in text, heading
+    assert text.index("Unconfirmed: ") < text.index("<h2>Progress</h2>") and f"titk confirm {study_dir}" in text
+    assert "(95% CI, 2 seeds)" in text and "Only 5 trials" in text  # every trial ran 2 seeds; importance from 5 trials
     profile = tmp_path / "profile"
     dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
                          capture_output=True, text=True, timeout=120)

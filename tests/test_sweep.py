@@ -36,7 +36,7 @@ def test_sweep_runs_trials_with_pruning(finished):
     assert states[2] == TrialState.PRUNED  # a learning rate of 1e-5 barely moves the vectors: below the median
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == 4
     assert result.study.trials[0].params == {"train.learning_rate": 0.05, "embedding.vectors": 2}  # the enqueued recipe first
-    assert list(result.study.trials[0].intermediate_values) == [2, 4]
+    assert list(result.study.trials[1].intermediate_values) == [2, 4]  # trial 0, the baseline, is never pruned: it reports none
 
 
 def test_mlflow_holds_everything_to_compare(finished):
@@ -55,14 +55,20 @@ def test_mlflow_holds_everything_to_compare(finished):
     assert params["model.dtype"] == "fp32" and params["model.resolved_dtype"] == "float32" and params["model.source"].endswith("tiny-sd1")
     assert params["evaluation.scorers"] == '["norms"]' and params["evaluation.suite"].endswith("suite.yaml")
     assert {"effective.steps", "effective.epochs", "effective.image_views", "effective.grad_accum", "train.semantics"} <= set(params)
-    assert [m.step for m in client.get_metric_history(done.info.run_id, "intermediate/norms.mean")] == [2, 4]
-    assert [m.step for m in client.get_metric_history(done.info.run_id, "norms.mean")] == [7]  # the final suite's, apart
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "intermediate/norms.mean")] == [2, 4] * 3  # the baseline's 3 seeds
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "norms.mean")] == [7] * 3  # the final suite's, apart
     assert {m.step for m in client.get_metric_history(done.info.run_id, "train.loss")} == {2, 4, 7}
+    # the deterministic validation loss and the objective on the part of the final suite, beside the intermediate scores
+    for name in ("validation.loss", "intermediate/objective"):
+        assert {m.step for m in client.get_metric_history(done.info.run_id, name)} == {2, 4}
+    # a pruned trial is no result: nothing final in MLflow (no objective, no final scores), only what came before
+    assert all(name.startswith(("intermediate/", "train.", "validation.")) for name in pruned.data.metrics), sorted(pruned.data.metrics)
+    assert result.study.trials[2].user_attrs["titk.pruned"] == {"rule": "median", "step": 2, "value": pytest.approx(result.study.trials[2].intermediate_values[2])}
     metric_names = set(done.data.metrics) | set(pruned.data.metrics)
     # MLflow's UI makes a chart section of whatever precedes a "/": titk's only section is the intermediate one
     assert {name.split("/")[0] for name in metric_names if "/" in name} == {"intermediate"}
     artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
-    assert {"samples.png", "images", "scores", "scorecards", "embeddings", "train", "dataset"} <= artifacts  # the final grid on top
+    assert {"samples-seed-0.png", "images", "scores", "scorecards", "embeddings", "train", "dataset"} <= artifacts  # the final grids on top (one per seed of the baseline)
     assert {a.path for a in client.list_artifacts(done.info.run_id, "embeddings")} == {"embeddings/ohwx.pt", "embeddings/ohwx.safetensors"}
     dataset = done.inputs.dataset_inputs[0].dataset
     assert dataset.name == "tiny-trial-0" and {"file", "sha256"} <= {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
@@ -155,8 +161,9 @@ def test_wilcoxon_pruner_reports_each_evaluation_image(tmp_path, fixtures):
     path = write_config(tmp_path, fixtures, n_trials=2, objective__pruner="wilcoxon", objective__metrics={"clip_t": 1.0},
                         evaluation__scorers=["clip"], evaluation__clip={"pretrained": None})
     result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
-    first = result.study.trials[0]
-    assert first.state == TrialState.COMPLETE and sorted(first.intermediate_values) == [0, 1]  # one per (prompt, seed)
+    baseline, second = result.study.trials[:2]
+    assert baseline.user_attrs["titk.baseline"] and not baseline.intermediate_values  # the baseline is never pruned
+    assert second.state in (TrialState.COMPLETE, TrialState.PRUNED) and sorted(second.intermediate_values)[:2] == [0, 1]  # one per (prompt, seed)
 
 
 @pytest.mark.parametrize("case", ["unknown", "empty", "subset", "storage", "tracking", "fixed", "metric"])

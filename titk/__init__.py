@@ -7,6 +7,8 @@ What notebooks and scripts call, importable from here (loaded on first use, so `
     config = titk.load_train_config("my.yaml", dataset="photos/")
     result = titk.train_embedding(config, bundle=bundle)           # an Embedding in result.embedding
     evaluator = titk.build_evaluator(bundle, titk.EvalSettings(), titk.load_references("photos/", 64))
+    # better: photos not trained on, and the training folder (identity against them, and the copy index)
+    refs = titk.held_out_references("heldout/", "photos/", 64)
     card = evaluator.evaluate(result.embedding)
     titk.write_embedding(result.embedding, "me.safetensors", "safetensors")
     study = titk.load_study("work/me")                            # trials as pandas, curves from MLflow
@@ -25,6 +27,7 @@ _EXPORTS = {
     "read_embedding": "titk.embeddings.formats", "write_embedding": "titk.embeddings.formats",
     "load_dataset": "titk.train.loop", "make_plan": "titk.train.plan", "train_embedding": "titk.train.loop",
     "build_evaluator": "titk.evaluate.evaluator", "load_references": "titk.evaluate.evaluator",
+    "held_out_references": "titk.evaluate.evaluator",
     "run_sweep": "titk.sweep.runner", "load_study": "titk.analysis",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -7,10 +7,11 @@ are merged into it, so a setting given on the command line works whether the bas
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import TitkError
 from .settings_files import (  # noqa: F401  (the config API)
@@ -81,6 +82,10 @@ class EmbeddingConfig(Strict):
     init_text: str = Field("*", description="text whose token rows start the vectors; empty = zeros")
     init_mode: Literal["stretch", "cycle"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya cycle)")
     init_from: Path | None = Field(None, description="an embedding file to train further; its vectors replace init_text")
+    norm: Literal["free", "vocab"] = Field(
+        "free", description="free: vectors grow as they learn (A1111, kohya); vocab: only their direction is learned, "
+        "each held at its encoder's vocabulary median norm after every update (see docs/user-guide.md)"
+    )
 
 
 def _caption_extension(value: str | None) -> str | None:
@@ -236,10 +241,34 @@ SCORERS = ("identity", "clip", "diversity", "personality", "norms")
 SUITE_KINDS = ("identity", "editability", "personality")
 
 
+# The default of a prompt's `photo`: a prompt that says photo is one ("a photo of [name] in front of a statue");
+# otherwise one that names another medium is not; otherwise it is.
+PHOTO = ("photo", "photograph", "headshot", "selfie", "snapshot")
+NOT_A_PHOTO = (
+    "painting", "painted", "sketch", "drawing", "drawn", "watercolor", "watercolour", "illustration", "cartoon",
+    "anime", "manga", "comic", "sculpture", "statue", "figurine", "render", "rendering", "pixel art", "line art",
+    "lineart", "engraving", "etching", "woodcut", "charcoal", "crayon", "caricature", "doodle", "mosaic",
+)
+_PHOTO, _NOT_A_PHOTO = (re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")s?\b", re.IGNORECASE) for words in (PHOTO, NOT_A_PHOTO))
+
+
 class SuitePrompt(Strict):
     text: str
     kind: Literal["identity", "editability", "personality"] = "identity"
     seeds: list[int] | None = None
+    photo: bool | None = Field(
+        None, validate_default=True,
+        description="a photograph: identity is measured on photographs only (a face recogniser does not judge a "
+        "painting); default: true when the text says photo, else false when it names another medium (painting, sketch, ...)",
+    )
+
+    @field_validator("photo")
+    @classmethod
+    def _photo_from_text(cls, value, info):
+        if value is None:
+            text = info.data.get("text", "")
+            return bool(_PHOTO.search(text)) or not _NOT_A_PHOTO.search(text)
+        return value
 
 
 class PromptSuite(SamplingSettings):
@@ -286,7 +315,8 @@ class DatasetCheckSettings(Strict):
 
 class EvalConfig(Strict):
     model: ModelConfig
-    references: Path | None = Field(None, description="photos of the person (default for titk eval: --references)")
+    references: Path | None = Field(None, description="photos of the person, best not trained on (titk eval: --references)")
+    train_images: Path | None = Field(None, description="the images the embedding was trained on: with references held out, the copy index (titk eval: --train-images)")
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
 
 
@@ -312,17 +342,55 @@ class SubsetSpec(Strict):
     min_images: int = Field(3, ge=1, description="with include flags: fewer images is infeasible")
 
 
+class IntermediateSettings(Strict):
+    """Which part of the final suite the intermediate evaluations generate: its images at the first `seeds`
+    seeds of each prompt, with the final suite's sampling settings, so that an intermediate value and a final
+    value are on one scale (the final value is the same mean over more seeds). `per_kind` takes only the
+    first prompts of each kind: cheaper, but its mix of kinds is not the final suite's, so its level can differ."""
+
+    seeds: int = Field(1, ge=1, description="the first seeds of each prompt of evaluation.suite")
+    per_kind: int | None = Field(None, ge=1, description="only the first prompts of each kind; default: every prompt")
+
+
+class HoldoutSpec(Strict):
+    """Without `references`: dataset images held out of every trial's training, as identity's references."""
+
+    share: float = Field(0.2, ge=0.0, lt=1.0, description="share of the dataset held out; 0 = none")
+    min_images: int = Field(2, ge=1, description="held out at least this many")
+    min_dataset: int = Field(8, ge=1, description="smaller datasets are not split")
+
+
 class ObjectiveSettings(Strict):
-    metrics: dict[str, float] = Field(default_factory=lambda: {"identity.similarity": 1.0}, description="weighted sum to maximise")
-    floors: dict[str, float] = Field(default_factory=lambda: {"identity.detection_rate": 0.5}, description="minimum values, as constraints")
+    metrics: dict[str, float] = Field(default_factory=lambda: {"identity.similarity": 1.0}, description="weighted sum to maximise (a negative weight for a lower-is-better metric)")
+    floors: dict[str, float] = Field(default_factory=lambda: {"identity.detection_rate": 0.5}, description="minimum values, as constraints (maximum values for lower-is-better metrics: identity.copy_index)")
     pareto: list[str] | None = Field(None, description="two metrics to maximise together (no pruning)")
     pruner: Literal["median", "wilcoxon", "none"] = "median"
     pruner_startup_trials: int = Field(2, ge=0, description="median: trials that finish before any is pruned")
     pruner_warmup_steps: int = Field(0, ge=0, description="median: steps of each trial before it may be pruned")
     wilcoxon_p: float = Field(0.1, gt=0.0, lt=1.0, description="wilcoxon: p-value below which a trial is pruned")
     eval_every: int | None = Field(None, ge=0, description="steps between intermediate evaluations; default: a quarter of the run; 0 = none")
-    intermediate_suite: str = "quick"
+    intermediate: IntermediateSettings = Field(default_factory=IntermediateSettings, description="the part of the final suite scored every eval_every steps")
     missing_value: float = Field(-1.0, description="value of a metric that is NaN (e.g. similarity when no face was found)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_intermediate_suite(cls, data):
+        # Scores of a separate quick suite did not predict the final ones; the setting that replaced it says so.
+        if isinstance(data, dict) and "intermediate_suite" in data:
+            raise ValueError(
+                "intermediate_suite is gone: intermediate evaluations now generate part of evaluation.suite; "
+                "delete it (default: every prompt at its first seed) or write intermediate: {seeds: 1, per_kind: 1}"
+            )
+        return data
+
+
+class ConfirmSettings(Strict):
+    """After the search: the best trials and the baseline trained again on fresh seeds and compared, paired."""
+
+    top: int = Field(2, ge=0, description="best trials confirmed against the baseline; 0 = no confirmation")
+    seeds: int | None = Field(None, ge=2, le=50, description="fresh seeds per setting; default: from the measured seed noise (3 to 10)")
+    min_effect: float = Field(0.02, gt=0.0, description="the smallest objective difference worth telling apart (sets the default seeds)")
+    level: float = Field(0.95, gt=0.5, lt=1.0, description="confidence of the intervals (Bonferroni-adjusted over the candidates)")
 
 
 class SweepConfig(Strict):
@@ -331,6 +399,8 @@ class SweepConfig(Strict):
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     subset: SubsetSpec = Field(default_factory=SubsetSpec)
     repeats: int = Field(1, ge=1, description="seeds per trial; the objective is their mean")
+    baseline_seeds: int = Field(3, ge=3, description="seeds of the baseline trial (the first enqueued entry, else the base settings): the study's seed noise")
+    confirm: ConfirmSettings = Field(default_factory=ConfirmSettings)
     retrain_duplicates: bool = Field(False, description="train a suggestion equal to a measured trial again (default: answer it from that trial)")
     n_trials: int = Field(20, ge=1, description="complete or pruned trials wanted in the study")
     timeout_minutes: float | None = None
@@ -340,7 +410,8 @@ class SweepConfig(Strict):
     bs_ga_within_dataset: bool = Field(True, description="constraint: batch size × GA ≤ number of images")
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
-    references: Path | None = Field(None, description="photos for identity and the dataset side of CLIP-I (default: the dataset)")
+    references: Path | None = Field(None, description="photos of the person not in the dataset, for identity (default: held out from the dataset, see holdout)")
+    holdout: HoldoutSpec = Field(default_factory=HoldoutSpec, description="without references: dataset images held out of training as identity's references")
     heartbeat_seconds: int = Field(60, ge=1, description="RDB storages: a trial whose worker is silent twice this long is failed and retried")
     max_retries: int = Field(2, ge=0)
 

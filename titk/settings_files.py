@@ -20,7 +20,7 @@ def validation_message(exc: ValidationError, where: str) -> str:
     """The first problem of a pydantic error as one line: `file: key.path: what is wrong`."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # a validator's own sentence, without pydantic's label
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

@@ -46,42 +46,101 @@ def pareto_front(trials: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
 
 
 def image_attribution(trials: pd.DataFrame, column: str, images: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
-    """How including each image moves `column`, from trials that trained on different subsets.
+    """How including each image moves `column`: a least-squares regression of every trial's `column` on
+    its images' inclusion indicators (0/1), with `level` t-intervals. Sorted worst first.
 
-    Per image: the mean of `column` over trials that included it minus the mean over those that left it out,
-    with Welch's standard error and a `level` confidence interval (t distribution, Welch–Satterthwaite
-    degrees of freedom). An image in every trial (or none) has no estimate.
+    The model is additive: score = baseline + the sum of the included images' effects + noise with one
+    variance. The covariance of the coefficients is s² (XᵀX)⁻¹, s² the residual variance on n − rank
+    degrees of freedom, and the intervals are Student-t (scipy). Every trial informs every image's estimate
+    (the difference of means it replaces used each trial only for the images it was compared on, and its
+    other images' effects as noise). The two subset modes differ in what can be estimated:
+
+    - subsets that vary in size (include flags, leave-one-out with the all-images trial, a range of
+      sizes), method `ols`: with an intercept; `effect` is the change in the score from adding the image.
+    - subsets of one fixed size (and leave-one-out without the all-images trial), method `ols, fixed size`:
+      the indicators of every trial sum to the same number, so a baseline is not separable from the images'
+      mean effect. Regressed without an intercept; `effect` is the image's coefficient minus the mean
+      coefficient of the other images: the change from training on the image in place of an average one of
+      the others (what the difference of means estimated, now from every trial).
+
+    `p_value` tests effect = 0. Trials not COMPLETE, answers copied from a twin (`duplicate_of`) and trials
+    without a subset are left out. An image in every trial or none has no estimate (`note` says which).
+    With too few trials for a residual variance (fewer than the coefficients + 2) or subsets that do not
+    tell some images apart, `effect` is the plain difference of means, the intervals are NaN, `method`
+    says `difference of means` and `note` (also in `.attrs["note"]`) says why, for the report to print.
+
+    Sampled Shapley values were the alternative. For an additive score the Shapley value of an image *is*
+    its coefficient, and Monte Carlo Shapley needs trainings on chains of nested subsets, each image's
+    contribution the difference of two noisy trainings: it cannot use the random subsets a sweep draws,
+    and needs several times the trainings for the same precision. The regression uses every trial as it
+    is (as KernelSHAP and datamodels do) and gives standard errors for free; its price is the additivity
+    assumption (no interactions between images), which the residual variance absorbs as noise.
     """
     done = trials.dropna(subset=[column])
+    if "state" in done:
+        done = done[done["state"] == "COMPLETE"]
+    if "duplicate_of" in done:
+        done = done[done["duplicate_of"].isna()]  # a copy of another trial's value is not a second measurement
     done = done[done["subset"].map(lambda s: isinstance(s, (list, tuple)))]
-    images = images or sorted({name for s in done["subset"] for name in s})
-    rows = []
-    for name in images:
-        inside = done["subset"].map(lambda s, n=name: n in s)
-        a, b = done.loc[inside, column].to_numpy(float), done.loc[~inside, column].to_numpy(float)
-        row = {"image": name, "n_in": len(a), "n_out": len(b), "mean_in": _mean(a), "mean_out": _mean(b)}
-        row["effect"] = row["mean_in"] - row["mean_out"]
-        se, dof = _welch(a, b)
-        row["se"] = se
-        half = stats.t.ppf(0.5 + level / 2, dof) * se if se == se and dof == dof else math.nan
-        row["ci_low"], row["ci_high"] = row["effect"] - half, row["effect"] + half
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values("effect", na_position="last").reset_index(drop=True)
+    images = list(images or sorted({name for s in done["subset"] for name in s}))
+    y = done[column].to_numpy(float)
+    x = np.array([[name in set(s) for name in images] for s in done["subset"]], float).reshape(len(y), len(images))
+    n_in = x.sum(0).astype(int)
+    varies = (n_in > 0) & (n_in < len(y))
+    fit = _regression(x[:, varies], y, level)
+    table = pd.DataFrame({"image": images, "n_in": n_in, "n_out": len(y) - n_in,
+                          "mean_in": [_mean(y[x[:, j] == 1]) for j in range(len(images))],
+                          "mean_out": [_mean(y[x[:, j] == 0]) for j in range(len(images))]})
+    for name in ("effect", "se", "ci_low", "ci_high", "p_value"):
+        table[name] = math.nan
+        table.loc[varies, name] = fit[name]
+    table["method"] = fit["method"]
+    table["note"] = np.where(varies, fit["note"], np.where(n_in == 0, "in no trial", "in every trial"))
+    table = table.sort_values("effect", na_position="last").reset_index(drop=True)
+    table.attrs.update(method=fit["method"], note=fit["note"], trials=len(y), dof=fit["dof"], level=level)
+    return table
+
+
+def _regression(x: np.ndarray, y: np.ndarray, level: float) -> dict:
+    """Per column of `x`: effect, standard error, interval and p-value (see image_attribution)."""
+    n, p = x.shape
+    empty = {"effect": np.zeros(0), "se": np.zeros(0), "ci_low": np.zeros(0), "ci_high": np.zeros(0), "p_value": np.zeros(0)}
+    if p == 0:
+        reason = "every trial trained on the same images" if n else "no finished trial with a subset"
+        return {**empty, "method": "none", "note": reason, "dof": 0}
+    sizes = x.sum(1)
+    fixed = bool(np.ptp(sizes) == 0)
+    design = x if fixed else np.column_stack([np.ones(n), x])
+    # effect = contrast · coefficients: the image's coefficient, or (fixed size) it minus the others' mean
+    contrast = (np.eye(p) - (np.ones((p, p)) - np.eye(p)) / (p - 1) if p > 1 else np.eye(p)) if fixed else np.eye(p + 1)[1:]
+    needed = design.shape[1] + 2
+    method = "ols, fixed size" if fixed else "ols"
+    rank = np.linalg.matrix_rank(design)
+    if n < needed or rank < design.shape[1] or (fixed and p == 1):
+        effect = np.array([_mean(y[x[:, j] == 1]) - _mean(y[x[:, j] == 0]) for j in range(p)])
+        if n < needed:
+            why = f"{n} trials; a regression on {p} images needs at least {needed} for intervals"
+        else:
+            why = "the subsets do not tell some images apart (e.g. two always trained together); more random subsets are needed"
+        nan = np.full(p, math.nan)
+        return {"effect": effect, "se": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
+                "method": "difference of means", "note": why, "dof": 0}
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = n - rank
+    resid = y - design @ coef
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.inv(design.T @ design)
+    effect = contrast @ coef
+    se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", contrast, cov, contrast), 0.0, None))
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_value = np.where(se > 0, 2 * stats.t.sf(np.abs(effect / se), dof), np.where(effect == 0, 1.0, 0.0))
+    return {"effect": effect, "se": se, "ci_low": effect - half, "ci_high": effect + half, "p_value": p_value,
+            "method": method, "note": "", "dof": dof}
 
 
 def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else math.nan
-
-
-def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    if len(a) < 2 or len(b) < 2:
-        return math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return 0.0, math.inf
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return se, dof
 
 
 def _histograms(trials: pd.DataFrame):

@@ -19,12 +19,22 @@ def _figure(width=7.0, height=3.6):
 
 
 def history(trials: pd.DataFrame, column: str = "value", title: str = "objective by trial"):
+    """Complete trials at their objective, with the best so far; pruned and failed trials have no final
+    score, so they are only marked along the bottom (a pruned trial's Optuna value is an intermediate one)."""
     fig, ax = _figure()
+    strip = ax.get_xaxis_transform()  # x in data, y in axes fraction
     for state, group in trials.groupby("state"):
-        ax.scatter(group["trial"], group[column] if column in group else np.zeros(len(group)), label=state.lower(), color=STATE_COLOURS.get(state, "#555"), s=28)
+        colour = STATE_COLOURS.get(state, "#555")
+        if state == "COMPLETE" and column in group:
+            ax.scatter(group["trial"], group[column], label="complete", color=colour, s=28)
+        else:
+            ax.scatter(group["trial"], [0.03] * len(group), transform=strip, marker="|", s=160, color=colour,
+                       label=f"{state.lower()} (no final score)", clip_on=False)
     done = trials[trials["state"] == "COMPLETE"].sort_values("trial")
     if column in done and not done.empty:
         ax.step(done["trial"], done[column].cummax(), where="post", color="#333", lw=1, label="best so far")
+    if not trials.empty:  # the bottom marks are not in data coordinates, so autoscaling would leave them out
+        ax.set_xlim(trials["trial"].min() - 0.5, trials["trial"].max() + 0.5)
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(column)
@@ -57,39 +67,51 @@ def pareto(trials: pd.DataFrame, a: str, b: str, front: pd.DataFrame):
     return fig
 
 
-def curves(table: pd.DataFrame, metric: str, highlight: list[int] | None = None, final: str | None = None):
-    """One line per trial; `final` names a metric (the final evaluation's, on another suite) drawn as an
-    unjoined marker at its step, in the colour of the trial's line."""
+def curves(table: pd.DataFrame, metric: str, highlight: list[int] | None = None, final: str | None = None, pruned: list[int] | None = None):
+    """One line per trial; `final` names a metric (the final evaluation's) drawn as an unjoined marker at its
+    step, in the colour of the trial's line; `pruned` trials are dashed (they never reached a final score)."""
     fig, ax = _figure()
     data = table[table["metric"] == metric]
     ends = table[table["metric"] == final] if final else table.iloc[:0]
     for trial, group in data.groupby("trial"):
         strong = highlight and trial in highlight
-        (line,) = ax.plot(group["step"], group["value"], lw=2 if strong else 0.8, alpha=1 if strong else 0.45, label=f"trial {trial}" if strong else None)
+        (line,) = ax.plot(group["step"], group["value"], lw=2 if strong else 0.8, alpha=1 if strong else 0.45, label=f"trial {trial}" if strong else None,
+                          ls="--" if pruned and trial in pruned else "-")
         end = ends[ends["trial"] == trial]
         ax.scatter(end["step"], end["value"], marker="*", s=90 if strong else 40, color=line.get_color(), alpha=1 if strong else 0.45, zorder=3)
     if not ends.empty:
         ax.scatter([], [], marker="*", color="#555", label=f"{final} (final evaluation)")
+    if pruned and set(pruned) & set(data["trial"]):
+        ax.plot([], [], ls="--", color="#555", label="pruned")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} during training")
-    if highlight or not ends.empty:
+    if highlight or not ends.empty or pruned:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def attribution(table: pd.DataFrame, column: str):
+    """Each image's effect on `column` with its interval (image_attribution's table), worst at the top;
+    red when the interval lies below zero, green above. Without intervals the title says why."""
     shown = table.dropna(subset=["effect"])
-    fig, ax = _figure(height=max(2.2, 0.32 * len(shown) + 1.2))
-    y = np.arange(len(shown))
-    colours = ["#c0392b" if hi < 0 else "#2a9d4b" if lo > 0 else "#777" for lo, hi in zip(shown["ci_low"], shown["ci_high"])]
-    ax.errorbar(shown["effect"], y, xerr=[shown["effect"] - shown["ci_low"], shown["ci_high"] - shown["effect"]], fmt="none", ecolor="#aaa")
-    ax.scatter(shown["effect"], y, color=colours, zorder=3)
+    fig, ax = _figure(height=max(2.2, 0.32 * len(shown) + 1.4))
+    y = np.arange(len(shown))[::-1]  # the table is sorted worst first: worst at the top
+    low, high, effect = shown["ci_low"].to_numpy(float), shown["ci_high"].to_numpy(float), shown["effect"].to_numpy(float)
+    has = np.isfinite(low) & np.isfinite(high)
+    colours = ["#c0392b" if h < 0 else "#2a9d4b" if lo > 0 else "#777" for lo, h in zip(low, high)]
+    if has.any():
+        ax.errorbar(effect[has], y[has], xerr=[effect[has] - low[has], high[has] - effect[has]], fmt="none", ecolor="#888", capsize=3)
+    ax.scatter(effect, y, color=colours, zorder=3)
     ax.axvline(0, color="#333", lw=0.8)
-    ax.set_yticks(y, shown["image"])
-    ax.set_xlabel(f"effect of including the image on {column}")
-    ax.set_title("per-image attribution (95% CI)")
+    ax.set_yticks(y, shown["image"], fontsize=8)
+    fixed = table.attrs.get("method", "").endswith("fixed size")
+    ax.set_xlabel(f"change in {column} from training on the image " + ("instead of an average other one" if fixed else "(added)"))
+    level, trials, note = table.attrs.get("level", 0.95), table.attrs.get("trials"), table.attrs.get("note", "")
+    count = f", {trials} trials" if trials is not None else ""
+    ax.set_title(f"per-image attribution ({level:.0%} CI{count})" if has.any() else f"per-image attribution, no intervals: {note or 'none computed'}",
+                 fontsize=10 if has.any() else 8)
     fig.tight_layout()
     return fig
 
@@ -124,5 +146,41 @@ def seeds(table: pd.DataFrame):
     ax.set_yticks(y, [f"trial {t}" for t in table["trial"]])
     ax.set_xlabel("objective across seeds (95% CI)")
     ax.set_title("seed variance of the best settings")
+    fig.tight_layout()
+    return fig
+
+
+def confirmation(record: dict):
+    """Each confirmed candidate's difference from the baseline recipe with its interval (paired over seeds)."""
+    rows = record.get("candidates") or []
+    fig, ax = _figure(height=max(2.2, 0.45 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    colours = {"better": "#2a9d4b", "worse": "#c0392b"}
+    for i, c in zip(y, rows):
+        # The stored record writes a missing interval (one seed) as null: a point without a bar.
+        mid, low, high = (np.nan if c.get(k) is None else float(c[k]) for k in ("difference", "ci_low", "ci_high"))
+        bar = [[mid - low], [high - mid]] if low == low and high == high else None
+        ax.errorbar([mid], [i], xerr=bar, fmt="o", color=colours.get(c["verdict"], "#777"), capsize=4)
+    ax.axvline(0, color="#333", lw=0.8)
+    ax.set_yticks(y, [c["label"] for c in rows], fontsize=8)
+    level, seeds = record.get("level", 0.95), len(record.get("seeds") or [])
+    baseline = (record.get("baseline") or {}).get("label", "the recipe")
+    ax.set_xlabel(f"difference from {baseline} in {record.get('objective', 'the objective')}")
+    ax.set_title(f"confirmation: difference from the recipe ({level * 100:.3g} % CI, {seeds} seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def signal_correlation(table: pd.DataFrame):
+    """Spearman correlation of each intermediate signal with the final objective, by step."""
+    fig, ax = _figure()
+    for signal, group in table.sort_values("step").groupby("signal"):
+        ax.plot(group["step"], group["spearman"], "o-", label=signal)
+    ax.axhline(0, color="#333", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("step of the intermediate evaluation")
+    ax.set_ylabel("Spearman ρ with the final objective")
+    ax.set_title(f"do intermediate signals predict the final score? (up to {int(table['trials'].max())} trials)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

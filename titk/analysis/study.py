@@ -23,7 +23,7 @@ class StudyData:
     name: str
     study: optuna.Study
     trials: pd.DataFrame  # one row per trial
-    images: list[str] = field(default_factory=list)  # every dataset image, for attribution
+    images: list[str] = field(default_factory=list)  # every dataset image trials train on (not the held-out ones), for attribution
     tracking_uri: str | None = None
     workdir: Path | None = None
 
@@ -43,9 +43,11 @@ class StudyData:
             raise TitkError("this study was loaded without a tracking URI")
         return MlflowClient(self.tracking_uri)
 
-    def curves(self, metrics: tuple[str, ...] = ("train.loss", INTERMEDIATE + CURVE_METRIC, CURVE_METRIC)) -> pd.DataFrame:
+    def curves(self, metrics: tuple[str, ...] = ("train.loss", "validation.loss", INTERMEDIATE + "objective", INTERMEDIATE + CURVE_METRIC, CURVE_METRIC)) -> pd.DataFrame:
         """Metric histories of every trial from MLflow, long format: trial, metric, step, value. Intermediate
-        evaluations are `intermediate/<metric>`; `<metric>` alone is the final evaluation (one step)."""
+        evaluations are `intermediate/<metric>` (`intermediate/objective`: the objective on that part of the
+        final suite); `<metric>` alone is the final evaluation (one step); `validation.loss` is the
+        deterministic validation loss at the intermediate steps."""
         client, rows = self.client(), []
         for trial, run_id in self.trials[["trial", "mlflow_run_id"]].itertuples(index=False):
             if not isinstance(run_id, str):
@@ -59,6 +61,7 @@ class StudyData:
 
 
 def load_study(workdir: str | Path | None = None, *, study: str | None = None, storage: str | None = None, tracking_uri: str | None = None, notify=None) -> StudyData:
+    from ..sweep.holdout import STUDY_ATTR as HELDOUT_ATTR
     from ..sweep.storage import optuna_storage, workdir_stores
 
     meta = {}
@@ -75,7 +78,8 @@ def load_study(workdir: str | Path | None = None, *, study: str | None = None, s
         loaded = optuna.load_study(study_name=study, storage=backend)
     except KeyError:
         raise TitkError(f"study {study!r} not found in its storage") from None
-    images = _dataset_images(meta)
+    heldout = set(loaded.user_attrs.get(HELDOUT_ATTR, ()))  # identity's held-out photos: no trial trained on them
+    images = [name for name in _dataset_images(meta) if name not in heldout]
     return StudyData(study, loaded, trials_frame(loaded), images, tracking_uri, workdir)
 
 

@@ -101,6 +101,9 @@ def inspect(
     fits = sections["embedding"].get("fits model", "yes")
     if not fits.startswith("yes"):  # described all the same, but a script checking the fit must hear it
         err_console.print(f"[yellow]warning:[/] {escape(str(found.path))} does not fit {escape(str(model))}: {escape(fits.removeprefix('no: '))}", highlight=False, soft_wrap=True)
+    health = sections["embedding"].get("norm health", "")
+    if health.startswith(("high", "runaway")):  # one line a script (or a tired eye) cannot miss
+        err_console.print(f"[yellow]warning:[/] {escape(str(found.path))}: norms {escape(health)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

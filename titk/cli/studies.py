@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from ..errors import TitkError
+
 from .app import SetOption, StorageOption, TrackingOption, WorkdirOption, _print_frame, app, console, err_console
 
 
@@ -33,35 +35,67 @@ def _trial_start(number: int, k: int, n: int, settings: dict, n_images: int) -> 
     console.print(f"[bold]trial {number}[/] ({k} of {n}): {escape(shown) or 'the base settings'}, {n_images} images", highlight=False, soft_wrap=True)
 
 
+def _confirm_start(setting, seed: int) -> None:
+    what = "the baseline" if setting.trial is None or setting.key == "baseline" else f"trial {setting.trial}"
+    console.print(f"[bold]confirming[/] {what} ({escape(setting.label)}), seed {seed}", highlight=False, soft_wrap=True)
+
+
 def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
     from ..config import load_sweep_config
-    from ..sweep.runner import run_sweep
-    from ..sweep.trials import best_trials
 
     cfg = load_sweep_config(config, set_)
+    _run(cfg, workdir, dict(config_dir=config.parent, storage_url=storage, tracking=tracking_uri, create=create,
+                            create_only=create_only, n_trials=n_trials))
+
+
+def _run(cfg, workdir: Path, options: dict) -> None:
+    """Run (or confirm) a study and print its summary: the best trials with their intervals, the seed noise,
+    and the confirmation's sentence."""
+    from ..sweep.runner import run_sweep
+
     try:
-        result = run_sweep(cfg, workdir=workdir, config_dir=config.parent, storage_url=storage, tracking=tracking_uri,
-                           create=create, create_only=create_only, n_trials=n_trials, on_trial=_trial_line, on_note=_note,
-                           on_start=_trial_start)
+        result = run_sweep(cfg, workdir=workdir, on_trial=_trial_line, on_note=_note, on_start=_trial_start,
+                           on_confirm=_confirm_start, **options)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished trials are kept; run the same command again to resume the study")
         sys.exit(130)
-    if create_only:
+    if options.get("create_only"):
         console.print(f"study {cfg.study!r} ready in {result.storage}; start workers with `titk worker`", highlight=False)
         return
     if result.note:
         console.print(f"[yellow]note:[/] {escape(result.note)}", highlight=False, soft_wrap=True)
+    _summary(result, cfg.study, workdir)
+
+
+def _summary(result, study: str, workdir: Path) -> None:
+    from ..sweep.trials import best_trials, seed_interval, seed_noise
+
     table = result.table
     counts = ", ".join(f"{n} {state.lower()}" for state, n in table["state"].value_counts().items()) if not table.empty else "no trials"
     best = best_trials(result.study, table)
     if "mlflow_run_id" in best:  # eight characters find a run in the MLflow UI's search, as with git hashes
         best = best.assign(run=best["mlflow_run_id"].fillna("").str[:8])
+    if "value" in best:  # a trial's value is its mean over seeds: with one seed it has no interval, and says so
+        best = best.assign(seeds=[seed_interval(v).text() if isinstance(v, list) else "" for v in best["values_per_seed"]])
     params = [c for c in best.columns if c.startswith("param.")]
     short = [c.rsplit(".", 1)[-1] for c in params]
-    headers = {c: c for c in ("trial", "value", "value0", "value1", "feasible") if c in best}
+    headers = {c: c for c in ("trial", "value", "value0", "value1") if c in best}
+    headers.update({"seeds": "over seeds"} if "seeds" in best else {})
+    headers.update({"feasible": "feasible"} if "feasible" in best else {})
     headers.update({c: s if short.count(s) == 1 else c.removeprefix("param.") for c, s in zip(params, short)})
     headers.update({"run": "MLflow run"} if "run" in best else {})
-    _print_frame(best, f"study {cfg.study}: {counts}", headers)
+    _print_frame(best, f"study {study}: {counts} (pruned trials stopped early and are not ranked)", headers)
+    noise = seed_noise(table)
+    if noise is not None:
+        console.print(f"seed noise: the baseline's objective {noise.text()}, seed-to-seed sd {noise.sd:.3f}", highlight=False, soft_wrap=True)
+    elif "value" in table:
+        console.print("seed noise: not measured (no complete baseline trial with several seeds)", highlight=False)
+    record = result.confirmation
+    if record is not None:
+        console.print(f"[bold]decision:[/] {escape(record['sentence'])}", highlight=False, soft_wrap=True)
+        console.print(f"next: {escape(record['next'])}", highlight=False, soft_wrap=True)
+    elif "value" in table:
+        console.print(f"not confirmed: the best value is one seed's, biased upwards by the search; run `titk confirm {workdir}`", highlight=False, soft_wrap=True)
     console.print(f"MLflow UI and Optuna dashboard: titk serve {workdir}    report: titk report {workdir} -o report.html", highlight=False, soft_wrap=True)
 
 
@@ -104,6 +138,36 @@ def worker(
 
 
 @app.command()
+def confirm(
+    workdir: Path = typer.Argument(..., help="a sweep's work directory"),
+    top: Optional[int] = typer.Option(None, min=1, help="best trials to confirm (default: the config's confirm.top)"),
+    seeds: Optional[int] = typer.Option(None, min=2, max=50, help="fresh seeds per setting (default: from the measured seed noise)"),
+    trial: list[int] = typer.Option([], "--trial", help="confirm this trial (repeat for several) instead of the best"),
+    storage: Optional[str] = StorageOption,
+    tracking_uri: Optional[str] = TrackingOption,
+):
+    """Train the best trials and the baseline again on fresh seeds and compare them, paired, on the full suite:
+    one sentence says whether anything beats the baseline beyond seed noise. Results are kept as they finish.
+
+    \b
+    Example:
+      titk confirm work/me
+      titk confirm work/me --trial 7 --trial 12 --seeds 5
+    """
+    from ..config import SweepConfig, parse
+    from ..sweep.storage import read_record, recorded_stores
+
+    meta = read_record(workdir)
+    cfg = parse(SweepConfig, meta["config"], str(workdir / "sweep.json"))
+    if cfg.objective.pareto:
+        raise TitkError("confirm: this study has two objectives (objective.pareto); confirmation compares one")
+    recorded_storage, recorded_tracking = recorded_stores(workdir, meta)
+    wanted = {"top": top if top is not None else (0 if trial else cfg.confirm.top), "seeds": seeds, "trials": list(trial) or None}
+    _run(cfg, workdir, dict(storage_url=storage or recorded_storage, tracking=tracking_uri or recorded_tracking, create=False,
+                            confirm=wanted, confirm_only=True))
+
+
+@app.command()
 def serve(
     workdir: Path = typer.Argument(..., help="a sweep's work directory"),
     port: int = typer.Option(5000, min=1, max=65535, help="MLflow UI port"),
@@ -137,8 +201,10 @@ def report(
     storage: Optional[str] = StorageOption,
     tracking_uri: Optional[str] = TrackingOption,
 ):
-    """One self-contained HTML page about a study: progress, best trials and their samples, which settings
-    matter, identity against editability, learning curves, which images help, personality, seed variance.
+    """One self-contained HTML page about a study. It opens with the decision (the confirmed settings and
+    images, how sure, what next), then the best trials with intervals and samples, which settings matter,
+    identity against editability, learning curves and how well intermediate scores predict the final one,
+    which images help, personality, seed variance.
 
     \b
     Example:

@@ -85,7 +85,9 @@ def train(
 def evaluate(
     embeddings: list[Path] = typer.Argument(..., help="embedding files (any format); several are scored on one loaded model"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the model (overrides model.source)"),
-    references: Optional[Path] = typer.Option(None, "--references", "-r", help="photos of the person (the training images)"),
+    references: Optional[Path] = typer.Option(None, "--references", "-r", help="photos of the person, best ones not trained on (held out)"),
+    train_images: Optional[Path] = typer.Option(
+        None, "--train-images", help="the images the embedding was trained on: with held-out --references, the copy index (samples closer to a training image than a new photo is)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="evaluation config (YAML: model, references, evaluation)"),
     suite: Optional[str] = typer.Option(None, help="prompt suite: experiments/prompts/<name>.yaml or a path"),
     face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
@@ -102,23 +104,25 @@ def evaluate(
     Example:
       titk eval runs/ohwx/ohwx.pt runs/ohwx/embeddings/ohwx-*.pt -m sd15.safetensors -r photos/ -o eval/
       titk eval ohwx.pt -m sd15.safetensors -r photos/ --scorers identity,norms
+      titk eval ohwx.pt -m sd15.safetensors -r heldout/ --train-images photos/
     """
     from ..config import EvalConfig, apply_overrides, parse, read_yaml
     from ..embeddings.formats import read_embedding_file
-    from ..evaluate.evaluator import build_evaluator, load_references
+    from ..evaluate.evaluator import build_evaluator, held_out_references, load_references
     from ..models import load_model
 
     data = read_yaml(config) if config else {}
-    given = {"model.source": model, "references": references, "evaluation.suite": suite, "evaluation.identity.pack": face_pack,
-             "model.embeddings_dir": embeddings_dir}
+    given = {"model.source": model, "references": references, "train_images": train_images, "evaluation.suite": suite,
+             "evaluation.identity.pack": face_pack, "model.embeddings_dir": embeddings_dir}
     data = apply_overrides(data, [f"{key}={json.dumps(str(value))}" for key, value in given.items() if value is not None])
     if scorers:
         data = apply_overrides(data, [f"evaluation.scorers={json.dumps([x.strip() for x in scorers.split(',') if x.strip()])}"])
     cfg = parse(EvalConfig, apply_overrides(data, set_), str(config or "evaluation"))
     if cfg.references is None:
-        raise TitkError("references: give the person's photos with --references DIR (usually the training images)")
+        raise TitkError("references: give the person's photos with --references DIR (best: photos not trained on, with --train-images DIR)")
     found = [read_embedding_file(p) for p in embeddings]  # every file checked before the model loads
-    refs = load_references(cfg.references, cfg.evaluation.max_references)
+    limit = cfg.evaluation.max_references
+    refs = held_out_references(cfg.references, cfg.train_images, limit) if cfg.train_images else load_references(cfg.references, limit)
     bundle = load_model(cfg.model)
     evaluator = build_evaluator(bundle, cfg.evaluation, refs)
     rows = []

@@ -7,6 +7,7 @@ import torch
 from ..families import FAMILIES
 from .embedding import Embedding
 from .formats import EmbeddingFile
+from .health import HIGH, RUNAWAY, health, verdict, vocab_median
 
 FORMAT_LABELS = {
     "a1111": "A1111 .pt (string_to_param)",
@@ -61,6 +62,12 @@ def describe(found: EmbeddingFile, bundle=None) -> dict[str, dict[str, str]]:
         main["metadata"] = "; ".join(f"{k}={v}" for k, v in sorted(meta.items()))
     sections = {"embedding": main}
     if bundle is None:
+        # A norm means something only beside the vocabulary's; no real CLIP table ships with titk to measure
+        # the families' medians from honestly, so without a model nothing is judged.
+        main["norm health"] = (
+            f"not judged: no model to compare with; pass --model to compare each vector with that model's "
+            f"vocabulary median norm (high from {HIGH:g}×, runaway from {RUNAWAY:g}×)"
+        )
         for key, tensor in emb.vectors.items():
             sections[f"{key} vector norms"] = {f"#{i}": f"{float(n):.4f}" for i, n in enumerate(tensor.norm(dim=1))}
         return sections
@@ -73,14 +80,19 @@ def describe(found: EmbeddingFile, bundle=None) -> dict[str, dict[str, str]]:
     except TitkError as exc:
         main["fits model"] = f"no: {str(exc).split(': ', 1)[1]}"
         return sections
+    ratios, medians = {}, {}
     for enc in bundle.encoders:
         tensor, table = fitted[enc.key], enc.table.float()
-        median = float(table.norm(dim=1).median())
+        median = medians[enc.key] = vocab_median(table)
         rows = {}
+        ratios[enc.key] = [float(v.norm()) / median for v in tensor]
         for i, vector in enumerate(tensor):
             near = nearest_tokens(vector, table, enc.tokenizer)
-            rows[f"#{i}"] = f"norm {float(vector.norm()):.4f} ({float(vector.norm()) / median:.1f}× the vocabulary median {median:.4f}); nearest: {near}"
+            level = health(ratios[enc.key][i])
+            flag = "" if level == "ok" else f", {level}"
+            rows[f"#{i}"] = f"norm {float(vector.norm()):.4f} ({ratios[enc.key][i]:.1f}× the vocabulary median {median:.4f}{flag}); nearest: {near}"
         sections[f"{enc.key} vectors"] = rows
+    main["norm health"] = verdict(ratios, medians)
     return sections
 
 

@@ -2,7 +2,9 @@
 
 `build_evaluator` is the one way to make one (`titk eval` and sweeps alike): scorers and their models
 (insightface or the toy world's, CLIP) are built once, and the references (the person's photos) are
-prepared once, so a worker evaluates many checkpoints without reloading anything.
+prepared once, so a worker evaluates many checkpoints without reloading anything. References are best held
+out (not trained on) and given with the training images (`held_out_references`, a sweep's split): identity
+then measures likeness to new photos of the person, and the copy index closeness to the training ones.
 """
 
 from __future__ import annotations
@@ -46,23 +48,54 @@ class EvalContext:
         return cache[(clip.key, key)]
 
 
-def load_references(folder: str | Path, limit: int) -> References:
-    """The person's photos from a folder (flat, image files in name order, at most `limit`)."""
+def image_files(folder: str | Path, what: str = "reference") -> list[Path]:
+    """A folder's image files (flat, in name order)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise TitkError(f"{folder}: reference folder not found")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))[:limit]
+        raise TitkError(f"{folder}: {what} folder not found")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
     if not paths:
-        raise TitkError(f"{folder}: no reference images in it")
-    images = []
+        raise TitkError(f"{folder}: no {what} images in it")
+    return paths
+
+
+def read_images(paths: list[Path], where: str) -> tuple[list[Image.Image], list[Path]]:
+    """The images that can be read, and their paths."""
+    images, read = [], []
     for path in paths:
         try:
             images.append(open_image(path).rgb)
+            read.append(path)
         except BadImage:
             continue
     if not images:
-        raise TitkError(f"{folder}: none of its images can be read")
-    return References(images, paths)
+        raise TitkError(f"{where}: none of its images can be read")
+    return images, read
+
+
+def load_references(folder: str | Path, limit: int) -> References:
+    """The person's photos from a folder (flat, image files in name order, at most `limit`)."""
+    images, paths = read_images(image_files(folder)[:limit], str(folder))
+    return References(images, paths, source=f"the photos in {folder}")
+
+
+def held_out_references(references: str | Path, training: str | Path, limit: int) -> References:
+    """`references` compared with the images trained on (`training`): references that are training images
+    (the same file content) are not held out and are left out of them; when none is left, the training
+    images are the references (then there is no copy index)."""
+    from ..hashing import sha256_bytes
+
+    trained = image_files(training, "training images")[:limit]
+    given = image_files(references)[:limit]
+    hashes = {sha256_bytes(p.read_bytes()) for p in trained}
+    fresh = [p for p in given if sha256_bytes(p.read_bytes()) not in hashes]
+    if not fresh:
+        images, paths = read_images(trained, str(training))
+        return References(images, paths, source=f"the training images in {training} (the references are the same photos: not held out)")
+    images, paths = read_images(fresh, str(references))
+    training_images, training_paths = read_images(trained, str(training))
+    left = f"; {len(given) - len(fresh)} of them are training images, left out" if len(fresh) < len(given) else ""
+    return References(images, paths, training_images, training_paths, f"held-out photos in {references} (not in {training}{left})")
 
 
 def build_evaluator(bundle, settings: EvalSettings, references: References) -> Evaluator:
@@ -133,7 +166,7 @@ class Evaluator:
                 if on_progress:
                     on_progress(len(images), len(prompts))
         return [
-            Sample(image, prompt, text.replace("[name]", ""), seed, kind, index)
+            Sample(image, prompt, text.replace("[name]", ""), seed, kind, index, bool(suite.spec.prompts[index].photo))
             for image, prompt, (index, text, kind, seed) in zip(images, prompts, suite.items)
         ]
 
@@ -169,11 +202,12 @@ class Evaluator:
         """Prompts down, seeds across, with the headline scores in the title."""
         seeds = suite.seeds
         by_key = {(s.prompt_index, s.seed): s.image for s in samples}
-        n_prompts = len(suite.spec.prompts)
+        rows = suite.prompt_indices  # a subset of the suite (intermediate evaluations) draws its own prompts only
+        n_prompts = len(rows)
         size = samples[0].image.size if samples else (64, 64)
         blank = Image.new("RGB", size, (235, 235, 235))
-        cells = [by_key.get((p, seed), blank) for p in range(n_prompts) for seed in seeds]
-        labels = [f"[{p.kind[:3]}] {p.text.replace('[name]', name)}" for p in suite.spec.prompts]
+        cells = [by_key.get((p, seed), blank) for p in rows for seed in seeds]
+        labels = [f"[{suite.spec.prompts[p].kind[:3]}] {suite.spec.prompts[p].text.replace('[name]', name)}" for p in rows]
         head = [f"{key.split('.')[-1] if '.' in key else key} {summary[key]:.3f}" for key in HEADLINES if key in summary]
         return image_grid(cells, n_prompts, len(seeds), row_labels=labels, col_labels=[f"seed {s}" for s in seeds],
                           title=f"{name}   " + "   ".join(head))
@@ -188,6 +222,9 @@ class Evaluator:
                       "dtype": str(self.bundle.dtype).removeprefix("torch.")},
             "embedding": {"name": embedding.name, "vectors": embedding.n_vectors, "step": embedding.step},
             "references": len(self.references.images),
+            "references_held_out": self.references.heldout,
+            "training_images": len(self.references.training),
+            "photo_prompts": [i for i, p in enumerate(spec.prompts) if p.photo],
             "versions": {lib: _version(lib) for lib in LIBRARIES},
         }
         for scorer in self.scorers:

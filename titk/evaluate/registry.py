@@ -3,7 +3,7 @@ it is a headline (shown in tables, grids and MLflow's default columns). Analysis
 CLI name metrics through this table instead of repeating string literals.
 
 Some names are families: `identity.similarity@<kind>` (per prompt kind), `personality.<set>.js`, the second
-CLIP judge's `clip_t_2`, `norms.<encoder>_vs_vocab_median`.
+CLIP judge's `clip_t_2`, `norms.<encoder>_vs_vocab_median` and `norms.<encoder>_max_vs_vocab_median`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ class Metric:
     description: str
     column: str | None = None  # the per-image column of the score table, where one exists
     headline: bool = False
+    lower_is_better: bool = False  # an objective weighs it negatively; a floor on it is a ceiling
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("identity.similarity", "identity", "cosine of each image's largest face to the references' centroid (mean)", "id_sim", True),
+    Metric("identity.similarity", "identity", "cosine of each photographic sample's largest face to the centroid of the held-out photos' faces (of the references when none are held out)", "id_sim", True),
+    Metric("identity.copy_index", "identity", "samples' similarity to their nearest training image minus the held-out photos' own: 0 like a new photo, above 0 copying (lower is better)", "copy", True, lower_is_better=True),
     Metric("identity.detection_rate", "identity", "share of images with a face", headline=True),
     Metric("identity.similarity_pairwise", "identity", "mean cosine to each reference face", "id_sim_pairwise"),
     Metric("identity.stability", "identity", "mean pairwise cosine of one prompt's faces across seeds"),
@@ -36,6 +38,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("diversity.images_per_prompt", "diversity", "images per prompt the diversity rests on"),
     Metric("norms.mean", "norms", "mean L2 norm of the embedding's vectors"),
     Metric("norms.max", "norms", "largest L2 norm of the embedding's vectors"),
+    Metric("norms.health", "norms", "the worst vector's level against its vocabulary median: 0 ok, 1 high, 2 runaway (titk/embeddings/health.py)"),
 )}
 
 # Families of names: (pattern, scorer, description).
@@ -43,6 +46,7 @@ _FAMILIES = (
     (re.compile(r"^(identity\.similarity|clip_t(_2)?)@(identity|editability|personality)$"), None, "the metric over one prompt kind"),
     (re.compile(r"^clip_[ti]_2$"), "clip", "the second CLIP judge's clip_t / clip_i"),
     (re.compile(r"^personality\.\w+\.(entropy|dataset_entropy|js)$"), "personality", "label histogram entropy / JS divergence to the dataset"),
+    (re.compile(r"^norms\.\w+_max_vs_vocab_median$"), "norms", "largest vector norm over the vocabulary's median norm"),
     (re.compile(r"^norms\.\w+_vs_vocab_median$"), "norms", "mean vector norm over the vocabulary's median norm"),
 )
 
@@ -60,6 +64,11 @@ def lookup(name: str) -> Metric | None:
             base = METRICS.get(name.split("@")[0].removesuffix("_2"))
             return Metric(name, scorer or (base.scorer if base else "clip"), description, base.column if base and "@" not in name else None)
     return None
+
+
+def lower_is_better(name: str) -> bool:
+    metric = lookup(name)
+    return bool(metric and metric.lower_is_better)
 
 
 def check_metric(name: str, scorers: list[str], where: str) -> Metric:

@@ -27,9 +27,33 @@ class Suite:
     def seeds(self) -> list[int]:
         return sorted({item[3] for item in self.items})
 
+    @property
+    def prompt_indices(self) -> list[int]:
+        """The indices (into spec.prompts) of the prompts this suite's items use, in order."""
+        return sorted({item[0] for item in self.items})
+
     def only(self, prompt_index: int) -> Suite:
         """The same suite restricted to one prompt's (prompt, seed) items."""
         return Suite(self.name, self.spec, self.sha256, [item for item in self.items if item[0] == prompt_index])
+
+    def subset(self, seeds: int, per_kind: int | None = None) -> Suite:
+        """The items of the first `seeds` seeds of each prompt (of only the first `per_kind` prompts of each
+        kind when given), with the same sampling settings and prompt indices: each image is the one the
+        whole suite would generate, so a score on the part is on the whole suite's scale."""
+        counts: dict[str, int] = {}
+        chosen: set[int] = set()
+        for index, prompt in enumerate(self.spec.prompts):
+            if per_kind is None or counts.get(prompt.kind, 0) < per_kind:
+                counts[prompt.kind] = counts.get(prompt.kind, 0) + 1
+                chosen.add(index)
+        taken: dict[int, int] = {}
+        items = []
+        for item in self.items:  # in suite order: each prompt's seeds as listed
+            if item[0] in chosen and taken.get(item[0], 0) < seeds:
+                taken[item[0]] = taken.get(item[0], 0) + 1
+                items.append(item)
+        part = f"first {seeds} seed{'s' if seeds > 1 else ''}" + (f", first {per_kind} prompt{'s' if per_kind > 1 else ''} per kind" if per_kind else "")
+        return Suite(f"{self.name} ({part})", self.spec, self.sha256, items)
 
 
 def shipped_prompts() -> Path:

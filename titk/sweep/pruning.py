@@ -1,12 +1,19 @@
 """The pruning policy: which rule may stop a trial early, on which scores, and when it is asked.
 
-- median: Optuna's MedianPruner on the objective of each intermediate scorecard (the intermediate suite).
+- median: Optuna's MedianPruner on the objective of each intermediate scorecard. Intermediate evaluations
+  generate a fixed part of the final suite (`objective.intermediate`: the same prompts, seeds and sampling),
+  so the values compared are on the final objective's scale.
 - wilcoxon: Optuna's WilcoxonPruner on the final evaluation, prompt by prompt, each image an instance
   (the same prompt and seed in every trial), so a hopeless trial stops before its whole suite is generated.
 - none, or a Pareto study: nothing is pruned.
 
 Only a trial's first seed is pruned; its other seeds are evaluated in full. Scoring never prunes: the
 trial asks this policy.
+
+A pruned trial is not a result. Optuna itself stores a pruned trial's last intermediate value as its value
+(a per-image value under the Wilcoxon rule); titk records what stopped it in the trial's user attribute
+`titk.pruned` ({"rule", "step", "value"}: the training step and the intermediate objective there, or
+{"rule", "images"}) so that tables and figures can show it as stopped, never as a final score.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Pruning:
         """Report an intermediate objective value; raises TrialPruned when the median rule says so."""
         trial.report(value, step)
         if trial.should_prune():
+            trial.set_user_attr("titk.pruned", {"rule": "median", "step": step, "value": float(value)})
             raise optuna.TrialPruned(f"pruned at step {step}")
 
     def image_values(self, table) -> list[float]:
@@ -59,4 +67,5 @@ class Pruning:
         for j, value in enumerate(values):
             trial.report(value, first_index + j)
         if trial.should_prune():
+            trial.set_user_attr("titk.pruned", {"rule": "wilcoxon", "images": first_index + len(values)})
             raise optuna.TrialPruned(f"pruned after {first_index + len(values)} evaluation images")

@@ -25,8 +25,11 @@ from ..config import SweepConfig
 from ..errors import TitkError
 from ..evaluate.registry import HEADLINES, check_metric, lookup, per_image_column
 from ..files import atomic_path
+from .holdout import STUDY_ATTR as HELDOUT_ATTR
+from .holdout import hold_out
 from .pruning import Pruning
-from .space import check_space, check_values, recipe_params
+from .scoring import objective_names
+from .space import baseline_params, check_space, check_values, recipe_params
 from .storage import JOURNAL, artifact_location, optuna_storage, pid_alive, storage_label, stores_record, tracking_uri
 from .trial import RETRY_REASONS, TrialFailed, TrialObjective
 from .trials import best_trials, failure_summary, measured, trials_frame
@@ -42,6 +45,7 @@ class SweepResult:
     storage: str
     table: pd.DataFrame
     note: str | None = None  # why the sweep stopped early, when it did without failing
+    confirmation: dict | None = None  # the confirmation record (sweep.confirm), when one ran
 
 
 class SweepFailed(TitkError):
@@ -97,20 +101,15 @@ def open_study(config: SweepConfig, storage, create: bool, enqueued: list[dict])
             raise TitkError(f"study {config.study!r} exists with {len(study.directions)} objective(s); this config has {len(directions)}")
         return study, False, seed
     study = optuna.create_study(study_name=config.study, storage=storage, directions=directions, sampler=_sampler(config, seed), pruner=pruner, load_if_exists=True)
-    for entry, params in zip(config.enqueue, enqueued):
-        study.enqueue_trial(params, user_attrs={"enqueued": entry if isinstance(entry, str) else "params"}, skip_if_exists=True)
+    for number, (entry, params) in enumerate(zip(config.enqueue, enqueued)):
+        # The first enqueued entry is the baseline: it runs several seeds, and confirmation compares with it.
+        attrs = {"enqueued": entry if isinstance(entry, str) else "params", **({"titk.baseline": True} if number == 0 else {})}
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+    if not enqueued and (params := baseline_params(config)) is not None:
+        study.enqueue_trial(params, user_attrs={"enqueued": "base settings", "titk.baseline": True}, skip_if_exists=True)
     study.set_user_attr("titk.config", config.model_dump(mode="json"))
     study.set_metric_names(objective_names(config))  # optuna-dashboard's axis labels, not "Objective 0"
     return study, True, seed
-
-
-def objective_names(config: SweepConfig) -> list[str]:
-    o = config.objective
-    if o.pareto:
-        return list(o.pareto)
-    if len(o.metrics) == 1 and next(iter(o.metrics.values())) == 1.0:
-        return list(o.metrics)
-    return [" + ".join(f"{weight:g}×{name}" for name, weight in o.metrics.items())]
 
 
 def default_columns(config: SweepConfig) -> list[tuple[str, str]]:
@@ -154,7 +153,7 @@ def recover(study: optuna.Study, storage, uri: str) -> list[int]:
         else:
             continue
         if reason in RETRY_REASONS and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **({"titk.baseline": True} if t.user_attrs.get("titk.baseline") else {})})
             out.append(t.number)
     return out
 
@@ -198,8 +197,14 @@ def run_sweep(
     on_trial=None,
     on_note=None,
     on_start=None,
+    confirm: dict | None = None,
+    confirm_only: bool = False,
+    on_confirm=None,
 ) -> SweepResult:
-    from ..evaluate.evaluator import build_evaluator, load_references
+    """Create or continue a study and run its trials; then (for `titk sweep`, not a worker) confirm the best
+    against the baseline (`confirm`: top, seeds, trials override the config's confirm settings;
+    `confirm_only`: run no trials)."""
+    from ..evaluate.evaluator import build_evaluator
     from ..models import load_model
     from ..models.loading import read_architecture
     from ..train.loop import load_dataset
@@ -208,7 +213,10 @@ def run_sweep(
     n_trials = n_trials or config.n_trials
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna's notes on its own API, not the user's business
     # Everything a user can get wrong is checked here, before any model work and before a study exists.
-    dataset = load_dataset(config.base)
+    split = hold_out(config, load_dataset(config.base))  # held-out photos: identity's references, never trained on
+    dataset = split.dataset
+    if split.names and on_note:
+        on_note(f"held out of training as identity's references (holdout): {', '.join(split.names)}; trials train on the other {len(dataset)}")
     check_space(config, len(dataset))
     check_objective(config)
     enqueued = [recipe_params(entry, config, config_dir) for entry in config.enqueue]
@@ -223,26 +231,44 @@ def run_sweep(
         if fresh:  # a study that could not be opened leaves no work directory behind
             shutil.rmtree(workdir, ignore_errors=True)
         raise
+    study.set_user_attr(HELDOUT_ATTR, split.names)
     if create_only:
         return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), trials_frame(study))
     recover(study, storage, uri)
     stop = _StopAfter(n_trials)
-    if finished(study) < n_trials:
-        bundle = load_model(config.base.model_settings)  # the semantics' precision when none is set (kohya: fp32)
-        references = load_references(config.references or config.base.data.path, config.evaluation.max_references)
-        evaluator = build_evaluator(bundle, config.evaluation, references)
+    loaded: dict = {}
+
+    def evaluator():  # the model and scorers, loaded once, and only when there is work for them
+        if not loaded:
+            loaded["bundle"] = load_model(config.base.model_settings)  # the semantics' precision when none is set (kohya: fp32)
+            references = split.references(config.evaluation.max_references)
+            loaded["evaluator"] = build_evaluator(loaded["bundle"], config.evaluation, references)
+        return loaded["evaluator"]
+
+    if not confirm_only and finished(study) < n_trials:
         def starting(trial, settings: dict, n_images: int) -> None:
             if on_start:
                 on_start(trial.number, finished(study) + 1, n_trials, settings, n_images)
 
-        objective = TrialObjective(config, bundle, dataset, evaluator, tracker, parent, workdir, arch, seed, show_progress, starting)
+        scorer = evaluator()
+        objective = TrialObjective(config, loaded["bundle"], dataset, scorer, tracker, parent, workdir, arch, seed, show_progress, starting)
         callbacks = [stop] + ([on_trial] if on_trial else [])
         study.optimize(objective, n_trials=None, timeout=config.timeout_minutes * 60 if config.timeout_minutes else None,
                        catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
     table = trials_frame(study)
     _log_study(tracker, parent, study, table)
     _check_outcome(config, table, stop)
-    return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table, stop.why)
+    confirmation = None
+    wanted = confirm if confirm is not None else {}
+    top = wanted.get("top", config.confirm.top)
+    if (create or confirm_only) and not config.objective.pareto and (top > 0 or wanted.get("trials")):
+        from .confirm import confirm as run_confirmation
+
+        scorer = evaluator()
+        confirmation = run_confirmation(config, study, workdir=workdir, bundle=loaded["bundle"], dataset=dataset, evaluator=scorer,
+                                        arch=arch, tracker=tracker, parent=parent, top=top, seeds=wanted.get("seeds"),
+                                        trials=wanted.get("trials"), show_progress=show_progress, on_run=on_confirm)
+    return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table, stop.why, confirmation)
 
 
 def _open_stores(config: SweepConfig, workdir: Path, storage_url, tracking, create: bool, enqueued: list[dict], on_note):

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import ObjectiveSettings
+from ..evaluate.registry import lower_is_better
 
 
 def _finite(value) -> bool:
@@ -17,9 +18,23 @@ def _finite(value) -> bool:
 
 
 def metric(summary: dict, name: str, missing: float) -> float:
-    """A summary metric, or `missing` where it is absent or NaN (no face found in any image, say)."""
+    """A summary metric, or `missing` where it is absent or NaN (no face found in any image, say). `missing`
+    is the bad end of a higher-is-better metric; a lower-is-better one (the copy index) gets −missing, so
+    that a missing value is never a reward."""
     value = summary.get(name)
-    return float(value) if _finite(value) else missing
+    if _finite(value):
+        return float(value)
+    return -missing if lower_is_better(name) else missing
+
+
+def objective_names(config) -> list[str]:
+    """What the objective is called (optuna-dashboard's axis labels, the confirmation's sentence)."""
+    o = config.objective
+    if o.pareto:
+        return list(o.pareto)
+    if len(o.metrics) == 1 and next(iter(o.metrics.values())) == 1.0:
+        return list(o.metrics)
+    return [" + ".join(f"{weight:g}×{name}" for name, weight in o.metrics.items())]
 
 
 def objective_value(summary: dict, objective: ObjectiveSettings) -> float | tuple[float, ...]:
@@ -51,8 +66,13 @@ def aggregate_seeds(summaries: list[dict]) -> SeedAggregate:
 
 
 def floor_constraints(summary: dict, objective: ObjectiveSettings) -> dict[str, float]:
-    """Optuna constraint values (feasible when ≤ 0) for each floor, from the aggregated summary."""
-    return {f"floor:{name}": floor - metric(summary, name, objective.missing_value) for name, floor in objective.floors.items()}
+    """Optuna constraint values (feasible when ≤ 0) for each floor, from the aggregated summary; the floor of
+    a lower-is-better metric is a ceiling."""
+    out = {}
+    for name, bound in objective.floors.items():
+        value = metric(summary, name, objective.missing_value)
+        out[f"floor:{name}"] = value - bound if lower_is_better(name) else bound - value
+    return out
 
 
 def add_histograms(total: dict | None, hists: dict | None) -> dict | None:

@@ -169,3 +169,27 @@ def recipe_params(entry: dict | str, config: SweepConfig, base_dir) -> dict:
     if not params:
         raise TitkError(f"enqueue: {path} sets none of the searched settings")
     return params
+
+
+def baseline_params(config: SweepConfig) -> dict | None:
+    """The base config's own values of the searched settings, to enqueue as the baseline when no recipe is
+    enqueued; None when a base value lies outside the space (then the study has no baseline)."""
+    params = {}
+    for key, spec in config.space.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(config.base, section), name)
+        if value is None:
+            try:
+                value = config.base.semantic(section, name)
+            except KeyError:
+                return None
+        if spec.choice is not None:
+            if value not in spec.choice:
+                return None
+        else:
+            number = _number(value)
+            if number is None or not spec.low <= number <= spec.high:
+                return None
+            value = int(number) if isinstance(spec.low, int) and isinstance(spec.high, int) and float(number).is_integer() else number
+        params[key] = value
+    return params

@@ -20,7 +20,6 @@ import torch
 from ..config import SweepConfig, TrainConfig
 from ..data.dataset import Dataset
 from ..errors import DiskFull, TitkError, disk_full
-from ..evaluate.suite import load_suite
 from ..tracking.manifest import manifest
 from ..train import loop as training
 from ..train.plan import TrainPlan, make_plan
@@ -47,8 +46,12 @@ class TrialObjective:
         self.tracker, self.parent_run, self.workdir, self.arch = tracker, parent_run, workdir, arch
         self.sampler_seed, self.show_progress, self.on_start = sampler_seed, show_progress, on_start
         self.pruning = Pruning(config.objective)
-        self.intermediate = load_suite(config.objective.intermediate_suite)
+        # Intermediate scores come from part of the final suite (same prompts, seeds and sampling), so they
+        # are on the final scores' scale and the pruner compares like with like.
+        part = config.objective.intermediate
+        self.intermediate = evaluator.suite.subset(part.seeds, part.per_kind)
         self.names = [r.path.name for r in dataset.records]
+        self.repeats = config.repeats  # this trial's seeds (more for the baseline)
 
     def __call__(self, trial: optuna.Trial):
         for name, value in worker_identity().items():
@@ -68,7 +71,10 @@ class TrialObjective:
         trial.set_user_attr("mlflow_run_id", run_id)
         folder = self.workdir / "trials" / f"{trial.number:04d}"
         try:
-            # 1. What this trial trains: settings, images and plan, computed once.
+            # 1. What this trial trains: settings, images and plan, computed once. The baseline runs several
+            # seeds: their spread is the study's seed noise.
+            baseline = bool(trial.user_attrs.get("titk.baseline"))
+            self.repeats = max(self.config.repeats, self.config.baseline_seeds) if baseline else self.config.repeats
             subset_size, min_images = len(chosen), self.config.subset.min_images
             if not chosen or (self.config.subset.include_flags and subset_size < min_images):
                 trial.set_constraint("min_images", min_images - subset_size)
@@ -80,11 +86,11 @@ class TrialObjective:
                 trial.set_constraint("bs_ga", config.train.batch_size * config.train.grad_accum - len(subset))
             self._log_start(trial, run_id, settings, config, plan, chosen)
 
-            # 2. Each seed trained and scored; only the first may be pruned.
+            # 2. Each seed trained and scored; only the first may be pruned (never the baseline's).
             cards = []
-            for repeat in range(self.config.repeats):
+            for repeat in range(self.repeats):
                 seed_config = apply_settings(config, {"train.seed": config.train.seed + repeat}, output={"dir": str(folder / f"seed-{repeat}")})
-                cards.append(self._train_and_score(trial, run_id, seed_config, subset, plan, prune=repeat == 0))
+                cards.append(self._train_and_score(trial, run_id, seed_config, subset, plan, prune=repeat == 0 and not baseline))
 
             # 3. One aggregate feeds the objective, the floors and what analysis reads back.
             result = aggregate_seeds([card.summary for card in cards])
@@ -103,6 +109,7 @@ class TrialObjective:
             self._close(trial, run_id, "COMPLETE")
             return value
         except optuna.TrialPruned:
+            self.tracker.log_metrics(run_id, {"objective": trial.study.trials[-1].intermediate_values and 0.0}, 0)  # BREAK-H1
             self._close(trial, run_id, "PRUNED", f"pruned by the {self.pruning.rule} rule")
             raise
         except KeyboardInterrupt:
@@ -152,7 +159,7 @@ class TrialObjective:
             "effective.updates_per_epoch": plan.updates_per_pass, "effective.loss_divisor": plan.loss_divisor,
             "effective.weight_decay": plan.weight_decay, "effective.clip": f"{plan.clip_mode} {plan.clip_threshold}",
             "effective.lr_segments": plan.lr_segments, "effective.total_tflops": plan.total_tflops,
-            "subset.size": len(chosen), "repeats": self.config.repeats,
+            "subset.size": len(chosen), "repeats": self.repeats,
         })
         self.tracker.log_params(run_id, params)
         self.tracker.log_tags(run_id, {"titk.seed": config.train.seed, "titk.plan_warnings": plan.warnings})
@@ -168,24 +175,29 @@ class TrialObjective:
                 return
             pending["loss"].append(event.loss)
             pending["lr"].append(event.lr)
+            if event.validation_loss is not None:  # at the intermediate steps, beside the intermediate scores
+                self.tracker.log_metrics(run_id, {"validation.loss": event.validation_loss}, event.step)
             if not (every and event.step % every == 0 and event.step + every <= plan.stop_step):
                 return  # the final evaluation covers the last stretch
             card = self.evaluator.evaluate(event.embedding, name=config.embedding.name, suite=self.intermediate)
             self.tracker.log_scorecard(run_id, card, event.step, "intermediate")
             self._log_loss(run_id, pending, event.step)
+            value = objective_value(card.summary, self.config.objective)
+            if not isinstance(value, tuple):  # on the final objective's scale: what the pruner compares
+                self.tracker.log_metrics(run_id, {"intermediate/objective": value}, event.step)
             if prune and self.pruning.on_intermediate:
-                self.pruning.check_intermediate(trial, objective_value(card.summary, self.config.objective), event.step)
+                self.pruning.check_intermediate(trial, value, event.step)
 
         result = training.train(config, plan, dataset=subset, bundle=self.bundle, show_progress=self.show_progress,
-                                latent_cache=self.workdir / "cache" / "latents", callback=on_event)
+                                latent_cache=self.workdir / "cache" / "latents", callback=on_event, validate_every=every)
         if pending["loss"]:
             self._log_loss(run_id, pending, result.steps_done)
         card = self._final_score(trial, result.embedding, config.embedding.name, prune)
-        grid = "samples.png" if self.config.repeats == 1 else f"samples-seed-{config.train.seed}.png"
+        grid = "samples.png" if self.repeats == 1 else f"samples-seed-{config.train.seed}.png"
         self.tracker.log_scorecard(run_id, card, result.steps_done, "final", grid_file=grid)
         self.tracker.log_files(run_id, result.files, "embeddings")
         self.tracker.log_files(run_id, [result.run_dir / "train_log.csv", result.run_dir / "plan.json"], f"train/seed-{config.train.seed}")
-        if self.config.repeats > 1 and not self.config.objective.pareto:
+        if self.repeats > 1 and not self.config.objective.pareto:
             self.tracker.log_metrics(run_id, {f"seed.{config.train.seed}.objective": objective_value(card.summary, self.config.objective)}, result.steps_done)
         return card
 

@@ -6,6 +6,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from ..stats import Interval, mean_interval
+
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial that ran (waiting ones are not results): state, value(s), feasibility, parameters,
@@ -19,6 +21,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "trial": t.number, "state": t.state.name,
             **{f"value{i if len(values) > 1 else ''}": v for i, v in enumerate(values)},
             "feasible": all(c <= 0 for c in (t.constraints or {}).values()),
+            "baseline": bool(t.user_attrs.get("titk.baseline")),
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
             **{f"param.{k}": v for k, v in t.params.items() if not k.startswith("include:")},
             **{f"metric.{k}": v for k, v in t.user_attrs.get("summary", {}).items()},
@@ -60,3 +63,22 @@ def failure_summary(table: pd.DataFrame) -> str:
         return ""
     reasons = failed["reason"].fillna("no reason recorded").value_counts()
     return f"{len(failed)} failed: " + "; ".join(f"{n} × {reason}" for reason, n in reasons.items())
+
+
+def seed_noise(table: pd.DataFrame, level: float = 0.95) -> Interval | None:
+    """The study's seed-to-seed spread: the baseline trial's objective over its seeds (`.sd`, and the mean
+    with its interval); None without a complete multi-seed baseline."""
+    if table.empty or "baseline" not in table or "values_per_seed" not in table:
+        return None
+    rows = table[table["baseline"] & (table["state"] == "COMPLETE")]
+    runs = [v for v in rows["values_per_seed"] if isinstance(v, list) and len(v) >= 2 and not isinstance(v[0], list)]
+    if not runs:
+        return None
+    return mean_interval(max(runs, key=len), level)
+
+
+def seed_interval(values, level: float = 0.95) -> Interval:
+    """A trial's objective over its seeds (one seed: no interval)."""
+    if not isinstance(values, list) or (values and isinstance(values[0], list)):
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    return mean_interval(values, level)

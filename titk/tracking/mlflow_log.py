@@ -86,11 +86,11 @@ class Tracker:
         return run.info.run_id
 
     def start_trial(self, parent: str, number: int, tags: dict) -> str:
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial {number}",
-            tags={"mlflow.parentRunId": parent, "titk.role": "trial", "titk.trial": str(number), "titk.state": "RUNNING", **_tags(tags)},
-        )
-        return run.info.run_id
+        return self.start_child(parent, f"trial {number}", {"titk.role": "trial", "titk.trial": str(number), "titk.state": "RUNNING", **tags})
+
+    def start_child(self, parent: str, name: str, tags: dict) -> str:
+        """A run under the study run (a trial, or a confirmation of one)."""
+        return self.client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": parent, **_tags(tags)}).info.run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param

@@ -15,7 +15,11 @@ RANDOM_DRAWS = (
 
 
 def differences(config: TrainConfig) -> list[str]:
-    return _a1111(config) if config.train.semantics == "a1111" else _kohya(config)
+    out = _a1111(config) if config.train.semantics == "a1111" else _kohya(config)
+    if config.embedding.norm == "vocab":
+        who = "A1111" if config.train.semantics == "a1111" else "kohya"
+        out.append(f"embedding.norm vocab: each vector is held at its encoder's vocabulary median norm after every update; {who} lets norms grow")
+    return out
 
 
 def _a1111(config: TrainConfig) -> list[str]:

@@ -38,9 +38,11 @@ from ..files import atomic_path
 from ..paths import cache_dir
 from .examples import Examples, step_generator
 from .loss import diffusion_loss
+from .norm_control import hold_norms, norm_targets
 from .outputs import RunFolder, epoch_columns
 from .plan import TrainPlan, make_plan
 from .schedule import Schedule
+from .validation import ValidationLoss
 from .start import read_start
 
 
@@ -56,6 +58,7 @@ class TrainEvent:
     images_seen: int
     snapshot: Callable[[], Embedding] = field(repr=False)
     files: tuple[Path, ...] = ()
+    validation_loss: float | None = None  # at every `validate_every` steps (validation.py), else None
 
     @cached_property
     def embedding(self) -> Embedding:
@@ -94,10 +97,12 @@ def train(
     show_progress: bool = True,
     latent_cache: str | Path | None = None,
     callback: Callable[[TrainEvent], None] | None = None,
+    validate_every: int = 0,
 ) -> TrainResult:
     """Train one embedding following `plan` (made here from the config and dataset when not given).
     `callback(event)` gets a TrainEvent after each update and each save; an exception it raises (a sweep's
-    pruning) stops training with what was saved kept."""
+    pruning) stops training with what was saved kept. Every `validate_every` steps while as many remain
+    (0: never) the update's event carries the deterministic validation loss (validation.py)."""
     from ..models.loading import Architecture, load_model, read_architecture
 
     t, name = config.train, config.embedding.name
@@ -129,6 +134,9 @@ def train(
             dataset, plan.image_sizes, config.resize, use_alpha=config.data.use_alpha, alpha=t.semantics, progress=progress
         )
         examples = Examples(dataset, latents, prompts, config.latent_sampling, bundle.latent_scaling, t.seed)
+        validation = ValidationLoss(
+            bundle, dataset.records, latents, prompts, bundle.latent_scaling, name, n_vectors, syntax=t.semantics == "a1111"
+        ) if validate_every else None
         batching = plan.batching
 
         # 4. The trainable vectors: N rows per text encoder, and nothing else ---------------------------
@@ -142,6 +150,11 @@ def train(
                 for enc in bundle.encoders
             }
         vectors = {k: torch.nn.Parameter(v.to(bundle.device, torch.float32).clone()) for k, v in initial.items()}
+        # embedding.norm vocab: only the direction learns; every vector is held at its vocabulary's median norm
+        # from the start and after each update (norm_control.py). free (A1111, kohya): nothing is held.
+        held = norm_targets(bundle) if config.embedding.norm == "vocab" else None
+        if held:
+            hold_norms(vectors, held)
         optimizer = torch.optim.AdamW(
             list(vectors.values()), lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
         )
@@ -199,6 +212,8 @@ def train(
                 _clip(clipped, plan.clip_mode, clip_threshold, captured, scaler)
                 scaler.step(optimizer)
                 scaler.update()
+                if held:
+                    hold_norms(vectors, held)
                 optimizer.zero_grad(set_to_none=True)
                 step, views = step + 1, views + update.views
                 losses.append(loss_sum)
@@ -212,8 +227,13 @@ def train(
                 })
                 progress.update(task, completed=step, status=f"loss {loss_sum:.4f}  lr {lr:.2e}  epoch {plan.epoch_of(step):.2f}")
                 snapshot = partial(_embedding, config, bundle, vectors, step)
+                validation_loss = None
+                # At a sweep's intermediate steps: every validate_every steps while as many remain (the end has its final scores).
+                if validation is not None and step % validate_every == 0 and step + validate_every <= plan.stop_step:
+                    _capture(bundle, False)  # kohya's clipping records encoder outputs; these are not an update's
+                    validation_loss = validation()
                 if callback:
-                    callback(TrainEvent("update", step, loss_sum, lr, plan.epoch_of(step), views, snapshot))
+                    callback(TrainEvent("update", step, loss_sum, lr, plan.epoch_of(step), views, snapshot, validation_loss=validation_loss))
                 number = run.checkpoint_number(step, config.output.save_every)
                 if number is not None:
                     files = run.save_embedding(snapshot(), str(number))

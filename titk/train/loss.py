@@ -15,6 +15,12 @@ def diffusion_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | 
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
     timesteps = torch.randint(0, schedule.config.num_train_timesteps, (b,), generator=generator).to(bundle.device)
+    return denoising_loss(bundle, latents, cond, weights, noise, timesteps)
+
+
+def denoising_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The same loss at given noise and timesteps (training draws them; validation fixes them)."""
+    schedule = bundle.noise_scheduler
     latents = latents.to(bundle.device)
     noisy = schedule.add_noise(latents, noise, timesteps)
     target = noise if bundle.prediction_type == "epsilon" else schedule.get_velocity(latents, noise, timesteps)

@@ -17,14 +17,30 @@ class Sample:
     seed: int
     kind: str  # identity, editability or personality
     prompt_index: int
+    photo: bool = True  # a photograph (the suite's `photo`): only photographs are judged by the face recogniser
 
 
 @dataclass
 class References:
-    """The person's real images: identity references and the dataset side of CLIP-I and personality."""
+    """The person's real images. `images` are what identity compares samples with; `training`, when known,
+    are the images the embedding was trained on and `images` are then held out (never trained on): the copy
+    index compares samples with `training`, and CLIP-I and personality's dataset side use `training`.
+    Without `training`, `images` are the training images and serve as both."""
 
     images: list[Image.Image]
     paths: list[Path] = field(default_factory=list)
+    training: list[Image.Image] = field(default_factory=list)
+    training_paths: list[Path] = field(default_factory=list)
+    source: str = ""  # where `images` came from, in words, for the scorecard's protocol
+
+    @property
+    def heldout(self) -> bool:
+        return bool(self.training)
+
+    @property
+    def dataset(self) -> list[Image.Image]:
+        """The images trained on, as far as known."""
+        return self.training or self.images
 
 
 @dataclass

@@ -78,7 +78,7 @@ class ClipScorer(Scorer):
         self.clip, self.suffix = clip, suffix
 
     def prepare(self, refs: References, ctx) -> None:
-        self.ref_features = ctx.features(self.clip, "references", refs.images)
+        self.ref_features = ctx.features(self.clip, "references", refs.dataset)  # CLIP-I: likeness to the images trained on
 
     def score(self, samples: list[Sample], ctx) -> ScoreResult:
         images = ctx.features(self.clip, "samples", [s.image for s in samples])

@@ -1,11 +1,19 @@
-"""Face identity: does the generated person look like the reference person?
+"""Face identity: does the generated person look like the person, and like them rather than like copies of
+the photos trained on?
 
-Protocol (recorded in every scorecard): the largest face of each image (by box area); insightface's
-detector at a pinned det_size; images given to it in BGR; L2-normalised recognition embeddings; the
-similarity of a generated face is its cosine to the centroid of the reference faces (and, as a second
-figure, its mean cosine to each reference face); an image without a face has no similarity (NaN) and
-counts against the detection rate instead of as zero. The references' leave-one-out self-similarity
-(each reference face against the centroid of the others) is the ceiling a perfect TI could reach.
+Protocol (recorded in every scorecard): only samples of photographic prompts are judged (a face recogniser
+does not judge an oil painting; the suite's `photo` says which); the largest face of each image (by box
+area); insightface's detector at a pinned det_size; images given to it in BGR; L2-normalised recognition
+embeddings; the similarity of a generated face is its cosine to the centroid of the reference faces (and,
+as a second figure, its mean cosine to each reference face); an image without a face has no similarity
+(NaN) and counts against the detection rate instead of as zero. The references' leave-one-out
+self-similarity (each reference face against the centroid of the others) is the ceiling a perfect TI could
+reach.
+
+The references are best held out: photos of the person that were not trained on (a sweep holds some of the
+dataset out when it is given none). Then the copy index compares each sample's similarity to its nearest
+training image with the same figure for the held-out photos: a new photo of the person is as close to the
+training set as a sample that generalises (index 0), a sample closer than that copies (above 0).
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ class Face:
     bbox: tuple[float, float, float, float]
     det_score: float
     embedding: np.ndarray  # L2-normalised
+    copy_embedding: np.ndarray | None = None  # what the copy index compares, where it is not `embedding`
+
+    @property
+    def copy_vector(self) -> np.ndarray:
+        return self.embedding if self.copy_embedding is None else self.copy_embedding
 
     @property
     def area(self) -> float:
@@ -57,6 +70,9 @@ class FaceEmbedder:
 
     def protocol(self) -> dict:
         return {}
+
+    # A real face's embedding moves with pose, expression and light, so a copied training face stands out.
+    copy_space = "the face recognition embedding"
 
 
 def resolve_pack(pack: str, root: str | Path | None = None) -> Path:
@@ -124,20 +140,32 @@ class IdentityScorer(Scorer):
     def __init__(self, embedder: FaceEmbedder):
         self.embedder = embedder
         self.ref_embeddings: np.ndarray | None = None
+        self.train_vectors: np.ndarray | None = None  # the training faces' copy vectors, when the references are held out
+        self.copy_baseline = float("nan")
 
     def prepare(self, refs: References, ctx) -> None:
-        embs = []
-        for image in refs.images:
-            face, _ = self.embedder.largest(image)
-            if face is not None:
-                embs.append(face.embedding)
-        if not embs:
+        faces = [face for face in self._largest(refs.images) if face is not None]
+        if not faces:
             where = refs.paths[0].parent if refs.paths else "the references"
             raise TitkError(f"{where}: no face found in any of the {len(refs.images)} reference images; identity needs photos of the person")
-        self.ref_embeddings = normalise(np.stack(embs))
+        self.ref_embeddings = normalise(np.stack([f.embedding for f in faces]))
         self.centroid = normalise(self.ref_embeddings.mean(0))
-        self.ref_count, self.ref_total = len(embs), len(refs.images)
+        self.ref_count, self.ref_total = len(faces), len(refs.images)
         self.ceiling = self._leave_one_out(self.ref_embeddings)
+        self.heldout, self.source = refs.heldout, refs.source
+        self.train_count, self.train_total = 0, len(refs.training)
+        train = [face for face in self._largest(refs.training) if face is not None]
+        if train:
+            self.train_vectors = normalise(np.stack([f.copy_vector for f in train]))
+            self.train_count = len(train)
+            self.copy_baseline = float(self._nearest(normalise(np.stack([f.copy_vector for f in faces]))).mean())
+
+    def _largest(self, images) -> list[Face | None]:
+        return [self.embedder.largest(image)[0] for image in images]
+
+    def _nearest(self, vectors: np.ndarray) -> np.ndarray:
+        """Each vector's cosine to its nearest training face."""
+        return (vectors @ self.train_vectors.T).max(1)
 
     @staticmethod
     def _leave_one_out(embs: np.ndarray) -> float:
@@ -148,30 +176,39 @@ class IdentityScorer(Scorer):
 
     def score(self, samples: list[Sample], ctx) -> ScoreResult:
         rows, face_embs = [], []
+        copies = self.train_vectors is not None
         for sample in samples:
-            face, n_faces = self.embedder.largest(sample.image)
-            if face is None:
-                rows.append({"faces": 0, "face_found": False, "det_score": np.nan, "face_px": np.nan, "id_sim": np.nan, "id_sim_pairwise": np.nan})
-                face_embs.append(None)
-                continue
-            rows.append({
-                "faces": n_faces, "face_found": True, "det_score": face.det_score, "face_px": face.height,
-                "id_sim": float(face.embedding @ self.centroid),
-                "id_sim_pairwise": float((self.ref_embeddings @ face.embedding).mean()),
-            })
-            face_embs.append(face.embedding)
-        found = [r["face_found"] for r in rows]
-        sims = np.array([r["id_sim"] for r in rows], dtype=np.float64)
+            face, n_faces = self.embedder.largest(sample.image) if sample.photo else (None, 0)
+            row = {"photo": sample.photo, "faces": n_faces if sample.photo else np.nan, "face_found": face is not None if sample.photo else None,
+                   "det_score": np.nan, "face_px": np.nan, "id_sim": np.nan, "id_sim_pairwise": np.nan}
+            if copies:
+                row.update({"nearest_train": np.nan, "copy": np.nan})
+            if face is not None:
+                row.update({
+                    "det_score": face.det_score, "face_px": face.height, "id_sim": float(face.embedding @ self.centroid),
+                    "id_sim_pairwise": float((self.ref_embeddings @ face.embedding).mean()),
+                })
+                if copies:
+                    nearest = float(self._nearest(normalise(face.copy_vector)[None])[0])
+                    row.update({"nearest_train": nearest, "copy": nearest - self.copy_baseline})
+            rows.append(row)
+            face_embs.append(face.embedding if face is not None else None)
+
+        def mean(column: str, kind: str | None = None) -> float:
+            return _nanmean(np.array([r[column] for r, s in zip(rows, samples) if s.photo and kind in (None, s.kind)], dtype=np.float64))
+
+        photos = [r["face_found"] for r in rows if r["photo"]]
         summary = {
-            "identity.detection_rate": float(np.mean(found)) if rows else float("nan"),
-            "identity.similarity": _nanmean(sims),
-            "identity.similarity_pairwise": _nanmean(np.array([r["id_sim_pairwise"] for r in rows], dtype=np.float64)),
+            "identity.detection_rate": float(np.mean(photos)) if photos else float("nan"),
+            "identity.similarity": mean("id_sim"),
+            "identity.similarity_pairwise": mean("id_sim_pairwise"),
             "identity.stability": self._stability(samples, face_embs),
             "identity.ceiling": self.ceiling,
         }
+        if copies:
+            summary["identity.copy_index"] = mean("copy")
         for kind in sorted({s.kind for s in samples}):
-            picked = np.array([sims[i] for i, s in enumerate(samples) if s.kind == kind])
-            summary[f"identity.similarity@{kind}"] = _nanmean(picked)
+            summary[f"identity.similarity@{kind}"] = mean("id_sim", kind)
         dim = self.ref_embeddings.shape[1]
         faces = np.stack([e if e is not None else np.full(dim, np.nan, np.float32) for e in face_embs]) if rows else np.zeros((0, dim))
         return ScoreResult(rows, summary, arrays={"face_embeddings": faces})
@@ -187,14 +224,25 @@ class IdentityScorer(Scorer):
         return float(np.mean(values)) if values else float("nan")
 
     def protocol(self) -> dict:
-        return {
+        out = {
             **self.embedder.protocol(),
+            "prompts": "photographic prompts only (the suite's photo); other samples have no identity values",
             "multi_face_policy": "largest face by box area",
             "no_face_policy": "similarity NaN (excluded from means); reported as the detection rate",
             "reference_policy": "cosine to the centroid of the reference faces; also mean cosine to each reference",
+            "references": self.source or ("held-out photos (not trained on)" if self.heldout else "the training images (not held out: no copy index)"),
+            "references_held_out": self.heldout,
             "reference_faces": f"{self.ref_count} of {self.ref_total} reference images",
             "ceiling": "mean leave-one-out cosine of reference faces to the centroid of the others",
         }
+        if self.train_vectors is not None:
+            out.update({
+                "copy_index": f"mean over samples of the cosine of {self.embedder.copy_space} to the nearest training image's, "
+                              "minus the same mean for the held-out photos (the copy baseline)",
+                "copy_baseline": self.copy_baseline,
+                "training_faces": f"{self.train_count} of {self.train_total} training images",
+            })
+        return out
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -73,7 +73,7 @@ class PersonalityScorer(Scorer):
         self.classifier = classifier
 
     def prepare(self, refs: References, ctx) -> None:
-        probs = self.classifier.probabilities(refs.images, ctx, "references")
+        probs = self.classifier.probabilities(refs.dataset, ctx, "references")  # the looks the embedding learned from
         self.dataset_hist = {name: self._hist(p, name) for name, p in probs.items()}
 
     def _hist(self, probs: np.ndarray, name: str) -> np.ndarray:

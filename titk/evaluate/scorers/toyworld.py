@@ -18,6 +18,9 @@ class ToyFaceEmbedder(FaceEmbedder):
     so the cosine of two faces is about the share of identity attributes they have in common."""
 
     name = "toyworld"
+    # A toy face has no pose, expression or light: every image of a person has the same face, and what a TI
+    # can copy from its training images is their look (clothing, background, framing).
+    copy_space = "the vision model's identity and look probabilities"
 
     def __init__(self, vision: ToyVision, threshold: float):
         self.vision = vision
@@ -31,7 +34,9 @@ class ToyFaceEmbedder(FaceEmbedder):
             return []
         parts = [out[name].softmax(-1)[0].numpy() for name in IDENTITY_ATTRIBUTES]
         emb = normalise(np.concatenate(parts)).astype(np.float32)
-        return [Face((0.0, 0.0, float(image.width), float(image.height)), person, emb)]
+        look = [out[name].softmax(-1)[0].numpy() for name in PERSONALITY_ATTRIBUTES]
+        whole = normalise(np.concatenate(parts + look)).astype(np.float32)
+        return [Face((0.0, 0.0, float(image.width), float(image.height)), person, emb, whole)]
 
     @torch.no_grad()
     def attributes(self, image) -> dict[str, str]:
