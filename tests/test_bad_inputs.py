@@ -276,6 +276,8 @@ CASES = [
     bad("report-workdir-missing", lambda w, t: ["report", t / "nowork", "-o", t / "r.html"], "nowork", output=lambda w, t: t / "r.html"),
     bad("report-workdir-is-a-file", lambda w, t: ["report", w.pt, "-o", t / "r.html"], "ohwx.pt", output=lambda w, t: t / "r.html"),
     bad("serve-workdir-missing", lambda w, t: ["serve", t / "nowork", "--check"], "nowork", "not a sweep work directory"),
+    bad("confirm-workdir-missing", lambda w, t: ["confirm", t / "nowork"], "nowork", "not a sweep work directory"),
+    bad("confirm-seeds-too-few", lambda w, t: ["confirm", t / "nowork", "--seeds", "1"], "--seeds"),
     bad("serve-port-out-of-range", lambda w, t: ["serve", t / "nowork", "--port", "70000", "--check"], "--port"),
     # ---- titk toyworld / demo
     bad("toyworld-dataset-out-is-a-file", lambda w, t: ["toyworld", "dataset", (t / "f").write_text("x") and t / "f"], "/f", "in the way", output=lambda w, t: t / "f"),
@@ -348,7 +350,7 @@ def test_the_corpus_is_large():
 
 
 COMMANDS = [["doctor"], ["inspect"], ["convert"], ["plan"], ["train"], ["eval"], ["dataset", "check"], ["sweep"], ["worker"],
-            ["serve"], ["report"], ["toyworld", "dataset"], ["toyworld", "pretrain"], ["demo"]]
+            ["serve"], ["confirm"], ["report"], ["toyworld", "dataset"], ["toyworld", "pretrain"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -109,7 +109,6 @@ class TrialObjective:
             self._close(trial, run_id, "COMPLETE")
             return value
         except optuna.TrialPruned:
-            self.tracker.log_metrics(run_id, {"objective": trial.study.trials[-1].intermediate_values and 0.0}, 0)  # BREAK-H1
             self._close(trial, run_id, "PRUNED", f"pruned by the {self.pruning.rule} rule")
             raise
         except KeyboardInterrupt:
