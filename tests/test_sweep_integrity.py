@@ -218,7 +218,7 @@ def test_a_sweep_that_trained_nothing_exits_non_zero_with_its_reasons(tmp_path, 
     assert code == 1
     code, _, err = run_cli("report", tmp_path / "work", "-o", tmp_path / "report.html")
     assert code == 0, err
-    assert "No trial was trained to the end: 5 failed: 5 × training stopped" in (tmp_path / "report.html").read_text()
+    assert "no trial was trained to the end: 5 failed: 5 × training stopped" in (tmp_path / "report.html").read_text()
 
 
 @pytest.fixture
