@@ -17,6 +17,10 @@ os.environ.update(
     DO_NOT_TRACK="true",
     TOKENIZERS_PARALLELISM="false",
 )
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Test processes side by side, one core each: torch's threads would only contend (and its subprocesses'
+    # too, which inherit this).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -167,7 +167,7 @@ assert set(STAGES) == set(NEEDS)
 # (skipped where no PostgreSQL can be started), and the toy model's 2-hour pretraining (tested there through
 # its API, with sizes the CLI does not offer: the CLI renders 6,144 images however few steps it is given).
 COVERED_ELSEWHERE = {
-    "titk demo": "tests/test_toyworld.py::test_demo_runs_and_says_how_to_look_at_it",
+    "titk demo": "tests/test_demo.py::test_demo_runs_and_says_how_to_look_at_it",
     "titk serve work/person": "tests/test_serve.py::test_a_signal_stops_both_servers_and_their_workers",
     "titk serve ../work/person --port 5001 --dashboard-port 8081": "tests/test_serve.py::test_a_signal_stops_both_servers_and_their_workers",
     "titk sweep experiments/sweeps/person-settings.yaml --storage postgresql://… --tracking-uri http://mlflow-host:5000 --create-only":

@@ -80,10 +80,10 @@ def test_the_part_scores_each_image_as_the_whole_suite_does(sd1, tmp_path):
     for i, key in enumerate(part.table[keys].itertuples(index=False)):  # generated in batches of another composition:
         a, b = np.asarray(part.images[i], dtype=int), np.asarray(full.images[index[tuple(key)]], dtype=int)
         assert np.abs(a - b).max() <= 1  # the same image up to float rounding
-    # and CLIP embeds them in other batches too
+    # and CLIP embeds them in other batches too: the same values up to what a pixel of rounding moves
     for column in ("clip_t", "clip_i"):
-        assert np.allclose(joined[column], joined[f"{column}_full"], rtol=1e-5, atol=0)
-    assert part.summary["clip_t"] == pytest.approx(joined["clip_t_full"].mean())  # the same mean over fewer images
+        assert np.allclose(joined[column], joined[f"{column}_full"], rtol=0, atol=1e-3)
+    assert part.summary["clip_t"] == pytest.approx(joined["clip_t_full"].mean(), abs=1e-3)  # the same mean over fewer images
 
 
 # ------------------------------------------------------------------------------------ validation loss

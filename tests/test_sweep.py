@@ -79,6 +79,31 @@ def test_mlflow_holds_everything_to_compare(finished):
     assert client.get_run(parent).data.metrics["trials.complete"] >= 2
 
 
+def test_a_pruned_trial_shows_no_final_score_and_the_pruning_signal_is_measured(finished, capsys):
+    from optuna.distributions import FloatDistribution
+
+    from titk.cli.studies import _pruning_signal, _trial_line
+    from titk.sweep.trials import trials_frame
+
+    _, result = finished
+    table = trials_frame(result.study).set_index("trial")
+    pruned = table["state"] == "PRUNED"  # Optuna's own value for a pruned trial is an intermediate one
+    assert pruned.loc[2] and table.loc[pruned, "value"].isna().all() and table.loc[~pruned, "value"].notna().all()
+    _trial_line(result.study, result.study.trials[2])
+    line = capsys.readouterr().out
+    assert "trial 2 pruned  by the median rule at step 2 (intermediate objective" in line and "no final score" in line
+    # two complete trials reported intermediate values (the baseline never does): too few for a rank correlation
+    assert "not measured" in _pruning_signal(result.study, trials_frame(result.study), "median")
+    assert _pruning_signal(result.study, trials_frame(result.study), "wilcoxon") is None
+
+    study = optuna.create_study(direction="maximize")
+    for number, (early, final) in enumerate([(0.1, 0.3), (0.2, 0.5), (0.4, 0.4), (0.3, 0.6)]):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}, value=final,
+                                                  intermediate_values={50: early, 100: final - 0.01 * number}))
+    signal = _pruning_signal(study, trials_frame(study), "median")
+    assert signal.startswith("pruning signal: intermediate/objective at step 100: ρ = +1.00 (") and "4 trials" in signal
+
+
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, fixtures, monkeypatch):
     import titk.train.loop as loop
 

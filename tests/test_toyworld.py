@@ -161,24 +161,6 @@ def test_a_dataset_in_tank_tops_gives_a_ti_in_tank_tops(toy_model, toy, tmp_path
     assert shares["biased"] > shares["balanced"] + 0.2, shares
 
 
-@pytest.mark.slow
-def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
-    """The README's main job, made smaller: the same command and config, two trials of one seed (the baseline's
-    three), confirmed on two fresh seeds instead of three."""
-    workdir = tmp_path / "demo"
-    code, out, err = run_cli("demo", "-w", workdir, "--set", "n_trials=2", "--set", "repeats=1", "--set", "confirm.seeds=2")
-    assert code == 0, err
-    assert "seed noise: the baseline's objective" in out and "CI, 3 seeds)" in out
-    assert "decision:" in out and (workdir / "confirmation.json").is_file()
-    assert len(list((workdir / "data").glob("*.png"))) == 15
-    assert "study demo" in out and f"titk serve {workdir}" in out and f"titk report {workdir}" in out and "notebooks" in out
-    from titk.analysis import load_study
-
-    data = load_study(workdir)
-    assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
-    assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
-
-
 def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path):
     """The pretraining command end to end, minutes made into seconds: a diffusers folder titk loads, the vision
     model, and a record whose history stops where stop_at says; a continuation keeps the earlier history."""

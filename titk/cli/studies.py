@@ -20,9 +20,12 @@ def _note(message: str) -> None:
 
 def _trial_line(study, trial) -> None:
     value = "" if trial.values is None else "  value " + ", ".join(f"{v:.4f}" for v in trial.values)
-    if trial.state.name == "PRUNED" and trial.intermediate_values:  # not comparable with finished trials' values
-        step = max(trial.intermediate_values)
-        value = f"  at step {step}: {trial.intermediate_values[step]:.4f} on the intermediate suite"
+    if trial.state.name == "PRUNED":  # Optuna's value for it is an intermediate one, not a result
+        pruned = trial.user_attrs.get("titk.pruned") or {}
+        if "step" in pruned:
+            value = f"  by the {pruned['rule']} rule at step {pruned['step']} (intermediate objective {pruned['value']:.4f}; no final score)"
+        else:
+            value = f"  by the {pruned.get('rule', 'pruning')} rule" + (f" after {pruned['images']} images" if "images" in pruned else "") + " (no final score)"
     reason = trial.user_attrs.get("fail_reason") or ""
     if "duplicate_of" in trial.user_attrs:
         reason = f"same settings as trial {trial.user_attrs['duplicate_of']}: answered from it, not trained again"
@@ -64,10 +67,28 @@ def _run(cfg, workdir: Path, options: dict) -> None:
         return
     if result.note:
         console.print(f"[yellow]note:[/] {escape(result.note)}", highlight=False, soft_wrap=True)
-    _summary(result, cfg.study, workdir)
+    _summary(result, cfg.study, workdir, cfg.objective.pruner if cfg.objective.eval_every != 0 and not cfg.objective.pareto else None)
 
 
-def _summary(result, study: str, workdir: Path) -> None:
+def _pruning_signal(study, table, rule: str | None) -> str | None:
+    """How well the values the median rule pruned on ranked the complete trials as their final scores do
+    (Spearman's ρ at the last step most trials reached), or why that is not known."""
+    import pandas as pd
+
+    from ..analysis.predictiveness import describe, signal_correlations
+
+    if rule != "median":  # the Wilcoxon rule reports per-image values, not a score per step: see the report
+        return None
+    rows = [{"trial": t.number, "metric": "intermediate/objective", "step": step, "value": value}
+            for t in study.get_trials(deepcopy=False) for step, value in t.intermediate_values.items()]
+    curves = pd.DataFrame(rows, columns=["trial", "metric", "step", "value"])
+    lines = describe(signal_correlations(curves, table, "value")) if "value" in table else []
+    if not lines:
+        return "pruning signal: not measured (a rank correlation needs 3 complete trials with intermediate evaluations)"
+    return f"pruning signal: {lines[0]} with the final objective (+1: prunes as the end would rank)"
+
+
+def _summary(result, study: str, workdir: Path, pruner: str | None = None) -> None:
     from ..sweep.trials import best_trials, seed_interval, seed_noise
 
     table = result.table
@@ -90,6 +111,9 @@ def _summary(result, study: str, workdir: Path) -> None:
         console.print(f"seed noise: the baseline's objective {noise.text()}, seed-to-seed sd {noise.sd:.3f}", highlight=False, soft_wrap=True)
     elif "value" in table:
         console.print("seed noise: not measured (no complete baseline trial with several seeds)", highlight=False)
+    signal = _pruning_signal(result.study, table, pruner)
+    if signal:
+        console.print(escape(signal), highlight=False, soft_wrap=True)
     record = result.confirmation
     if record is not None:
         console.print(f"[bold]decision:[/] {escape(record['sentence'])}", highlight=False, soft_wrap=True)

@@ -219,7 +219,9 @@ def run_sweep(
         on_note(f"held out of training as identity's references (holdout): {', '.join(split.names)}; trials train on the other {len(dataset)}")
     check_space(config, len(dataset))
     check_objective(config)
-    enqueued = [recipe_params(entry, config, config_dir) for entry in config.enqueue]
+    # Recipe files are named relative to the sweep file, which `titk confirm` (reading sweep.json) does not
+    # have; the study it confirms holds its enqueued trials already.
+    enqueued = [] if confirm_only else [recipe_params(entry, config, config_dir) for entry in config.enqueue]
     check_values(config, dataset, enqueued)
     arch = read_architecture(config.base.model)
     make_plan(config.base, dataset, arch)

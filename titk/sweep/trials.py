@@ -16,7 +16,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
             continue
-        values = t.values if t.values is not None else []
+        # Optuna gives a pruned trial its last intermediate value; it is not a result, so it is left out here.
+        values = t.values if t.values is not None and t.state == TrialState.COMPLETE else []
         rows.append({
             "trial": t.number, "state": t.state.name,
             **{f"value{i if len(values) > 1 else ''}": v for i, v in enumerate(values)},

@@ -1,0 +1,37 @@
+"""The README's main job: `titk demo`, a sweep in the toy world with embedded storage, then confirmation."""
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
+    """The README's main job, made smaller: the same command and config, two trials (the baseline on its three
+    seeds and one other) of 50 to 100 steps instead of 100 to 200, no intermediate evaluations, scored on
+    toy-quick (4 of the toy suite's 24 images), and confirmed on two fresh seeds instead of three."""
+    workdir = tmp_path / "demo"
+    shorter = ["--set", "space.train.max_steps.low=50", "--set", "space.train.max_steps.high=100",
+               "--set", "enqueue=[{train.learning_rate: 0.05, embedding.vectors: 4, train.max_steps: 50}]"]
+    code, out, err = run_cli("demo", "-w", workdir, "--set", "n_trials=2", "--set", "confirm.seeds=2", *shorter,
+                             "--set", "evaluation.suite=toy-quick", "--set", "objective.eval_every=0")
+    assert code == 0, err
+    assert "seed noise: the baseline's objective" in out and "CI, 3 seeds)" in out
+    assert "decision:" in out and (workdir / "confirmation.json").is_file()
+    assert len(list((workdir / "data").glob("*.png"))) == 15
+    assert "study demo" in out and f"titk serve {workdir}" in out and f"titk report {workdir}" in out and "notebooks" in out
+    from titk.analysis import load_study
+
+    data = load_study(workdir)
+    assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
+    assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
+
+    # the report opens with the same decision, intervalled, before anything else
+    import html
+    import json
+
+    code, _, err = run_cli("report", workdir, "-o", tmp_path / "report.html")
+    assert code == 0, err
+    page = html.unescape((tmp_path / "report.html").read_text())
+    sentence = json.loads((workdir / "confirmation.json").read_text())["sentence"]
+    assert "CI" in sentence and "2 seeds" in sentence
+    body = page[page.index("<body"):]
+    assert body.index(sentence) < body.index("<section", body.index('<section id="decision">') + 1)
