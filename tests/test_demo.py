@@ -16,6 +16,7 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     assert code == 0, err
     assert "seed noise: the baseline's objective" in out and "CI, 3 seeds)" in out
     assert "decision:" in out and (workdir / "confirmation.json").is_file()
+    assert "confirming the baseline (lr 0.05, 4 vectors, 50 steps), seed 1000" in out and "confirming trial 1 (lr " in out
     assert len(list((workdir / "data").glob("*.png"))) == 15
     assert "study demo" in out and f"titk serve {workdir}" in out and f"titk report {workdir}" in out and "notebooks" in out
     from titk.analysis import load_study

@@ -39,8 +39,9 @@ def _trial_start(number: int, k: int, n: int, settings: dict, n_images: int) -> 
 
 
 def _confirm_start(setting, seed: int) -> None:
-    what = "the baseline" if setting.trial is None or setting.key == "baseline" else f"trial {setting.trial}"
-    console.print(f"[bold]confirming[/] {what} ({escape(setting.label)}), seed {seed}", highlight=False, soft_wrap=True)
+    baseline = setting.trial is None or setting.key == "baseline"  # its label names it: "the baseline (lr …)"
+    what = escape(setting.label) if baseline else f"trial {setting.trial} ({escape(setting.label)})"
+    console.print(f"[bold]confirming[/] {what}, seed {seed}", highlight=False, soft_wrap=True)
 
 
 def _run_sweep(config: Path, workdir: Path, storage, tracking_uri, n_trials, create: bool, create_only: bool, set_: list[str]):
