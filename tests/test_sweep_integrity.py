@@ -121,7 +121,9 @@ def _start_and_wait_for_a_trial(path: Path, work: Path, extra=()) -> tuple[subpr
 
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_a_stopped_worker_leaves_no_run_open_and_its_trial_is_retried(tmp_path, fixtures, how):
-    path = _config(tmp_path, fixtures, n_trials=2, base__train__max_steps=400, objective__eval_every=0)
+    # long enough that the sweep is still training when the poll below sees it, however slow the poll (the
+    # tiny model trains 400 steps in a few seconds, and a parallel test process slows the poll)
+    path = _config(tmp_path, fixtures, n_trials=2, base__train__max_steps=20000, objective__eval_every=0)
     work = tmp_path / "work"
     proc, number = _start_and_wait_for_a_trial(path, work)
     os.killpg(proc.pid, signal.SIGKILL if how == "kill -9" else signal.SIGINT)

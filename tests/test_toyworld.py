@@ -121,13 +121,24 @@ def _initial(bundle):
     return Embedding("ohwx", {enc.key: init_vectors(enc.tokenizer, enc.table, "person", 4, "stretch", True)})
 
 
-def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, tmp_path):
+@pytest.fixture(scope="module")
+def wardrobes(toy_model, tmp_path_factory):
+    """TIs of one held-out person trained on 15 images in a balanced wardrobe and on 15 in 80 % tank tops:
+    {name: (dataset folder, embedding)}. Both proofs below read them, so each is trained once."""
+    tmp = tmp_path_factory.mktemp("wardrobes")
+    trained = {}
+    for name, weights in (("balanced", None), ("biased", clothing_bias("tank top", 0.8))):
+        write_dataset(tmp / name, heldout(0), 15, seed=5, weights=weights)
+        trained[name] = tmp / name, _train(toy_model, tmp / name, tmp / f"run-{name}", tmp / "cache")
+    return trained
+
+
+def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrobes):
     """15 images of a held-out person: samples of the trained TI look like them, the init text's do not."""
     from scipy import stats
 
     faces, _ = toy
     person = heldout(0)
-    write_dataset(tmp_path / "data", person, 15)
     references = [render(person, random_look(random.Random(i)), i) for i in range(15)]
     centroid = np.mean([faces.largest(img)[0].embedding for img in references], axis=0)
     centroid /= np.linalg.norm(centroid)
@@ -135,7 +146,7 @@ def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, tmp_pat
     def similarity(images):
         return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
 
-    trained = _train(toy_model, tmp_path / "data", tmp_path / "run", tmp_path / "cache")
+    _, trained = wardrobes["balanced"]
     after = similarity(_generate(toy_model, trained, ["a photo of ohwx"], PROOF_SEEDS))
     before = similarity(_generate(toy_model, _initial(toy_model), ["a photo of ohwx"], PROOF_SEEDS))
     gain = after - before
@@ -144,17 +155,14 @@ def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, tmp_pat
     assert stats.ttest_rel(after, before, alternative="greater").pvalue < 0.01
 
 
-def test_a_dataset_in_tank_tops_gives_a_ti_in_tank_tops(toy_model, toy, tmp_path):
+def test_a_dataset_in_tank_tops_gives_a_ti_in_tank_tops(toy_model, toy, wardrobes):
     """The same person, 80 % tank tops against a balanced wardrobe: the TI inherits the bias when the prompt
     leaves clothing open."""
     from titk.evaluate.evaluator import EvalContext
 
     _, classifier = toy
-    person = heldout(0)
     shares = {}
-    for name, weights in (("biased", clothing_bias("tank top", 0.8)), ("balanced", None)):
-        write_dataset(tmp_path / name, person, 15, seed=5, weights=weights)
-        embedding = _train(toy_model, tmp_path / name, tmp_path / f"run-{name}", tmp_path / "cache")
+    for name, (_, embedding) in wardrobes.items():
         images = _generate(toy_model, embedding, ["ohwx", "a photo of ohwx"], list(range(1, 17)))
         probs = classifier.probabilities(images, EvalContext({}), "samples")["clothing"]
         shares[name] = float(np.mean(probs.argmax(1) == CLOTHING.index("tank top")))
