@@ -105,8 +105,11 @@ def test_two_sweeps_at_once_on_a_fresh_work_directory(tmp_path, fixtures):
 
 
 def _start_and_wait_for_a_trial(path: Path, work: Path, extra=()) -> tuple[subprocess.Popen, int]:
+    # As from a terminal: Ctrl-C interrupts. (A test run started in the background of a script inherits an
+    # ignored SIGINT, which Python then never turns into KeyboardInterrupt.)
     proc = subprocess.Popen([*TITK, "sweep", str(path), "-w", str(work), *extra], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if (work / "optuna.journal").exists():
