@@ -68,7 +68,9 @@ def _run(cfg, workdir: Path, options: dict) -> None:
         return
     if result.note:
         console.print(f"[yellow]note:[/] {escape(result.note)}", highlight=False, soft_wrap=True)
-    _summary(result, cfg.study, workdir, cfg.objective.pruner if cfg.objective.eval_every != 0 and not cfg.objective.pareto else None)
+    from ..sweep.pruning import Pruning
+
+    _summary(result, cfg.study, workdir, Pruning(cfg.objective).rule if cfg.objective.eval_every != 0 else None)
 
 
 def _pruning_signal(study, table, rule: str | None) -> str | None:

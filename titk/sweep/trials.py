@@ -17,7 +17,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         if t.state == TrialState.WAITING:
             continue
         # Optuna gives a pruned trial its last intermediate value; it is not a result, so it is left out here.
-        values = t.values if t.values is not None and t.state == TrialState.COMPLETE else []
+        values = t.values if t.state == TrialState.COMPLETE else []
         rows.append({
             "trial": t.number, "state": t.state.name,
             **{f"value{i if len(values) > 1 else ''}": v for i, v in enumerate(values)},
