@@ -1,6 +1,11 @@
 """The README's main job: `titk demo`, a sweep in the toy world with embedded storage, then confirmation."""
 
+import html
+import json
+
 import pytest
+
+from titk.analysis import load_study
 
 
 @pytest.mark.slow
@@ -19,16 +24,11 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     assert "confirming the baseline (lr 0.05, 4 vectors, 50 steps), seed 1000" in out and "confirming trial 1 (lr " in out
     assert len(list((workdir / "data").glob("*.png"))) == 15
     assert "study demo" in out and f"titk serve {workdir}" in out and f"titk report {workdir}" in out and "notebooks" in out
-    from titk.analysis import load_study
-
     data = load_study(workdir)
     assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
     assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
 
     # the report opens with the same decision, intervalled, before anything else
-    import html
-    import json
-
     code, _, err = run_cli("report", workdir, "-o", tmp_path / "report.html")
     assert code == 0, err
     page = html.unescape((tmp_path / "report.html").read_text())
