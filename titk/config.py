@@ -336,7 +336,7 @@ class ParamSpec(Strict):
 class SubsetSpec(Strict):
     """Which images a trial trains on: all (default), random subsets, per-image include flags, or leave-one-out."""
 
-    size: int | ParamSpec | None = Field(None, description="random subsets of this size (or a searched range of sizes)")
+    size: int | ParamSpec | None = Field(None, description="random subsets of this size, drawn in passes so every image is in as many trials (or a searched range of sizes)")
     include_flags: bool = Field(False, description="one include/exclude flag per image, searched")
     leave_one_out: bool = Field(False, description="each trial leaves out one image (or none)")
     min_images: int = Field(3, ge=1, description="with include flags: fewer images is infeasible")

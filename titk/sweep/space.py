@@ -1,7 +1,7 @@
 """The search space: which training settings and which images a trial uses.
 
 Parameter names are training-config paths (`train.learning_rate`, `embedding.vectors`, `data.resize` ...),
-checked against the config before anything runs. The dataset is searched too: random subsets of a size,
+checked against the config before anything runs. The dataset is searched too: subsets of a size (drawn in balanced passes) or of a range of sizes,
 one include flag per image (so a study can tell which images help), or leaving one image out.
 """
 
@@ -135,14 +135,45 @@ def suggest_subset(trial, config: SweepConfig, names: list[str]) -> list[int]:
         out = trial.suggest_categorical("leave_out", [NO_IMAGE, *names])
         chosen = [i for i, name in enumerate(names) if name != out]
     elif subset.size is not None:
-        size = subset.size if isinstance(subset.size, int) else suggest(trial, "subset_size", subset.size)
-        # Membership is drawn, not searched: a random subset per trial, reproducible from the study seed.
-        rng = random.Random(f"titk:subset:{config.seed}:{trial.number}")
-        chosen = sorted(rng.sample(range(n), int(size)))
+        # Membership is drawn, not searched, reproducibly from the study seed and the trial number alone (so
+        # workers need not agree on anything). One size: balanced, every image in as many trials as the others.
+        if isinstance(subset.size, int):
+            chosen = balanced_subset(n, subset.size, config.seed, trial.number)
+        else:
+            size = suggest(trial, "subset_size", subset.size)
+            chosen = sorted(random.Random(f"titk:subset:{config.seed}:{trial.number}").sample(range(n), int(size)))
     else:
         chosen = list(range(n))
     trial.set_user_attr("subset", [names[i] for i in chosen])
     return chosen
+
+
+def balanced_subset(n: int, size: int, seed, number: int) -> list[int]:
+    """Trial `number`'s `size` of `n` images: the next `size` places of a sequence of shuffled passes over
+    the dataset. After m passes every image has been in m trials, so attribution is equally sure of every
+    image, where independent random subsets leave some images in few trials and their effects unknown."""
+    first, last = number * size, (number + 1) * size - 1
+    chosen: list[int] = []
+    for npass, order in enumerate(_passes(n, size, seed, last // n)):
+        chosen += [image for place, image in enumerate(order, npass * n) if first <= place <= last]
+    return sorted(chosen)
+
+
+def _passes(n: int, size: int, seed, last: int):
+    """Shuffled orders of range(n), passes 0..last. A trial whose places run from one pass into the next
+    must not get an image twice: the next pass starts with images that trial has not had yet."""
+    order: list[int] = []
+    for npass in range(last + 1):
+        new = list(range(n))
+        random.Random(f"titk:subset:{seed}:pass:{npass}").shuffle(new)
+        carried = (npass * n) % size  # the straddling trial's places at the end of the previous pass
+        if npass and carried:
+            had = set(order[n - carried:])
+            rest = [image for image in new if image not in had]
+            head = size - carried
+            new = rest[:head] + [image for image in new if image in had] + rest[head:]
+        order = new
+        yield order
 
 
 def recipe_params(entry: dict | str, config: SweepConfig, base_dir) -> dict:
