@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from titk.toyworld.world import (
     CLOTHING, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
@@ -35,9 +36,26 @@ def test_rendering_and_looks():
 
 
 def test_written_dataset(tmp_path):
-    looks = write_dataset(tmp_path, heldout(0), 15, weights=clothing_bias("tank top", 1.0))
-    assert len(list(tmp_path.glob("*.png"))) == 15 and all(look.clothing == "tank top" for look in looks)
-    assert "tank top" in (tmp_path / "000.txt").read_text()
+    looks = write_dataset(tmp_path / "all", heldout(0), 15, weights=clothing_bias("tank top", 1.0))
+    assert len(list((tmp_path / "all").glob("*.png"))) == 15 and all(look.clothing == "tank top" for look in looks)
+    assert "tank top" in (tmp_path / "all" / "000.txt").read_text()
+
+
+@pytest.mark.parametrize("share, tanks", [(0.6, 9), (0.8, 12), (0.47, 7)])
+def test_a_dataset_holds_the_share_it_is_asked_for(tmp_path, share, tanks):
+    """"60 % tank tops" is 9 of 15, not a draw that may give 7; the other clothing shares the rest evenly. Datasets
+    of one seed at two shares differ in clothing only, so a study of the share changes nothing else."""
+    skewed = write_dataset(tmp_path / "skewed", heldout(0), 15, seed=3, weights=clothing_bias("tank top", share))
+    clothing = [look.clothing for look in skewed]
+    assert clothing.count("tank top") == tanks
+    others = [clothing.count(c) for c in CLOTHING if c != "tank top"]
+    assert sum(others) == 15 - tanks and max(others) - min(others) <= 1
+    captions = [(tmp_path / "skewed" / f"{i:03d}.txt").read_text() for i in range(15)]
+    assert sum("tank top" in text for text in captions) == tanks
+    other = write_dataset(tmp_path / "other", heldout(0), 15, seed=3, weights=clothing_bias("tank top", 0.2))
+    assert [(a.clothing_colour, a.background, a.framing) for a in skewed] == [(b.clothing_colour, b.background, b.framing) for b in other]
+    same = [i for i, (a, b) in enumerate(zip(skewed, other)) if a.clothing == b.clothing]
+    assert same and all(np.array_equal(np.asarray(Image.open(tmp_path / "skewed" / f"{i:03d}.png")), np.asarray(Image.open(tmp_path / "other" / f"{i:03d}.png"))) for i in same)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +141,8 @@ def _initial(bundle):
 
 @pytest.fixture(scope="module")
 def wardrobes(toy_model, tmp_path_factory):
-    """TIs of one held-out person trained on 15 images in a balanced wardrobe and on 15 in 80 % tank tops:
+    """TIs of one held-out person trained on 15 images in a wardrobe drawn uniformly (here 4, 4, 4 and 3 of the
+    four kinds of clothing) and on 15 in 80 % tank tops (12, and 1 of each other kind):
     {name: (dataset folder, embedding)}. Both proofs below read them, so each is trained once."""
     tmp = tmp_path_factory.mktemp("wardrobes")
     trained = {}

@@ -276,8 +276,9 @@ def toyworld_dataset(
     from ..toyworld.world import clothing_bias, heldout, write_dataset
 
     person = heldout(identity)
-    write_dataset(out, person, n, seed=seed, weights=clothing_bias("tank top", tank_tops) if tank_tops is not None else None, captions=captions)
-    console.print(f"wrote {n} images of {person.name} ({person.describe()}) to {out}", highlight=False, soft_wrap=True)
+    looks = write_dataset(out, person, n, seed=seed, weights=clothing_bias("tank top", tank_tops) if tank_tops is not None else None, captions=captions)
+    tanks = sum(look.clothing == "tank top" for look in looks)
+    console.print(f"wrote {n} images of {person.name} ({person.describe()}), {tanks} in tank tops, to {out}", highlight=False, soft_wrap=True)
 
 
 @toyworld_app.command("pretrain")
@@ -328,8 +329,9 @@ def demo(
     data = workdir / "data"
     if not data.is_dir():
         person = heldout(0)
-        write_dataset(data, person, 15, weights=clothing_bias("tank top", 0.6))
-        console.print(f"dataset: 15 images of {person.name} ({person.describe()}), 60 % in tank tops → {data}", highlight=False, soft_wrap=True)
+        looks = write_dataset(data, person, 15, weights=clothing_bias("tank top", 0.6))
+        tanks = sum(look.clothing == "tank top" for look in looks)
+        console.print(f"dataset: 15 images of {person.name} ({person.describe()}), {tanks} in tank tops → {data}", highlight=False, soft_wrap=True)
     _run_sweep(config, workdir, None, None, None, True, False, [f"base.data.path={data.resolve()}", *set_])
     console.print(f"notebooks: TITK_WORKDIR={workdir} jupyter lab experiments/notebooks/", highlight=False, soft_wrap=True)
 

@@ -10,7 +10,7 @@ something real to learn.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -236,7 +236,9 @@ def heldout(name_or_index: str | int = 0) -> Identity:
 def write_dataset(folder, person: Identity, n: int = 15, *, seed: int = 0, weights: dict | None = None, captions: bool = True) -> list[Look]:
     """`n` images of `person` as a TI dataset (`000.png` …), with A1111-style captions describing each look.
 
-    `weights` skews the looks, e.g. {"clothing": {"tank top": 0.8, "t-shirt": 0.2/3, ...}}.
+    `weights` sets the shares of an attribute's values, e.g. {"clothing": {"tank top": 0.8, "t-shirt": 0.2/3,
+    ...}}, and the dataset holds them exactly (`quota`: 12 of 15 in tank tops, not about 12); attributes
+    without weights are drawn uniformly.
     """
     import os
     import shutil
@@ -257,8 +259,11 @@ def write_dataset(folder, person: Identity, n: int = 15, *, seed: int = 0, weigh
     # Written beside the folder and renamed into place: a full disk leaves no dataset of fewer images.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
+        # Weighted attributes are dealt from exact quotas by their own generator, so that the main one draws
+        # as it did before quotas: every other attribute and every render of a seed's dataset is unchanged.
+        dealt = {key: quota(shares, n, random.Random(f"dataset:{person.name}:{seed}:{key}")) for key, shares in (weights or {}).items()}
         for i in range(n):
-            look = random_look(rng, weights)
+            look = replace(random_look(rng, weights), **{key: values[i] for key, values in dealt.items()})
             render(person, look, rng.randrange(2**31)).save(tmp / f"{i:03d}.png")
             if captions:
                 (tmp / f"{i:03d}.txt").write_text(f"{look.clothing_colour} {look.clothing}, {look.background}, {look.framing}")
@@ -272,6 +277,19 @@ def write_dataset(folder, person: Identity, n: int = 15, *, seed: int = 0, weigh
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return looks
+
+
+def quota(shares: dict[str, float], n: int, rng: random.Random) -> list[str]:
+    """`n` values in the proportions of `shares` (largest remainders rounded up, ties to the larger share),
+    in a random order."""
+    total = sum(shares.values())
+    exact = {value: n * share / total for value, share in shares.items() if share > 0}
+    counts = {value: int(x) for value, x in exact.items()}
+    for value in sorted(exact, key=lambda v: (exact[v] - counts[v], exact[v]), reverse=True)[: n - sum(counts.values())]:
+        counts[value] += 1
+    values = [value for value, count in counts.items() for _ in range(count)]
+    rng.shuffle(values)
+    return values
 
 
 def clothing_bias(label: str, share: float) -> dict:
