@@ -61,6 +61,43 @@ def test_personality_summary_and_divergence(planted):
     assert np.allclose(np.diag(div.to_numpy()), 0.0) and np.allclose(div.to_numpy(), div.to_numpy().T)
 
 
+def test_personality_shares_carry_intervals_that_hold_their_level(planted):
+    """A share of 20 generated images (or of the 10-image dataset) comes with a 95 % interval, in the table
+    and as error bars in the figure; over simulated trials of 10 and of 40 images the intervals hold the true
+    share about 95 % of the time, and a label no image shows still gets an interval above zero."""
+    from matplotlib.container import BarContainer
+
+    from titk.analysis import plots
+    from titk.analysis.effects import personality_table
+    from titk.stats import share_interval
+
+    table = personality_table(trials_frame(planted))
+    assert (table["n_generated"] == 20).all() and (table["n_dataset"] == 10).all()
+    assert ((table["generated_low"] <= table["generated"]) & (table["generated"] <= table["generated_high"])).all()
+    tank = table[(table["label"] == "tank top") & (table["generated"] == 0.8)].iloc[0]
+    assert 0.55 < tank["generated_low"] < 0.62 and 0.91 < tank["generated_high"] < 0.95  # 16 of 20: Wilson 0.584-0.919
+    assert tank["dataset_low"] < 0.3 < tank["dataset_high"] and tank["dataset_high"] - tank["dataset_low"] > 0.45  # 3 of 10
+    low, high = share_interval(0, 8)
+    assert low == pytest.approx(0.0, abs=1e-12) and high > 0.25  # none of 8 images: up to a third, not "0 exactly"
+    assert all(math.isnan(v) for v in share_interval(0, 0))
+
+    rng = np.random.default_rng(3)
+    for n in (10, 40):
+        covered = [lo <= 0.3 <= hi for lo, hi in (share_interval(k, n) for k in rng.binomial(n, 0.3, 4000))]
+        assert 0.92 < np.mean(covered) < 0.985, (n, np.mean(covered))
+
+    trials = sorted(table["trial"].unique())[:2]
+    fig = plots.personality(table, "clothing", trials)
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == ["dataset (n=10)"] + [f"trial {t} (n=20)" for t in trials]
+    for container, expected in zip(bars[1:], trials):
+        rows = table[(table["trial"] == expected) & (table["set"] == "clothing")]
+        caps = container.errorbar.lines[2][0].get_segments()  # one vertical segment per bar: low to high
+        assert np.allclose(sorted(seg[:, 1].min() for seg in caps), sorted(rows["generated_low"]))
+        assert np.allclose(sorted(seg[:, 1].max() for seg in caps), sorted(rows["generated_high"]))
+
+
 def test_a_parameter_that_alone_decides_the_score_is_most_important():
     rng = np.random.default_rng(1)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))

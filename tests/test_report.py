@@ -158,6 +158,14 @@ def test_sections_that_cannot_be_drawn_say_why():
     assert "Only 3 trials: importance from fewer than about 10–20 trials is unreliable" in _section(page, "Which settings matter")
 
 
+def test_personality_says_how_many_images_each_share_rests_on():
+    trials = [_trial(0.005, [0.40], baseline=True), _trial(0.004, [0.49]), _trial(0.0002, [0.41])]
+    for t, generated in zip(trials, ([4, 4], [6, 2], [16, 4])):  # 8, 8 and 20 generated images
+        t.user_attrs["personality"] = {"clothing": {"labels": ["tank top", "t-shirt"], "generated": generated, "dataset": [9, 6]}}
+    text = _section(build_report(_study(trials)), "Personality: what the TIs generate by themselves")
+    assert "as few as 8 generated images per trial here, so a share is known only to ±28% at worst" in text  # 4 of 8: 22-78 %
+
+
 def test_attribution_with_too_few_trials_says_so():
     subsets = [IMAGES[:3], IMAGES[3:]]
     data = _study([_trial(0.005, [0.40], subset=subsets[0]), _trial(0.004, [0.49], subset=subsets[1])])

@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from ..evaluate.metrics import entropy, js_divergence
+from ..stats import share_interval
 
 
 def param_importance(study: optuna.Study, objective: int = 0) -> pd.Series:
@@ -151,14 +152,25 @@ def _histograms(trials: pd.DataFrame):
                 yield trial, name, h
 
 
-def personality_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Long format: trial, label set, label, share among the trial's generated images, share in the dataset."""
+PERSONALITY_COLUMNS = ["trial", "set", "label", "generated", "generated_low", "generated_high", "n_generated",
+                       "dataset", "dataset_low", "dataset_high", "n_dataset"]
+
+
+def personality_table(trials: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Long format: trial, label set, label, its share among the trial's generated images and in the dataset,
+    each with a `level` interval (`share_interval`) over the images it was counted on (`n_generated`,
+    `n_dataset`): a share of 8 images is known only roughly, and the table says how roughly."""
     rows = []
     for trial, name, h in _histograms(trials):
-        gen, data = np.asarray(h["generated"], float), np.asarray(h["dataset"], float)
-        for label, g, d in zip(h["labels"], gen / max(gen.sum(), 1), data / max(data.sum(), 1)):
-            rows.append({"trial": trial, "set": name, "label": label, "generated": g, "dataset": d})
-    return pd.DataFrame(rows, columns=["trial", "set", "label", "generated", "dataset"])
+        gen, data = np.asarray(h["generated"], int), np.asarray(h["dataset"], int)
+        n_gen, n_data = int(gen.sum()), int(data.sum())
+        for label, g, d in zip(h["labels"], gen, data):
+            g_low, g_high = share_interval(g, n_gen, level)
+            d_low, d_high = share_interval(d, n_data, level)
+            rows.append({"trial": trial, "set": name, "label": label,
+                         "generated": g / max(n_gen, 1), "generated_low": g_low, "generated_high": g_high, "n_generated": n_gen,
+                         "dataset": d / max(n_data, 1), "dataset_low": d_low, "dataset_high": d_high, "n_dataset": n_data})
+    return pd.DataFrame(rows, columns=PERSONALITY_COLUMNS)
 
 
 def personality_summary(trials: pd.DataFrame) -> pd.DataFrame:

@@ -347,6 +347,15 @@ def _personality(done: pd.DataFrame, best: list[int]) -> Section:
         section.reason = "no trial recorded personality histograms (the evaluation's personality labels were off)"
         return section
     table, summary = effects.personality_table(done), effects.personality_summary(done)
+    shown = table[table["trial"].isin(best)]
+    if not shown.empty:
+        n = int(shown["n_generated"].min())
+        half = (shown["generated_high"] - shown["generated_low"]).max() / 2
+        section.notes.append(
+            f"Each share has a 95 % interval over the images it was counted on (Wilson's): as few as {n} generated "
+            f"images per trial here, so a share is known only to ±{half:.0%} at worst; a difference between two "
+            "bars means something only where their intervals are apart."
+        )
     section.tables.append(_table(summary[summary["trial"].isin(best)], 40))
     for label_set in dict.fromkeys(table["set"]):
         section.figures.append(_figure(plots.personality(table, label_set, best), f"personality {label_set}"))

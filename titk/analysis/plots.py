@@ -123,14 +123,21 @@ def personality(table: pd.DataFrame, label_set: str, trials: list[int]):
         fig, ax = _figure()
         ax.set_title(f"{label_set}: no histograms")
         return fig
-    dataset = data.groupby("label")["dataset"].first().reindex(labels)
-    series = {"dataset": dataset.values} | {f"trial {t}": data[data["trial"] == t].set_index("label")["generated"].reindex(labels).values for t in trials}
+    # Each bar: a share with its 95 % interval over the images it was counted on ("n" in the legend).
+    first = data.groupby("label").first().reindex(labels)
+    series = {f"dataset (n={int(first['n_dataset'].iloc[0])})": first[["dataset", "dataset_low", "dataset_high"]].to_numpy()}
+    for t in trials:
+        rows = data[data["trial"] == t].set_index("label").reindex(labels)
+        n = int(rows["n_generated"].max()) if rows["n_generated"].notna().any() else 0
+        series[f"trial {t} (n={n})"] = rows[["generated", "generated_low", "generated_high"]].to_numpy()
     fig, ax = _figure(width=max(6.0, 0.8 * len(labels) + 2))
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(labels)) + i * width, values, width, label=name, color="#444" if name == "dataset" else None)
+        share, low, high = values.T
+        ax.bar(np.arange(len(labels)) + i * width, share, width, label=name, color="#444" if name.startswith("dataset") else None,
+               yerr=[share - low, high - share], error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#222"})
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("share of images")
+    ax.set_ylabel("share of images (95% CI)")
     ax.set_title(f"{label_set}: generated against the dataset")
     ax.legend(fontsize=8)
     fig.tight_layout()
