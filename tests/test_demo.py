@@ -27,6 +27,9 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     data = load_study(workdir)
     assert len(data.finished) + (data.trials["state"] == "PRUNED").sum() == 2
     assert data.finished["personality"].map(lambda h: isinstance(h, dict) and "clothing" in h).all()
+    # personality is measured against the untrained start too: toy-quick's personality probe at its 2 seeds
+    assert data.finished["personality"].map(lambda h: sum(h["clothing"]["untrained"]) == 2).all()
+    assert data.finished["metric.personality.clothing.net_shift"].notna().all()
 
     # the report opens with the same decision, intervalled, before anything else
     code, _, err = run_cli("report", workdir, "-o", tmp_path / "report.html")
@@ -34,5 +37,6 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     page = html.unescape((tmp_path / "report.html").read_text())
     sentence = json.loads((workdir / "confirmation.json").read_text())["sentence"]
     assert "CI" in sentence and "2 seeds" in sentence
+    assert "untrained" in page and "of the dataset's skew" in page
     body = page[page.index("<body"):]
     assert body.index(sentence) < body.index("<section", body.index('<section id="decision">') + 1)

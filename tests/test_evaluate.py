@@ -40,6 +40,38 @@ def test_histogram_measures():
     assert math.isnan(mean_pairwise_distance(np.ones((1, 3))))
 
 
+def test_personality_shift_is_net_of_the_untrained_start():
+    """The TI's share of the dataset's most common label against the untrained start's: the dataset is 60 %
+    tank tops, the untrained start 10 %, the TI 35 %: it moved 0.25 of the 0.5 it could, an uptake of 0.5.
+    Without an untrained histogram (a plain `titk eval`) no shift is claimed."""
+    from titk.evaluate.evaluator import EvalContext
+    from titk.evaluate.scorers.personality import AttributeClassifier, PersonalityScorer
+
+    class Reads(AttributeClassifier):  # the label each image is drawn with, as a certain classifier would read it
+        label_sets = {"clothing": ["tank top", "t-shirt"]}
+
+        def probabilities(self, images, ctx, key):
+            return {"clothing": np.array([[1.0, 0.0] if img.getpixel((0, 0))[0] > 127 else [0.0, 1.0] for img in images])}
+
+    def images(tanks, n):
+        return [Image.new("RGB", (4, 4), (255, 0, 0) if i < tanks else (0, 0, 0)) for i in range(n)]
+
+    scorer = PersonalityScorer(Reads())
+    scorer.prepare(References(images(6, 10)), EvalContext({}))
+    samples = [Sample(img, "ohwx", "", i, "personality", 0) for i, img in enumerate(images(7, 20))]
+    ctx = EvalContext({})
+    plain = scorer.score(samples, ctx)
+    assert "untrained" not in plain.extras["personality"]["clothing"] and not any("shift" in k for k in plain.summary)
+    ctx.untrained = {"clothing": [2, 18]}
+    result = scorer.score(samples, ctx)
+    assert result.extras["personality"]["clothing"]["untrained"] == [2, 18]
+    assert result.summary["personality.clothing.net_shift"] == pytest.approx(0.35 - 0.10)
+    assert result.summary["personality.clothing.dataset_shift"] == pytest.approx(0.60 - 0.10)
+    assert result.summary["personality.clothing.uptake"] == pytest.approx(0.5)
+    ctx.untrained = {"clothing": [12, 8]}  # the untrained start is already at the dataset's 60 %: nothing to take on
+    assert math.isnan(scorer.score(samples, ctx).summary["personality.clothing.uptake"])
+
+
 # ----------------------------------------------------------------------------------------------- real face pack
 
 

@@ -164,6 +164,16 @@ def test_personality_says_how_many_images_each_share_rests_on():
         t.user_attrs["personality"] = {"clothing": {"labels": ["tank top", "t-shirt"], "generated": generated, "dataset": [9, 6]}}
     text = _section(build_report(_study(trials)), "Personality: what the TIs generate by themselves")
     assert "as few as 8 generated images per trial here, so a share is known only to ±28% at worst" in text  # 4 of 8: 22-78 %
+    assert "untrained" not in text  # no untrained start recorded: no shift claimed
+
+
+def test_personality_states_the_shift_against_the_dataset_and_the_untrained_start():
+    trials = [_trial(0.004, [0.49]), _trial(0.005, [0.40])]
+    for t in trials:  # tank tops: dataset 9 of 15, untrained 2 of 20, TI 14 of 20
+        t.user_attrs["personality"] = {"clothing": {"labels": ["tank top", "t-shirt"], "generated": [14, 6], "dataset": [9, 6], "untrained": [2, 18]}}
+    text = _section(build_report(_study(trials)), "Personality: what the TIs generate by themselves")
+    # (0.70 - 0.10) / (0.60 - 0.10) = 120 %: more tank tops than the dataset itself
+    assert "clothing, tank top: dataset 60% (36%–80%), untrained 10% (3%–30%), trial 0 70% (48%–85%); it took on 120% of the dataset's skew." in text
 
 
 def test_attribution_with_too_few_trials_says_so():

@@ -152,24 +152,25 @@ def _histograms(trials: pd.DataFrame):
                 yield trial, name, h
 
 
-PERSONALITY_COLUMNS = ["trial", "set", "label", "generated", "generated_low", "generated_high", "n_generated",
-                       "dataset", "dataset_low", "dataset_high", "n_dataset"]
+SOURCES = ("generated", "dataset", "untrained")
+PERSONALITY_COLUMNS = ["trial", "set", "label"] + [f"{s}{end}" for s in SOURCES for end in ("", "_low", "_high")] + [f"n_{s}" for s in SOURCES]
 
 
 def personality_table(trials: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Long format: trial, label set, label, its share among the trial's generated images and in the dataset,
-    each with a `level` interval (`share_interval`) over the images it was counted on (`n_generated`,
-    `n_dataset`): a share of 8 images is known only roughly, and the table says how roughly."""
+    """Long format: trial, label set, label, and its share among the trial's generated images, in the dataset
+    and among the untrained start's images (sweeps record them; NaN otherwise), each with a `level` interval
+    (`share_interval`) over the images it was counted on (`n_generated`, `n_dataset`, `n_untrained`): a share
+    of 8 images is known only roughly, and the table says how roughly."""
     rows = []
     for trial, name, h in _histograms(trials):
-        gen, data = np.asarray(h["generated"], int), np.asarray(h["dataset"], int)
-        n_gen, n_data = int(gen.sum()), int(data.sum())
-        for label, g, d in zip(h["labels"], gen, data):
-            g_low, g_high = share_interval(g, n_gen, level)
-            d_low, d_high = share_interval(d, n_data, level)
-            rows.append({"trial": trial, "set": name, "label": label,
-                         "generated": g / max(n_gen, 1), "generated_low": g_low, "generated_high": g_high, "n_generated": n_gen,
-                         "dataset": d / max(n_data, 1), "dataset_low": d_low, "dataset_high": d_high, "n_dataset": n_data})
+        counts = {s: np.asarray(h[s], int) if h.get(s) is not None else None for s in SOURCES}
+        for i, label in enumerate(h["labels"]):
+            row = {"trial": trial, "set": name, "label": label}
+            for s, c in counts.items():
+                n = int(c.sum()) if c is not None else 0
+                low, high = share_interval(c[i], n, level) if c is not None else (math.nan, math.nan)
+                row |= {s: c[i] / max(n, 1) if c is not None else math.nan, f"{s}_low": low, f"{s}_high": high, f"n_{s}": n}
+            rows.append(row)
     return pd.DataFrame(rows, columns=PERSONALITY_COLUMNS)
 
 

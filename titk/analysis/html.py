@@ -356,10 +356,31 @@ def _personality(done: pd.DataFrame, best: list[int]) -> Section:
             f"images per trial here, so a share is known only to ±{half:.0%} at worst; a difference between two "
             "bars means something only where their intervals are apart."
         )
+        section.notes += _shift_sentences(shown[shown["trial"] == best[0]] if best else shown)
     section.tables.append(_table(summary[summary["trial"].isin(best)], 40))
     for label_set in dict.fromkeys(table["set"]):
         section.figures.append(_figure(plots.personality(table, label_set, best), f"personality {label_set}"))
     return section
+
+
+def _shift_sentences(rows: pd.DataFrame) -> list[str]:
+    """Per label set of one trial, on the dataset's most common label: the dataset's share, the untrained
+    start's and the TI's with their intervals, and how much of the dataset's skew the TI took on."""
+    out = []
+    for label_set, part in rows.groupby("set", sort=False):
+        if not (part["n_untrained"] > 0).any():
+            continue
+        top = part.loc[part["dataset"].idxmax()]
+
+        def pct(s):
+            return f"{top[s]:.0%} ({top[s + '_low']:.0%}–{top[s + '_high']:.0%})"
+
+        skew, net = top["dataset"] - top["untrained"], top["generated"] - top["untrained"]
+        verdict = (f"it took on {net / skew:.0%} of the dataset's skew" if abs(skew) >= 0.05
+                   else "the dataset holds no more of it than the untrained start generates: no skew to take on")
+        out.append(f"{label_set}, {top['label']}: dataset {pct('dataset')}, untrained {pct('untrained')}, "
+                   f"trial {int(top['trial'])} {pct('generated')}; {verdict}.")
+    return out
 
 
 def _seed_variance(done: pd.DataFrame, multi: bool) -> Section:

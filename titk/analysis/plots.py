@@ -126,6 +126,10 @@ def personality(table: pd.DataFrame, label_set: str, trials: list[int]):
     # Each bar: a share with its 95 % interval over the images it was counted on ("n" in the legend).
     first = data.groupby("label").first().reindex(labels)
     series = {f"dataset (n={int(first['n_dataset'].iloc[0])})": first[["dataset", "dataset_low", "dataset_high"]].to_numpy()}
+    untrained = data[data["trial"].isin(trials) & (data["n_untrained"] > 0)]
+    if not untrained.empty:  # the start before training (the first best trial's; trials of one init share it)
+        rows = untrained[untrained["trial"] == untrained["trial"].iloc[0]].set_index("label").reindex(labels)
+        series[f"untrained (n={int(rows['n_untrained'].max())})"] = rows[["untrained", "untrained_low", "untrained_high"]].to_numpy()
     for t in trials:
         rows = data[data["trial"] == t].set_index("label").reindex(labels)
         n = int(rows["n_generated"].max()) if rows["n_generated"].notna().any() else 0
@@ -134,7 +138,8 @@ def personality(table: pd.DataFrame, label_set: str, trials: list[int]):
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
         share, low, high = values.T
-        ax.bar(np.arange(len(labels)) + i * width, share, width, label=name, color="#444" if name.startswith("dataset") else None,
+        colour = "#444" if name.startswith("dataset") else "#bbb" if name.startswith("untrained") else None
+        ax.bar(np.arange(len(labels)) + i * width, share, width, label=name, color=colour,
                yerr=[share - low, high - share], error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#222"})
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("share of images (95% CI)")

@@ -40,6 +40,7 @@ class EvalContext:
         self.embedding: Embedding | None = None
         self.vectors: dict = {}
         self.encoders: list = []
+        self.untrained: dict | None = None  # personality histograms of the untrained start, per label set
 
     def features(self, clip, key: str, images) -> np.ndarray:
         cache = self._refs if key == "references" else self._samples
@@ -170,15 +171,18 @@ class Evaluator:
             for image, prompt, (index, text, kind, seed) in zip(images, prompts, suite.items)
         ]
 
-    def evaluate(self, embedding: Embedding, *, name: str | None = None, suite: Suite | None = None, on_progress=None) -> Scorecard:
+    def evaluate(self, embedding: Embedding, *, name: str | None = None, suite: Suite | None = None, on_progress=None,
+                 untrained: dict | None = None) -> Scorecard:
         suite = suite or self.suite
-        return self.score(self.samples(embedding, name, suite, on_progress), embedding, suite, name)
+        return self.score(self.samples(embedding, name, suite, on_progress), embedding, suite, name, untrained=untrained)
 
-    def score(self, samples: list[Sample], embedding: Embedding, suite: Suite | None = None, name: str | None = None) -> Scorecard:
-        """Run every scorer on generated samples (of `suite`, the evaluator's own by default)."""
+    def score(self, samples: list[Sample], embedding: Embedding, suite: Suite | None = None, name: str | None = None,
+              untrained: dict | None = None) -> Scorecard:
+        """Run every scorer on generated samples (of `suite`, the evaluator's own by default). `untrained`:
+        the untrained start's personality histograms, for the personality shift (a sweep measures them)."""
         suite = suite or self.suite
         ctx = EvalContext(self._reference_cache)
-        ctx.embedding, ctx.encoders = embedding, self.bundle.encoders
+        ctx.embedding, ctx.encoders, ctx.untrained = embedding, self.bundle.encoders, untrained
         ctx.vectors = vectors_for(embedding, self.bundle)
         rows = [
             {"prompt_index": s.prompt_index, "kind": s.kind, "prompt": s.prompt, "clean_prompt": s.clean_prompt, "seed": s.seed}

@@ -36,6 +36,11 @@ class Suite:
         """The same suite restricted to one prompt's (prompt, seed) items."""
         return Suite(self.name, self.spec, self.sha256, [item for item in self.items if item[0] == prompt_index])
 
+    def of_kind(self, kind: str) -> Suite | None:
+        """The same suite restricted to one kind's prompts, or None when it has none."""
+        items = [item for item in self.items if item[2] == kind]
+        return Suite(f"{self.name} ({kind} prompts)", self.spec, self.sha256, items) if items else None
+
     def subset(self, seeds: int, per_kind: int | None = None) -> Suite:
         """The items of the first `seeds` seeds of each prompt (of only the first `per_kind` prompts of each
         kind when given), with the same sampling settings and prompt indices: each image is the one the

@@ -20,6 +20,7 @@ import torch
 from ..config import SweepConfig, TrainConfig
 from ..data.dataset import Dataset
 from ..errors import DiskFull, TitkError, disk_full
+from ..hashing import sha256_bytes
 from ..tracking.manifest import manifest
 from ..train import loop as training
 from ..train.plan import TrainPlan, make_plan
@@ -52,6 +53,7 @@ class TrialObjective:
         self.intermediate = evaluator.suite.subset(part.seeds, part.per_kind)
         self.names = [r.path.name for r in dataset.records]
         self.repeats = config.repeats  # this trial's seeds (more for the baseline)
+        self._untrained: dict[str, dict] = {}  # personality histograms of each untrained start, by its vectors
 
     def __call__(self, trial: optuna.Trial):
         for name, value in worker_identity().items():
@@ -191,7 +193,7 @@ class TrialObjective:
                                 latent_cache=self.workdir / "cache" / "latents", callback=on_event, validate_every=every)
         if pending["loss"]:
             self._log_loss(run_id, pending, result.steps_done)
-        card = self._final_score(trial, result.embedding, config.embedding.name, prune)
+        card = self._final_score(trial, config, result.embedding, prune)
         grid = "samples.png" if self.repeats == 1 else f"samples-seed-{config.train.seed}.png"
         self.tracker.log_scorecard(run_id, card, result.steps_done, "final", grid_file=grid)
         self.tracker.log_files(run_id, result.files, "embeddings")
@@ -204,19 +206,36 @@ class TrialObjective:
         self.tracker.log_metrics(run_id, {"train.loss": sum(pending["loss"]) / len(pending["loss"]), "train.lr": pending["lr"][-1]}, step)
         pending["loss"].clear()
 
-    def _final_score(self, trial, embedding, name: str, prune: bool):
+    def _final_score(self, trial, config: TrainConfig, embedding, prune: bool):
         """The final evaluation; under the Wilcoxon rule it goes prompt by prompt so that it can stop early."""
-        suite = self.evaluator.suite
+        suite, name = self.evaluator.suite, config.embedding.name
+        untrained = self._untrained_personality(config)
         if not (prune and self.pruning.on_final_images):
             with _progress(self.show_progress, f"scoring {name} on the {Path(suite.name).stem} suite") as on_progress:
-                return self.evaluator.evaluate(embedding, name=name, on_progress=on_progress)
+                return self.evaluator.evaluate(embedding, name=name, on_progress=on_progress, untrained=untrained)
         samples = []
         for prompt in range(len(suite.spec.prompts)):
             part = self.evaluator.samples(embedding, name, suite.only(prompt))
             table = self.evaluator.score(part, embedding, suite.only(prompt), name).table
             self.pruning.check_images(trial, self.pruning.image_values(table), len(samples))
             samples += part
-        return self.evaluator.score(samples, embedding, suite, name)
+        return self.evaluator.score(samples, embedding, suite, name, untrained=untrained)
+
+    def _untrained_personality(self, config: TrainConfig) -> dict | None:
+        """The personality histograms of what this trial's training starts from (the init text's vectors or
+        the start file), on the final suite's personality probes: the baseline against which a TI's shift is
+        measured, since an untrained embedding has tendencies of its own. Generated once per distinct start
+        in this worker (the vectors' bytes are the key: searched vector counts give several)."""
+        if not any(s.name == "personality" for s in self.evaluator.scorers):
+            return None
+        start = training.starting_embedding(config, self.bundle)
+        key = sha256_bytes(b"".join(start.vectors[k].detach().cpu().numpy().tobytes() for k in sorted(start.vectors)))
+        if key not in self._untrained:
+            suite = self.evaluator.suite
+            probes = suite.of_kind("personality") or suite
+            card = self.evaluator.evaluate(start, name=config.embedding.name, suite=probes)
+            self._untrained[key] = {label_set: h["generated"] for label_set, h in card.extras.get("personality", {}).items()}
+        return self._untrained[key]
 
 
 def measured_twin(trial: optuna.Trial):

@@ -145,10 +145,7 @@ def train(
         elif start.embedding is not None:
             initial = vectors_for(start.embedding, bundle, where=str(start.path))
         else:
-            initial = {
-                enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
-                for enc in bundle.encoders
-            }
+            initial = init_text_vectors(config, bundle, n_vectors)
         vectors = {k: torch.nn.Parameter(v.to(bundle.device, torch.float32).clone()) for k, v in initial.items()}
         # embedding.norm vocab: only the direction learns; every vector is held at its vocabulary's median norm
         # from the start and after each update (norm_control.py). free (A1111, kohya): nothing is held.
@@ -258,6 +255,28 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, torch.Tensor]:
+    """A fresh TI's vectors before any update: the init text's token rows, per text encoder."""
+    return {
+        enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
+        for enc in bundle.encoders
+    }
+
+
+def starting_embedding(config: TrainConfig, bundle) -> Embedding:
+    """What training `config` starts from, untrained: the start file's embedding, or the init text's rows
+    (held at the vocabulary's norm under `embedding.norm: vocab`, as the loop holds them before its first
+    update). A sweep measures a TI's personality shift against this."""
+    start = read_start(config)
+    if start.embedding is not None:
+        return start.embedding
+    vectors = {k: v.to(torch.float32).clone() for k, v in init_text_vectors(config, bundle, start.n_vectors).items()}
+    if config.embedding.norm == "vocab":
+        hold_norms(vectors, norm_targets(bundle))
+    return Embedding(config.embedding.name, vectors, step=0, base_model_hash=bundle.short_hash, base_model_name=bundle.name,
+                     family=bundle.family.value)
 
 
 def _embedding(config: TrainConfig, bundle, vectors, step: int) -> Embedding:

@@ -66,6 +66,21 @@ class ClipZeroShot(AttributeClassifier):
         return {"classifier": f"zero-shot CLIP {self.clip.key}, softmax of 100·cos", "label_sets": self.sets}
 
 
+def shift(name: str, dataset: np.ndarray, untrained: np.ndarray, generated: np.ndarray) -> dict[str, float]:
+    """How far a TI moved toward its dataset on the dataset's most common label, net of where the untrained
+    start already was: `net_shift` = TI share − untrained share, `dataset_shift` = dataset share − untrained
+    share, and `uptake` = their ratio (1: the TI took on all of the dataset's skew; 0: none), NaN when the
+    dataset is within 0.05 of the untrained start (no skew to take on)."""
+
+    def share(h):
+        return float(h[top] / h.sum()) if h.sum() else float("nan")
+
+    top = int(np.argmax(dataset))
+    net, skew = share(generated) - share(untrained), share(dataset) - share(untrained)
+    return {f"personality.{name}.net_shift": net, f"personality.{name}.dataset_shift": skew,
+            f"personality.{name}.uptake": net / skew if abs(skew) >= 0.05 else float("nan")}
+
+
 class PersonalityScorer(Scorer):
     name = "personality"
 
@@ -99,7 +114,12 @@ class PersonalityScorer(Scorer):
             hists[name] = {
                 "labels": labels, "generated": generated.astype(int).tolist(), "dataset": self.dataset_hist[name].astype(int).tolist(),
             }
+            untrained = (getattr(ctx, "untrained", None) or {}).get(name)
+            if untrained is not None:
+                hists[name]["untrained"] = [int(c) for c in untrained]
+                summary.update(shift(name, self.dataset_hist[name], np.asarray(untrained, float), generated))
         return ScoreResult(rows, summary, extras={"personality": hists})
 
     def protocol(self) -> dict:
-        return {"personality": {**self.classifier.protocol(), "histogram": "argmax label counts over personality probes"}}
+        return {"personality": {**self.classifier.protocol(), "histogram": "argmax label counts over personality probes",
+                                "shift": "on the dataset's most common label, net of the untrained start's share (sweeps)"}}
