@@ -26,17 +26,6 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The longest files, slowest first (seconds on one thread, measured in a fresh-clone run). pytest-xdist
-# hands files to workers in collection order; started last, one of these would leave the other workers idle
-# while it finishes.
-LONGEST_FIRST = ("test_attribution.py", "test_toyworld.py", "test_confirm.py", "test_demo.py", "test_docs_commands.py",
-                 "test_sweep_integrity.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
 
 @pytest.fixture(scope="session")
 def fixtures(tmp_path_factory):
