@@ -30,6 +30,10 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     # personality is measured against the untrained start too: toy-quick's personality probe at its 2 seeds
     assert data.finished["personality"].map(lambda h: sum(h["clothing"]["untrained"]) == 2).all()
     assert data.finished["metric.personality.clothing.net_shift"].notna().all()
+    assert data.finished["metric.personality.clothing.net_shift_low"].notna().all()
+    # the dataset side is each trial's own 10 images, and the study records every image's labels
+    assert data.finished["personality"].map(lambda h: sum(h["clothing"]["dataset"]) == 10).all()
+    assert len(data.attributes) == 12 and {"file", "clothing", "clothing_p", "framing"} <= set(data.attributes)
 
     # the report opens with the same decision, intervalled, before anything else
     code, _, err = run_cli("report", workdir, "-o", tmp_path / "report.html")

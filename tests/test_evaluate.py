@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from helpers import assert_one_line_error, make_images
 from PIL import Image
 
@@ -68,8 +69,21 @@ def test_personality_shift_is_net_of_the_untrained_start():
     assert result.summary["personality.clothing.net_shift"] == pytest.approx(0.35 - 0.10)
     assert result.summary["personality.clothing.dataset_shift"] == pytest.approx(0.60 - 0.10)
     assert result.summary["personality.clothing.uptake"] == pytest.approx(0.5)
+    # 7 of 20 against 2 of 20: the interval of the difference (Newcombe's) still includes zero
+    low, high = result.summary["personality.clothing.net_shift_low"], result.summary["personality.clothing.net_shift_high"]
+    assert low < 0 < 0.25 < high and (low, high) == pytest.approx((-0.0125, 0.4788), abs=1e-3)
     ctx.untrained = {"clothing": [12, 8]}  # the untrained start is already at the dataset's 60 %: nothing to take on
     assert math.isnan(scorer.score(samples, ctx).summary["personality.clothing.uptake"])
+    ctx.untrained = {"clothing": [5, 15]}  # 25 %: within the dataset's 6 of 10 (31 %-83 %) noise, so no ratio is given
+    assert math.isnan(scorer.score(samples, ctx).summary["personality.clothing.uptake"])
+
+
+def test_a_shift_interval_matches_newcombes_worked_example():
+    """Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 against 48/80 gives 0.0524 to 0.3339."""
+    from titk.stats import shift_interval
+
+    assert shift_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert all(math.isnan(x) for x in shift_interval(3, 10, 0, 0))
 
 
 # ----------------------------------------------------------------------------------------------- real face pack
@@ -208,6 +222,36 @@ def test_evaluator_scores_and_is_deterministic(sd1, refs, tmp_path):
     assert scorecard["protocol"]["suite"] == "quick" and len(scorecard["protocol"]["suite_sha256"]) == 64
     assert scorecard["protocol"]["seeds"] == [1, 2] and scorecard["protocol"]["clip"]["clip_model"] == "ViT-B-32"
     assert Image.open(paths["grid.png"]).size[0] > 64
+
+
+def test_personality_on_a_probe_suite_of_its_own(sd1, refs, tmp_path):
+    """evaluation.personality_suite: personality is measured on the probe suite's images only (all of them
+    personality probes, whatever kind the file gives), at the final evaluation only; the dataset side counts
+    the images trained on when they are named; the probes' grid and labels are saved."""
+    from titk.evaluate.evaluator import build_evaluator, load_references
+
+    probes = tmp_path / "probes.yaml"
+    probes.write_text(yaml.safe_dump({"steps": 2, "cfg": 5.0, "seeds": [1, 2, 3], "prompts": [{"text": "[name]"}, {"text": "a photo of [name]"}]}))
+    settings = parse(EvalSettings, {"suite": "quick", "personality_suite": str(probes), "scorers": ["clip", "personality"],
+                                    "clip": {"pretrained": None}}, "t")
+    evaluator = build_evaluator(sd1, settings, load_references(refs, 64))
+    seen = []
+    card = evaluator.evaluate(tiny_embedding(), on_progress=lambda done, total: seen.append((done, total)))
+    assert len(card.table) == len(evaluator.suite.items) and "clothing" not in card.table and "clip_t" in card.table
+    assert seen[-1] == (len(evaluator.suite.items) + 6, len(evaluator.suite.items) + 6)
+    hist = card.extras["personality"]["clothing"]
+    assert sum(hist["generated"]) == 6 and sum(hist["dataset"]) == 3
+    assert len(card.extras["personality_probes"]) == 6 and {"prompt", "seed", "clothing", "clothing_p"} <= set(card.extras["personality_probes"][0])
+    assert [row["file"] for row in card.extras["personality_dataset"]] == sorted(p.name for p in refs.iterdir())
+    assert card.protocol["personality_suite"]["images"] == 6
+    paths = card.save(tmp_path / "out")
+    assert Image.open(paths["personality.png"]).size[0] > 3 * 64
+    part = evaluator.evaluate(tiny_embedding(), suite=evaluator.suite.subset(1))  # an intermediate evaluation
+    assert not any(k.startswith("personality.") for k in part.summary) and part.probe_grid is None
+    first = sorted(p.name for p in refs.iterdir())[0]
+    trained = evaluator.score(evaluator.samples(tiny_embedding()), tiny_embedding(), probes=evaluator.probes(tiny_embedding()), trained_on=[first])
+    assert sum(trained.extras["personality"]["clothing"]["dataset"]) == 1
+    assert sum(evaluator.personality(tiny_embedding())["clothing"]) == 6
 
 
 def test_identity_through_the_evaluator_with_the_real_pack(sd1, assets, tmp_path):

@@ -173,7 +173,7 @@ def test_personality_states_the_shift_against_the_dataset_and_the_untrained_star
         t.user_attrs["personality"] = {"clothing": {"labels": ["tank top", "t-shirt"], "generated": [14, 6], "dataset": [9, 6], "untrained": [2, 18]}}
     text = _section(build_report(_study(trials)), "Personality: what the TIs generate by themselves")
     # (0.70 - 0.10) / (0.60 - 0.10) = 120 %: more tank tops than the dataset itself
-    assert "clothing, tank top: dataset 60% (36%–80%), untrained 10% (3%–30%), trial 0 70% (48%–85%); it took on 120% of the dataset's skew." in text
+    assert "clothing, tank top: dataset 60% (36%–80%), untrained 10% (3%–30%), trial 0 70% (48%–85%); net of the untrained start it moved +60% (+30% to +77%); it took on 120% of the dataset's skew." in text
     for t in trials:  # untrained 7 of 20 (15%-59%) overlaps the dataset's 36%-80%: a ratio would be noise
         t.user_attrs["personality"]["clothing"]["untrained"] = [7, 13]
     text = _section(build_report(_study(trials)), "Personality: what the TIs generate by themselves")

@@ -219,11 +219,15 @@ def test_bad_sweeps_fail_in_one_line_before_training(tmp_path, fixtures, run_cli
 def test_shipped_sweep_configs_are_valid(name, tmp_path):
     from pathlib import Path
 
+    from titk.evaluate.suite import load_suite
     from titk.sweep.runner import check_objective
     from titk.sweep.space import check_space, recipe_params
 
     folder = Path(__file__).resolve().parents[1] / "experiments" / "sweeps"
     config = load_sweep_config(folder / f"{name}.yaml")
+    load_suite(config.evaluation.suite)  # the suites it names are shipped
+    if config.evaluation.personality_suite:
+        load_suite(config.evaluation.personality_suite)
     check_space(config, 15)
     check_objective(config)
     for entry in config.enqueue:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from titk.toyworld.proofs import generate, train_ti, untrained, write_skewed
 from titk.toyworld.world import (
-    CLOTHING, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
+    CLOTHING, FRAMINGS, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
 )
 
 
@@ -105,50 +106,20 @@ def toy_model():
     return load_model("toyworld", dtype="fp32")
 
 
-def _train(bundle, data, out, cache, **train):
-    from titk.config import TrainConfig, parse
-    from titk.train.loop import train as run
-
-    settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 400, "learning_rate": "0.02", **train}
-    config = parse(TrainConfig, {
-        "model": {"source": "toyworld", "dtype": "fp32"},
-        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
-        "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
-        "train": settings,
-        "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
-    }, "proof")
-    return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
-
-
-def _generate(bundle, embedding, prompts, seeds):
-    from titk.embeddings.fit import vectors_for
-    from titk.config import SamplingSettings
-    from titk.models.sampling import embedding_active, generate
-
-    pairs = [(p, s) for p in prompts for s in seeds]
-    with embedding_active(bundle, vectors_for(embedding, bundle)):
-        sampling = SamplingSettings(steps=20, cfg=5.0, width=64, height=64, batch_size=8)
-        return generate(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
-
-
-def _initial(bundle):
-    from titk.embeddings import Embedding
-    from titk.embeddings.placeholder import init_vectors
-
-    enc = bundle.encoders[0]
-    return Embedding("ohwx", {enc.key: init_vectors(enc.tokenizer, enc.table, "person", 4, "stretch", True)})
+SKEWS = {"balanced": 0.0, "half": 0.5, "biased": 0.8}  # share of tank tops and of full-body shots (balanced: uniform draws)
 
 
 @pytest.fixture(scope="module")
 def wardrobes(toy_model, tmp_path_factory):
-    """TIs of one held-out person trained on 15 images in a wardrobe drawn uniformly (here 4, 4, 4 and 3 of the
-    four kinds of clothing) and on 15 in 80 % tank tops (12, and 1 of each other kind):
-    {name: (dataset folder, embedding)}. Both proofs below read them, so each is trained once."""
+    """TIs of one held-out person trained on 15 images: in a wardrobe and framing drawn uniformly (here 4, 4, 4
+    and 3 of the four kinds of clothing), and in 50 % and 80 % tank tops and full-body shots (8 and 12 of 15,
+    dealt exactly): {name: (dataset folder, embedding)}. The proofs below read them, so each is trained once."""
     tmp = tmp_path_factory.mktemp("wardrobes")
     trained = {}
-    for name, weights in (("balanced", None), ("biased", clothing_bias("tank top", 0.8))):
-        write_dataset(tmp / name, heldout(0), 15, seed=5, weights=weights)
-        trained[name] = tmp / name, _train(toy_model, tmp / name, tmp / f"run-{name}", tmp / "cache")
+    for name, share in SKEWS.items():
+        labels = {"clothing": "tank top", "framing": "full-body"} if share else {}
+        write_skewed(tmp / name, labels, share)
+        trained[name] = tmp / name, train_ti(toy_model, tmp / name, tmp / f"run-{name}", tmp / "cache")
     return trained
 
 
@@ -166,26 +137,62 @@ def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrob
         return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
 
     _, trained = wardrobes["balanced"]
-    after = similarity(_generate(toy_model, trained, ["a photo of ohwx"], PROOF_SEEDS))
-    before = similarity(_generate(toy_model, _initial(toy_model), ["a photo of ohwx"], PROOF_SEEDS))
+    after = similarity(generate(toy_model, trained, ["a photo of ohwx"], PROOF_SEEDS))
+    before = similarity(generate(toy_model, untrained(toy_model), ["a photo of ohwx"], PROOF_SEEDS))
     gain = after - before
     assert gain.mean() > 0.2, f"mean gain {gain.mean():.3f}: before {before.round(2)}, after {after.round(2)}"
     assert (gain > 0).sum() >= 7
     assert stats.ttest_rel(after, before, alternative="greater").pvalue < 0.01
 
 
-def test_a_dataset_in_tank_tops_gives_a_ti_in_tank_tops(toy_model, toy, wardrobes):
-    """The same person, 80 % tank tops against a balanced wardrobe: the TI inherits the bias when the prompt
-    leaves clothing open."""
-    from titk.evaluate.evaluator import EvalContext
+@pytest.fixture(scope="module")
+def probed(toy_model, wardrobes):
+    """The personality histograms of the untrained start and of each wardrobe's TI, on the shipped neutral
+    probes (toy-personality: 48 images each), through the evaluator a sweep uses: {name: {label set: counts}}."""
+    from titk.config import EvalSettings, parse
+    from titk.evaluate.evaluator import build_evaluator, image_files, load_references
 
-    _, classifier = toy
-    shares = {}
-    for name, (_, embedding) in wardrobes.items():
-        images = _generate(toy_model, embedding, ["ohwx", "a photo of ohwx"], list(range(1, 17)))
-        probs = classifier.probabilities(images, EvalContext({}), "samples")["clothing"]
-        shares[name] = float(np.mean(probs.argmax(1) == CLOTHING.index("tank top")))
-    assert shares["biased"] > shares["balanced"] + 0.2, shares
+    settings = parse(EvalSettings, {"world": "toyworld", "suite": "toy-quick", "personality_suite": "toy-personality",
+                                    "scorers": ["personality"]}, "proof")
+    folder, _ = wardrobes["balanced"]
+    evaluator = build_evaluator(toy_model, settings, load_references(folder, 64))
+    assert len(evaluator.personality_probes.items) == 48 and len(image_files(folder)) == 15
+    counts = {"untrained": evaluator.personality(untrained(toy_model), "ohwx")}
+    counts |= {name: evaluator.personality(embedding, "ohwx") for name, (_, embedding) in wardrobes.items()}
+    return counts
+
+
+def _share(counts: dict, attribute: str, label: str) -> tuple[int, int]:
+    values = {"clothing": CLOTHING, "framing": FRAMINGS}[attribute]
+    hist = counts[attribute]
+    return hist[values.index(label)], sum(hist)
+
+
+@pytest.mark.parametrize("attribute, label", [("clothing", "tank top"), ("framing", "full-body")])
+def test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, attribute, label):
+    """80 % tank tops and 80 % full-body shots in the dataset: with prompts that leave both open, the TI shows
+    more of each than its untrained start does, and more than the TI of a dataset drawn uniformly, each with a
+    95 % interval of the difference above zero. The second matters for framing: training on the uniform
+    dataset moves a TI to full-body shots too (0 of 48 untrained, 34 of 48 after). Measured on 48 probe
+    images each: tank tops 45 against 14 untrained and 8 uniform; full-body 48 against 0 and 34."""
+    from titk.stats import shift_interval
+
+    got = _share(probed["biased"], attribute, label)
+    for other in ("untrained", "balanced"):
+        base = _share(probed[other], attribute, label)
+        low, high = shift_interval(*got, *base)
+        assert low > 0, f"{label}: TI {got}, {other} {base}: {got[0] / got[1] - base[0] / base[1]:+.2f} ({low:+.2f} to {high:+.2f})"
+
+
+def test_more_skew_in_the_dataset_gives_more_skew_in_the_ti(probed):
+    """The dose-response: 4, 8 and 12 of 15 images in tank tops give TIs in more tank tops at each step,
+    and the difference between the ends has an interval above zero. Measured: 8, 36 and 45 of 48."""
+    from titk.stats import shift_interval
+
+    shares = {name: _share(probed[name], "clothing", "tank top") for name in SKEWS}
+    levels = [shares[name][0] / shares[name][1] for name in SKEWS]
+    assert levels == sorted(levels) and len(set(levels)) == len(levels), shares
+    assert shift_interval(*shares["biased"], *shares["balanced"])[0] > 0, shares
 
 
 def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path):

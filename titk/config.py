@@ -299,6 +299,10 @@ class EvalSettings(Strict):
     scorers: list[Literal["identity", "clip", "diversity", "personality", "norms"]] = Field(default_factory=lambda: list(SCORERS))
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    personality_suite: str | None = Field(
+        None, description="a suite of neutral probes personality is measured on, apart from `suite` (e.g. personality, "
+        "toy-personality: prompts that leave clothing, background and framing open, enough seeds for narrow intervals); "
+        "default: the personality prompts of `suite`")
     labels: str = Field("personality-labels", description="label sets for personality: experiments/prompts/<name>.yaml or a path")
     batch_size: int | None = Field(None, ge=1, description="images generated per batch; default: the suite's")
     max_references: int = Field(64, ge=1, description="reference images used at most (the first, in name order)")
@@ -333,13 +337,32 @@ class ParamSpec(Strict):
     step: int | float | None = None
 
 
+class ComposeSpec(Strict):
+    """Subsets of `size` images of which a searched `share` carry one label of an attribute, drawn from a larger
+    pool: a study of how a dataset's composition shapes its TI's personality (the dose-response)."""
+
+    attribute: str = Field(description="a personality label set, e.g. clothing (the toy world's, or evaluation.labels')")
+    label: str = Field(description="the label whose share is controlled, as the label set names it, e.g. tank top")
+    size: int = Field(ge=1, description="images per trial")
+    share: ParamSpec = Field(description="the share of them that carry the label: a choice (e.g. [0.2, 0.5, 0.8]) or a range 0..1")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        values = self.share.choice if self.share.choice is not None else [self.share.low, self.share.high]
+        if not values or any(not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in values):
+            raise ValueError(f"share: {values} must be numbers from 0 to 1")
+        return self
+
+
 class SubsetSpec(Strict):
-    """Which images a trial trains on: all (default), random subsets, per-image include flags, or leave-one-out."""
+    """Which images a trial trains on: all (default), random subsets, per-image include flags, leave-one-out, or
+    subsets of a controlled composition."""
 
     size: int | ParamSpec | None = Field(None, description="random subsets of this size, drawn in passes so every image is in as many trials (or a searched range of sizes)")
     include_flags: bool = Field(False, description="one include/exclude flag per image, searched")
     leave_one_out: bool = Field(False, description="each trial leaves out one image (or none)")
     min_images: int = Field(3, ge=1, description="with include flags: fewer images is infeasible")
+    compose: ComposeSpec | None = Field(None, description="subsets with a searched share of one attribute's label")
 
 
 class IntermediateSettings(Strict):

@@ -8,6 +8,7 @@
 """
 
 from .effects import (
+    dose_response,
     image_attribution,
     label_shares,
     param_importance,
@@ -20,6 +21,6 @@ from .effects import (
 from .study import StudyData, load_study, trials_frame
 
 __all__ = [
-    "StudyData", "image_attribution", "label_shares", "load_study", "param_importance", "pareto_front",
+    "StudyData", "dose_response", "image_attribution", "label_shares", "load_study", "param_importance", "pareto_front",
     "personality_divergence", "personality_summary", "personality_table", "seed_variance", "trials_frame",
 ]

@@ -174,6 +174,27 @@ def personality_table(trials: pd.DataFrame, level: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows, columns=PERSONALITY_COLUMNS)
 
 
+def dose_response(trials: pd.DataFrame, label_set: str, label: str | None = None, level: float = 0.95) -> pd.DataFrame:
+    """Per trial, one label's share among the images it trained on (`dataset`) against its share among the
+    TI's generated images (`generated`, with its `level` interval): how a dataset's composition carries into
+    its TI's personality. `label`: by default the label most common over the trials' datasets. The table's
+    attrs hold Spearman's rank correlation over the trials (`rho`, `p`, `trials`; NaN with fewer than 3
+    distinct dataset shares)."""
+    from scipy import stats
+
+    table = personality_table(trials, level)
+    table = table[table["set"] == label_set]
+    if label is None and not table.empty:
+        label = table.assign(count=table["dataset"] * table["n_dataset"]).groupby("label")["count"].sum().idxmax()
+    rows = table[table["label"] == label][["trial", "dataset", "n_dataset", "generated", "generated_low", "generated_high", "n_generated"]]
+    rows = rows.sort_values(["dataset", "trial"]).reset_index(drop=True)
+    rho = p = math.nan
+    if rows["dataset"].nunique() >= 3:
+        rho, p = (float(x) for x in stats.spearmanr(rows["dataset"], rows["generated"]))
+    rows.attrs |= {"set": label_set, "label": label, "rho": rho, "p": p, "trials": len(rows), "level": level}
+    return rows
+
+
 def personality_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """Per trial and label set: entropy of the generated labels and of the dataset's, and their JS divergence."""
     rows = [{

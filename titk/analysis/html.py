@@ -22,6 +22,7 @@ from PIL import Image
 from . import effects, plots
 from ..embeddings.health import health
 from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
+from ..stats import shift_interval
 from ..sweep.trials import best_trials, failure_summary, measured
 from .decision import decide, trial_interval
 from .predictiveness import describe as describe_signals, signal_correlations
@@ -360,6 +361,13 @@ def _personality(done: pd.DataFrame, best: list[int]) -> Section:
     section.tables.append(_table(summary[summary["trial"].isin(best)], 40))
     for label_set in dict.fromkeys(table["set"]):
         section.figures.append(_figure(plots.personality(table, label_set, best), f"personality {label_set}"))
+    for label_set in dict.fromkeys(table["set"]):  # where the trials' images differ in composition: the dose-response
+        curve = effects.dose_response(done, label_set)
+        if curve["dataset"].nunique() >= 3:
+            a = curve.attrs
+            section.notes.append(f"{label_set}, {a['label']}: over {a['trials']} trials whose images held it in {curve['dataset'].nunique()} "
+                                 f"different shares, the TI's share follows the dataset's with Spearman ρ {a['rho']:.2f} (p {a['p']:.2g}).")
+            section.figures.append(_figure(plots.dose_response(curve), f"dose-response {label_set}"))
     return section
 
 
@@ -376,13 +384,16 @@ def _shift_sentences(rows: pd.DataFrame) -> list[str]:
             return f"{top[s]:.0%} ({top[s + '_low']:.0%}–{top[s + '_high']:.0%})"
 
         skew, net = top["dataset"] - top["untrained"], top["generated"] - top["untrained"]
+        low, high = shift_interval(round(top["generated"] * top["n_generated"]), int(top["n_generated"]),
+                                   round(top["untrained"] * top["n_untrained"]), int(top["n_untrained"]))
         # A ratio of two differences within sampling noise is noise itself (a demo gave "-300 %"): it is stated
         # only when the dataset's interval and the untrained start's are apart.
         apart = top["dataset_low"] > top["untrained_high"] or top["dataset_high"] < top["untrained_low"]
         verdict = (f"it took on {net / skew:.0%} of the dataset's skew" if apart
                    else "the dataset's share is within the untrained start's sampling noise, so no uptake is stated")
         out.append(f"{label_set}, {top['label']}: dataset {pct('dataset')}, untrained {pct('untrained')}, "
-                   f"trial {int(top['trial'])} {pct('generated')}; {verdict}.")
+                   f"trial {int(top['trial'])} {pct('generated')}; net of the untrained start it moved {net:+.0%} "
+                   f"({low:+.0%} to {high:+.0%}); {verdict}.")
     return out
 
 

@@ -149,6 +149,29 @@ def personality(table: pd.DataFrame, label_set: str, trials: list[int]):
     return fig
 
 
+def dose_response(table: pd.DataFrame):
+    """A label's share in each trial's images against its share in the trial's TI (95 % intervals); the
+    diagonal is a TI that took on exactly its dataset's share."""
+    fig, ax = _figure()
+    a = table.attrs
+    if table.empty:
+        ax.set_title(f"{a.get('set')}: no trials")
+        return fig
+    x, y = table["dataset"].to_numpy(float), table["generated"].to_numpy(float)
+    ax.errorbar(x, y, yerr=[y - table["generated_low"].to_numpy(float), table["generated_high"].to_numpy(float) - y],
+                fmt="o", color="#2a7ab9", ecolor="#888", capsize=3)
+    ax.plot([0, 1], [0, 1], color="#bbb", lw=0.8, ls="--", label="TI share = dataset share")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"share of {a['label']!r} in the trial's images")
+    ax.set_ylabel(f"share of {a['label']!r} in its TI's images (95% CI)")
+    rho = f"Spearman ρ {a['rho']:.2f} (p {a['p']:.2g}, {a['trials']} trials)" if a["rho"] == a["rho"] else f"{a['trials']} trials, too few dataset shares for a correlation"
+    ax.set_title(f"{a['set']}: dose-response; {rho}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def seeds(table: pd.DataFrame):
     fig, ax = _figure()
     y = np.arange(len(table))

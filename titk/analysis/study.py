@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import TitkError
 from ..evaluate.registry import CURVE_METRIC, INTERMEDIATE
-from ..sweep.trials import measured, trials_frame
+from ..sweep.trials import ATTRIBUTES_ATTR, measured, trials_frame
 
 
 @dataclass
@@ -35,6 +35,12 @@ class StudyData:
     def finished(self) -> pd.DataFrame:
         """Complete trials that trained (answers copied from an earlier trial with the same settings left out)."""
         return measured(self.trials)
+
+    @property
+    def attributes(self) -> pd.DataFrame:
+        """Each dataset image's personality labels as the attribute model read them (`file`, then per label
+        set the label and its probability, `<set>_p`); empty when the study measured no personality."""
+        return pd.DataFrame(self.study.user_attrs.get(ATTRIBUTES_ATTR, []))
 
     def client(self):
         from mlflow import MlflowClient

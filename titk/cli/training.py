@@ -129,7 +129,7 @@ def evaluate(
     with _progress() as progress:
         for item in found:
             task = progress.add_task(f"scoring {item.path.name}", total=len(evaluator.suite.items))
-            card = evaluator.evaluate(item.embedding, name=item.token, on_progress=lambda done, total: progress.update(task, completed=done))
+            card = evaluator.evaluate(item.embedding, name=item.token, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
             card.save(out / item.path.stem)
             rows.append({"embedding": item.path.name, **card.summary})
     import pandas as pd

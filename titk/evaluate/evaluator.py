@@ -41,6 +41,7 @@ class EvalContext:
         self.vectors: dict = {}
         self.encoders: list = []
         self.untrained: dict | None = None  # personality histograms of the untrained start, per label set
+        self.trained_on: list[str] | None = None  # the file names of the images trained on (a sweep trial's subset)
 
     def features(self, clip, key: str, images) -> np.ndarray:
         cache = self._refs if key == "references" else self._samples
@@ -141,12 +142,20 @@ class Evaluator:
     def __init__(self, bundle, settings: EvalSettings, references: References, scorers: list[Scorer]):
         self.bundle, self.settings = bundle, settings
         self.suite = load_suite(settings.suite)
+        # Personality on its own neutral probes when given: the identity suite's prompts name framing and
+        # clothing, and its few seeds leave a histogram's interval wide.
+        self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
         self.references = references
         self._reference_cache: dict = {}
         self.scorers = scorers
         ctx = EvalContext(self._reference_cache)
         for scorer in self.scorers:
             scorer.prepare(references, ctx)
+
+    @property
+    def personality_probes(self) -> Suite:
+        """What personality is measured on: the probe suite, else the suite's personality prompts, else all of it."""
+        return self.probe_suite or self.suite.of_kind("personality") or self.suite
 
     def samples(self, embedding: Embedding, name: str | None = None, suite: Suite | None = None, on_progress=None) -> list[Sample]:
         """Generate the suite's (prompt, seed) images with `embedding` set on the loaded model."""
@@ -166,23 +175,55 @@ class Evaluator:
                 )
                 if on_progress:
                     on_progress(len(images), len(prompts))
+        kinds = ["personality"] * len(suite.items) if suite is self.probe_suite else [kind for _, _, kind, _ in suite.items]
         return [
             Sample(image, prompt, text.replace("[name]", ""), seed, kind, index, bool(suite.spec.prompts[index].photo))
-            for image, prompt, (index, text, kind, seed) in zip(images, prompts, suite.items)
+            for image, prompt, kind, (index, text, _, seed) in zip(images, prompts, kinds, suite.items)
         ]
 
+    def probes(self, embedding: Embedding, name: str | None = None, on_progress=None) -> list[Sample] | None:
+        """The probe suite's images (None without a probe suite)."""
+        return None if self.probe_suite is None else self.samples(embedding, name, self.probe_suite, on_progress)
+
+    def image_attributes(self) -> list[dict] | None:
+        """Per image of the dataset, its personality labels (None without the personality scorer)."""
+        scorer = next((s for s in self.scorers if s.name == "personality"), None)
+        return scorer.attributes() if scorer else None
+
+    @property
+    def label_sets(self) -> dict[str, list[str]]:
+        """The personality label sets ({} without the personality scorer)."""
+        scorer = next((s for s in self.scorers if s.name == "personality"), None)
+        return dict(scorer.classifier.label_sets) if scorer else {}
+
+    def personality(self, embedding: Embedding, name: str | None = None) -> dict:
+        """Only the personality histograms of `embedding`, on the personality probes: {label set: counts}."""
+        scorer = next(s for s in self.scorers if s.name == "personality")
+        result = scorer.score(self.samples(embedding, name, self.personality_probes), EvalContext(self._reference_cache))
+        return {label_set: h["generated"] for label_set, h in result.extras["personality"].items()}
+
     def evaluate(self, embedding: Embedding, *, name: str | None = None, suite: Suite | None = None, on_progress=None,
-                 untrained: dict | None = None) -> Scorecard:
+                 untrained: dict | None = None, trained_on: list[str] | None = None) -> Scorecard:
+        """Generate and score `suite` (the evaluator's own by default; with a probe suite, its images too)."""
+        whole = suite is None or suite is self.suite
         suite = suite or self.suite
-        return self.score(self.samples(embedding, name, suite, on_progress), embedding, suite, name, untrained=untrained)
+        extra = len(self.probe_suite.items) if whole and self.probe_suite else 0
+        total = len(suite.items) + extra
+        samples = self.samples(embedding, name, suite, on_progress and (lambda done, _: on_progress(done, total)))
+        probes = self.probes(embedding, name, on_progress and (lambda done, _: on_progress(len(samples) + done, total))) if extra else None
+        return self.score(samples, embedding, suite, name, untrained=untrained, probes=probes, trained_on=trained_on)
 
     def score(self, samples: list[Sample], embedding: Embedding, suite: Suite | None = None, name: str | None = None,
-              untrained: dict | None = None) -> Scorecard:
+              untrained: dict | None = None, probes: list[Sample] | None = None, trained_on: list[str] | None = None) -> Scorecard:
         """Run every scorer on generated samples (of `suite`, the evaluator's own by default). `untrained`:
-        the untrained start's personality histograms, for the personality shift (a sweep measures them)."""
+        the untrained start's personality histograms, for the personality shift (a sweep measures them).
+        With a probe suite, personality scores `probes` (its images) and is left out when they are not given
+        (intermediate evaluations generate part of the suite only). `trained_on`: the file names of the images
+        the embedding was trained on when they are part of the references' training images (a trial's subset):
+        personality's dataset side counts those only."""
         suite = suite or self.suite
         ctx = EvalContext(self._reference_cache)
-        ctx.embedding, ctx.encoders, ctx.untrained = embedding, self.bundle.encoders, untrained
+        ctx.embedding, ctx.encoders, ctx.untrained, ctx.trained_on = embedding, self.bundle.encoders, untrained, trained_on
         ctx.vectors = vectors_for(embedding, self.bundle)
         rows = [
             {"prompt_index": s.prompt_index, "kind": s.kind, "prompt": s.prompt, "clean_prompt": s.clean_prompt, "seed": s.seed}
@@ -191,15 +232,25 @@ class Evaluator:
         summary: dict[str, float] = {}
         extras: dict = {}
         arrays: dict = {}
+        probe_rows: list[dict] = []
         for scorer in self.scorers:
-            result = scorer.score(samples, ctx)
-            for row, extra in zip(rows, result.rows):
-                row.update(extra)
+            if scorer.name == "personality" and self.probe_suite is not None:
+                if probes is None:
+                    continue
+                result = scorer.score(probes, ctx)
+                probe_rows = [{"prompt": s.prompt, "seed": s.seed, **row} for s, row in zip(probes, result.rows)]
+            else:
+                result = scorer.score(samples, ctx)
+                for row, extra in zip(rows, result.rows):
+                    row.update(extra)
             summary.update(result.summary)
             extras.update(result.extras)
             arrays.update(result.arrays)
         card = Scorecard(pd.DataFrame(rows), summary, self.protocol(suite, embedding), extras, arrays, [s.image for s in samples])
         card.grid = self.grid(samples, suite, name or embedding.name, summary)
+        if probes:
+            card.extras["personality_probes"] = probe_rows
+            card.probe_grid = self.grid(probes, self.probe_suite, name or embedding.name, {})
         return card
 
     def grid(self, samples: list[Sample], suite: Suite, name: str, summary: dict) -> Image.Image:
@@ -229,6 +280,8 @@ class Evaluator:
             "references_held_out": self.references.heldout,
             "training_images": len(self.references.training),
             "photo_prompts": [i for i, p in enumerate(spec.prompts) if p.photo],
+            "personality_suite": None if self.probe_suite is None else {
+                "suite": self.probe_suite.name, "suite_sha256": self.probe_suite.sha256, "images": len(self.probe_suite.items)},
             "versions": {lib: _version(lib) for lib in LIBRARIES},
         }
         for scorer in self.scorers:

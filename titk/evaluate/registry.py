@@ -46,7 +46,7 @@ _FAMILIES = (
     (re.compile(r"^(identity\.similarity|clip_t(_2)?)@(identity|editability|personality)$"), None, "the metric over one prompt kind"),
     (re.compile(r"^clip_[ti]_2$"), "clip", "the second CLIP judge's clip_t / clip_i"),
     (re.compile(r"^personality\.\w+\.(entropy|dataset_entropy|js)$"), "personality", "label histogram entropy / JS divergence to the dataset"),
-    (re.compile(r"^personality\.\w+\.(net_shift|dataset_shift|uptake)$"), "personality", "shift toward the dataset's top label, net of the untrained start"),
+    (re.compile(r"^personality\.\w+\.(net_shift|net_shift_low|net_shift_high|dataset_shift|uptake)$"), "personality", "shift toward the dataset's top label, net of the untrained start (with its 95 % interval)"),
     (re.compile(r"^norms\.\w+_max_vs_vocab_median$"), "norms", "largest vector norm over the vocabulary's median norm"),
     (re.compile(r"^norms\.\w+_vs_vocab_median$"), "norms", "mean vector norm over the vocabulary's median norm"),
 )

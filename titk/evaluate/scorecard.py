@@ -23,6 +23,7 @@ class Scorecard:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     images: list[Image.Image] = field(default_factory=list)
     grid: Image.Image | None = None
+    probe_grid: Image.Image | None = None  # the personality probe suite's images, when it has its own
 
     def to_json(self) -> dict:
         return {"summary": _clean(self.summary), "protocol": _clean(self.protocol), "extras": _clean(self.extras)}
@@ -42,6 +43,10 @@ class Scorecard:
             paths["grid.png"] = folder / "grid.png"
             with atomic_path(paths["grid.png"]) as tmp:
                 self.grid.save(tmp, format="PNG")
+        if self.probe_grid is not None:
+            paths["personality.png"] = folder / "personality.png"
+            with atomic_path(paths["personality.png"]) as tmp:
+                self.probe_grid.save(tmp, format="PNG")
         if self.arrays:
             paths["arrays.npz"] = folder / "arrays.npz"
             with atomic_path(paths["arrays.npz"]) as tmp:

@@ -187,7 +187,7 @@ class Confirmation:
         plan = make_plan(config, subset, self.arch)
         result = training.train(config, plan, dataset=subset, bundle=self.bundle, show_progress=self.show_progress,
                                 latent_cache=self.workdir / "cache" / "latents")
-        card = self.evaluator.evaluate(result.embedding, name=config.embedding.name)
+        card = self.evaluator.evaluate(result.embedding, name=config.embedding.name, trained_on=[r.path.name for r in subset.records])
         card.grid.save(out / "samples.png")
         summary = {k: float(v) for k, v in card.summary.items() if isinstance(v, (int, float)) and v == v}
         value = objective_value(card.summary, self.config.objective)

@@ -29,10 +29,10 @@ from .holdout import STUDY_ATTR as HELDOUT_ATTR
 from .holdout import hold_out
 from .pruning import Pruning
 from .scoring import objective_names
-from .space import baseline_params, check_space, check_values, recipe_params
+from .space import baseline_params, check_composition, check_space, check_values, recipe_params
 from .storage import JOURNAL, artifact_location, optuna_storage, pid_alive, storage_label, stores_record, tracking_uri
 from .trial import RETRY_REASONS, TrialFailed, TrialObjective
-from .trials import best_trials, failure_summary, measured, trials_frame
+from .trials import ATTRIBUTES_ATTR, best_trials, failure_summary, measured, trials_frame
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -225,6 +225,17 @@ def run_sweep(
     check_values(config, dataset, enqueued)
     arch = read_architecture(config.base.model)
     make_plan(config.base, dataset, arch)
+    loaded: dict = {}
+
+    def scorers():
+        if "evaluator" not in loaded:
+            loaded["bundle"] = load_model(config.base.model_settings)  # the semantics' precision when none is set (kohya: fp32)
+            references = split.references(config.evaluation.max_references)
+            loaded["evaluator"] = build_evaluator(loaded["bundle"], config.evaluation, references)
+        return loaded["evaluator"]
+
+    if config.subset.compose is not None and not (create_only or confirm_only):  # the attribute model reads the images first
+        check_composition(config, scorers().image_attributes(), scorers().label_sets)
     workdir = Path(workdir)
     fresh = not workdir.exists()
     try:
@@ -238,13 +249,10 @@ def run_sweep(
         return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), trials_frame(study))
     recover(study, storage, uri)
     stop = _StopAfter(n_trials)
-    loaded: dict = {}
 
     def evaluator():  # the model and scorers, loaded once, and only when there is work for them
-        if not loaded:
-            loaded["bundle"] = load_model(config.base.model_settings)  # the semantics' precision when none is set (kohya: fp32)
-            references = split.references(config.evaluation.max_references)
-            loaded["evaluator"] = build_evaluator(loaded["bundle"], config.evaluation, references)
+        if "recorded" not in loaded:
+            loaded["recorded"] = _record_attributes(study, tracker, parent, scorers().image_attributes())
         return loaded["evaluator"]
 
     if not confirm_only and finished(study) < n_trials:
@@ -271,6 +279,15 @@ def run_sweep(
                                         arch=arch, tracker=tracker, parent=parent, top=top, seeds=wanted.get("seeds"),
                                         trials=wanted.get("trials"), show_progress=show_progress, on_run=on_confirm)
     return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), table, stop.why, confirmation)
+
+
+def _record_attributes(study, tracker, parent: str, rows: list[dict] | None) -> bool:
+    """Once per study: each dataset image's personality labels, as the attribute model reads them (a study
+    relates the composition of each trial's images to its TI's personality with them)."""
+    if rows and ATTRIBUTES_ATTR not in study.user_attrs:
+        study.set_user_attr(ATTRIBUTES_ATTR, rows)
+        tracker.client.log_dict(parent, rows, "dataset/attributes.json")
+    return True
 
 
 def _open_stores(config: SweepConfig, workdir: Path, storage_url, tracking, create: bool, enqueued: list[dict], on_note):

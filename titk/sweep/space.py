@@ -53,9 +53,11 @@ def check_space(config: SweepConfig, n_images: int) -> None:
         for value in values:  # each end and each choice must be a value the config accepts
             apply_settings(base, {key: value}, where=f"space: {key}={value!r}")
     subset = config.subset
-    modes = sum([subset.size is not None, subset.include_flags, subset.leave_one_out])
+    modes = sum([subset.size is not None, subset.include_flags, subset.leave_one_out, subset.compose is not None])
     if modes > 1:
-        raise TitkError("subset: choose one of size, include_flags and leave_one_out")
+        raise TitkError("subset: choose one of size, include_flags, leave_one_out and compose")
+    if subset.compose is not None and subset.compose.size > n_images:
+        raise TitkError(f"subset.compose.size: subsets of {subset.compose.size} images, but the dataset has only {n_images}")
     if subset.size is not None:
         low, high = (subset.size, subset.size) if isinstance(subset.size, int) else (subset.size.low, subset.size.high)
         if low is None or high is None or low < 1 or low > high:
@@ -126,10 +128,21 @@ def apply_settings(base: TrainConfig, settings: dict[str, object], where: str = 
     return parse(TrainConfig, merge(data, sections), where)
 
 
-def suggest_subset(trial, config: SweepConfig, names: list[str]) -> list[int]:
-    """The indices of the images this trial trains on (records the choice on the trial)."""
+def suggest_subset(trial, config: SweepConfig, names: list[str], labels: dict[str, str] | None = None) -> list[int]:
+    """The indices of the images this trial trains on (records the choice on the trial). `labels`: each
+    image's label of the composed attribute (subset.compose)."""
     subset, n = config.subset, len(names)
-    if subset.include_flags:
+    if subset.compose is not None:
+        spec = subset.compose
+        share = float(suggest(trial, "subset_share", spec.share))
+        carrying = [i for i, name in enumerate(names) if (labels or {}).get(name) == spec.label]
+        others = [i for i in range(n) if i not in carrying]
+        k = round(share * spec.size)
+        if k > len(carrying) or spec.size - k > len(others):
+            raise TitkError(composition_problem(spec, share, len(carrying), n))
+        rng = random.Random(f"titk:compose:{config.seed}:{trial.number}")
+        chosen = sorted(rng.sample(carrying, k) + rng.sample(others, spec.size - k))
+    elif subset.include_flags:
         chosen = [i for i, name in enumerate(names) if trial.suggest_categorical(f"include:{name}", [True, False])]
     elif subset.leave_one_out:
         out = trial.suggest_categorical("leave_out", [NO_IMAGE, *names])
@@ -146,6 +159,35 @@ def suggest_subset(trial, config: SweepConfig, names: list[str]) -> list[int]:
         chosen = list(range(n))
     trial.set_user_attr("subset", [names[i] for i in chosen])
     return chosen
+
+
+def composition_problem(spec, share: float, carrying: int, n: int) -> str:
+    k = round(share * spec.size)
+    return (f"subset.compose: a share of {share:g} of {spec.size} images needs {k} with {spec.attribute} {spec.label!r} and "
+            f"{spec.size - k} without, but the attribute model finds {carrying} of the dataset's {n} images with it: "
+            "add images, or narrow subset.compose.share or size")
+
+
+def check_composition(config: SweepConfig, attributes: list[dict] | None, label_sets: dict[str, list[str]]) -> dict[str, str]:
+    """Each image's label of the composed attribute ({file: label}), after checking that the attribute is a
+    label set, the label one of its labels, and that every share the space allows can be drawn."""
+    spec = config.subset.compose
+    if spec is None:
+        return {}
+    if not attributes:
+        raise TitkError("subset.compose needs the personality scorer (evaluation.scorers) to read each image's labels")
+    if spec.attribute not in label_sets:
+        raise TitkError(f"subset.compose.attribute: {spec.attribute!r} is not a label set (they are {', '.join(label_sets)})")
+    if spec.label not in label_sets[spec.attribute]:
+        raise TitkError(f"subset.compose.label: {spec.label!r} is not a {spec.attribute} label (they are {', '.join(label_sets[spec.attribute])})")
+    labels = {row["file"]: row[spec.attribute] for row in attributes}
+    carrying = sum(label == spec.label for label in labels.values())
+    shares = spec.share.choice if spec.share.choice is not None else [spec.share.low, spec.share.high]
+    for share in shares:
+        k = round(float(share) * spec.size)
+        if k > carrying or spec.size - k > len(labels) - carrying:
+            raise TitkError(composition_problem(spec, float(share), carrying, len(labels)))
+    return labels
 
 
 def balanced_subset(n: int, size: int, seed, number: int) -> list[int]:

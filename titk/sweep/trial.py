@@ -26,7 +26,7 @@ from ..train import loop as training
 from ..train.plan import TrainPlan, make_plan
 from .pruning import Pruning
 from .scoring import add_histograms, aggregate_seeds, floor_constraints, objective_value
-from .space import apply_settings, suggest_settings, suggest_subset
+from .space import apply_settings, check_composition, suggest_settings, suggest_subset
 from .storage import worker_identity
 
 
@@ -54,13 +54,14 @@ class TrialObjective:
         self.names = [r.path.name for r in dataset.records]
         self.repeats = config.repeats  # this trial's seeds (more for the baseline)
         self._untrained: dict[str, dict] = {}  # personality histograms of each untrained start, by its vectors
+        self.labels = check_composition(config, evaluator.image_attributes(), evaluator.label_sets)  # subset.compose's
 
     def __call__(self, trial: optuna.Trial):
         for name, value in worker_identity().items():
             trial.set_user_attr(name, value)
         trial.set_user_attr("titk.sampler_seed", self.sampler_seed)  # with the study's seed, what reproduces it
         settings = suggest_settings(trial, self.config)
-        chosen = suggest_subset(trial, self.config, self.names)
+        chosen = suggest_subset(trial, self.config, self.names, self.labels)
         twin = None if self.config.retrain_duplicates else measured_twin(trial)
         if twin is not None:  # another worker, or this one before a restart, already trained these settings
             trial.set_user_attr("duplicate_of", twin.number)
@@ -193,7 +194,7 @@ class TrialObjective:
                                 latent_cache=self.workdir / "cache" / "latents", callback=on_event, validate_every=every)
         if pending["loss"]:
             self._log_loss(run_id, pending, result.steps_done)
-        card = self._final_score(trial, config, result.embedding, prune)
+        card = self._final_score(trial, config, result.embedding, prune, [r.path.name for r in subset.records])
         grid = "samples.png" if self.repeats == 1 else f"samples-seed-{config.train.seed}.png"
         self.tracker.log_scorecard(run_id, card, result.steps_done, "final", grid_file=grid)
         self.tracker.log_files(run_id, result.files, "embeddings")
@@ -206,24 +207,26 @@ class TrialObjective:
         self.tracker.log_metrics(run_id, {"train.loss": sum(pending["loss"]) / len(pending["loss"]), "train.lr": pending["lr"][-1]}, step)
         pending["loss"].clear()
 
-    def _final_score(self, trial, config: TrainConfig, embedding, prune: bool):
-        """The final evaluation; under the Wilcoxon rule it goes prompt by prompt so that it can stop early."""
+    def _final_score(self, trial, config: TrainConfig, embedding, prune: bool, trained_on: list[str]):
+        """The final evaluation; under the Wilcoxon rule it goes prompt by prompt so that it can stop early.
+        Personality compares the TI with the images it trained on (`trained_on`), not the whole dataset."""
         suite, name = self.evaluator.suite, config.embedding.name
         untrained = self._untrained_personality(config)
         if not (prune and self.pruning.on_final_images):
             with _progress(self.show_progress, f"scoring {name} on the {Path(suite.name).stem} suite") as on_progress:
-                return self.evaluator.evaluate(embedding, name=name, on_progress=on_progress, untrained=untrained)
+                return self.evaluator.evaluate(embedding, name=name, on_progress=on_progress, untrained=untrained, trained_on=trained_on)
         samples = []
         for prompt in range(len(suite.spec.prompts)):
             part = self.evaluator.samples(embedding, name, suite.only(prompt))
             table = self.evaluator.score(part, embedding, suite.only(prompt), name).table
             self.pruning.check_images(trial, self.pruning.image_values(table), len(samples))
             samples += part
-        return self.evaluator.score(samples, embedding, suite, name, untrained=untrained)
+        return self.evaluator.score(samples, embedding, suite, name, untrained=untrained, probes=self.evaluator.probes(embedding, name),
+                                    trained_on=trained_on)
 
     def _untrained_personality(self, config: TrainConfig) -> dict | None:
         """The personality histograms of what this trial's training starts from (the init text's vectors or
-        the start file), on the final suite's personality probes: the baseline against which a TI's shift is
+        the start file), on the personality probes: the baseline against which a TI's shift is
         measured, since an untrained embedding has tendencies of its own. Generated once per distinct start
         in this worker (the vectors' bytes are the key: searched vector counts give several)."""
         if not any(s.name == "personality" for s in self.evaluator.scorers):
@@ -231,10 +234,7 @@ class TrialObjective:
         start = training.starting_embedding(config, self.bundle)
         key = sha256_bytes(b"".join(start.vectors[k].detach().cpu().numpy().tobytes() for k in sorted(start.vectors)))
         if key not in self._untrained:
-            suite = self.evaluator.suite
-            probes = suite.of_kind("personality") or suite
-            card = self.evaluator.evaluate(start, name=config.embedding.name, suite=probes)
-            self._untrained[key] = {label_set: h["generated"] for label_set, h in card.extras.get("personality", {}).items()}
+            self._untrained[key] = self.evaluator.personality(start, config.embedding.name)
         return self._untrained[key]
 
 

@@ -8,6 +8,8 @@ from optuna.trial import TrialState
 
 from ..stats import Interval, mean_interval
 
+ATTRIBUTES_ATTR = "titk.image_attributes"  # the study's record of each dataset image's personality labels
+
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial that ran (waiting ones are not results): state, value(s), feasibility, parameters,

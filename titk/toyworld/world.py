@@ -292,7 +292,14 @@ def quota(shares: dict[str, float], n: int, rng: random.Random) -> list[str]:
     return values
 
 
+def skew(attribute: str, label: str, share: float) -> dict:
+    """Look weights where `share` of images have `label` (e.g. framing "full-body") and the rest is spread
+    evenly over the attribute's other values."""
+    values = PERSONALITY_ATTRIBUTES[attribute]
+    rest = (1.0 - share) / (len(values) - 1)
+    return {attribute: {v: share if v == label else rest for v in values}}
+
+
 def clothing_bias(label: str, share: float) -> dict:
     """Look weights where `share` of images wear `label` and the rest is spread over the other clothing."""
-    rest = (1.0 - share) / (len(CLOTHING) - 1)
-    return {"clothing": {c: share if c == label else rest for c in CLOTHING}}
+    return skew("clothing", label, share)

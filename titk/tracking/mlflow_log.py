@@ -120,6 +120,8 @@ class Tracker:
         self.log_metrics(run_id, card.summary if label == "final" else {f"{label}/{k}": v for k, v in card.summary.items()}, step)  # label "intermediate": registry.INTERMEDIATE
         if card.grid is not None and grid_file:
             self.client.log_image(run_id, card.grid, artifact_file=grid_file)
+            if card.probe_grid is not None:  # the personality probes' own suite
+                self.client.log_image(run_id, card.probe_grid, artifact_file=grid_file.replace("samples", "personality"))
         elif card.grid is not None:
             self.client.log_image(run_id, card.grid, key=f"{label}_samples", step=step)
         self.client.log_table(run_id, data=card.table, artifact_file=f"scores/{label}-step-{step:06d}.json")

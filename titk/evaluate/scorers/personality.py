@@ -66,19 +66,24 @@ class ClipZeroShot(AttributeClassifier):
         return {"classifier": f"zero-shot CLIP {self.clip.key}, softmax of 100·cos", "label_sets": self.sets}
 
 
-def shift(name: str, dataset: np.ndarray, untrained: np.ndarray, generated: np.ndarray) -> dict[str, float]:
+def shift(name: str, dataset: np.ndarray, untrained: np.ndarray, generated: np.ndarray, level: float = 0.95) -> dict[str, float]:
     """How far a TI moved toward its dataset on the dataset's most common label, net of where the untrained
-    start already was: `net_shift` = TI share − untrained share, `dataset_shift` = dataset share − untrained
-    share, and `uptake` = their ratio (1: the TI took on all of the dataset's skew; 0: none), NaN when the
-    dataset is within 0.05 of the untrained start (no skew to take on)."""
-
-    def share(h):
-        return float(h[top] / h.sum()) if h.sum() else float("nan")
+    start already was: `net_shift` = TI share − untrained share with its `level` interval (`net_shift_low`,
+    `net_shift_high`: Newcombe's, over the images counted), `dataset_shift` = dataset share − untrained share,
+    and `uptake` = their ratio (1: the TI took on all of the dataset's skew; 0: none), NaN unless the
+    dataset's share and the untrained start's have intervals apart (a ratio of differences within sampling
+    noise is noise)."""
+    from ...stats import share_interval, shift_interval
 
     top = int(np.argmax(dataset))
-    net, skew = share(generated) - share(untrained), share(dataset) - share(untrained)
-    return {f"personality.{name}.net_shift": net, f"personality.{name}.dataset_shift": skew,
-            f"personality.{name}.uptake": net / skew if abs(skew) >= 0.05 else float("nan")}
+    counts = {key: (int(h[top]), int(h.sum())) for key, h in (("dataset", dataset), ("untrained", untrained), ("generated", generated))}
+    share = {key: c / n if n else float("nan") for key, (c, n) in counts.items()}
+    net, skew = share["generated"] - share["untrained"], share["dataset"] - share["untrained"]
+    low, high = shift_interval(*counts["generated"], *counts["untrained"], level)
+    (d_low, d_high), (u_low, u_high) = (share_interval(*counts[key], level) for key in ("dataset", "untrained"))
+    apart = d_low > u_high or d_high < u_low
+    return {f"personality.{name}.net_shift": net, f"personality.{name}.net_shift_low": low, f"personality.{name}.net_shift_high": high,
+            f"personality.{name}.dataset_shift": skew, f"personality.{name}.uptake": net / skew if apart else float("nan")}
 
 
 class PersonalityScorer(Scorer):
@@ -88,8 +93,27 @@ class PersonalityScorer(Scorer):
         self.classifier = classifier
 
     def prepare(self, refs: References, ctx) -> None:
-        probs = self.classifier.probabilities(refs.dataset, ctx, "references")  # the looks the embedding learned from
-        self.dataset_hist = {name: self._hist(p, name) for name, p in probs.items()}
+        self.dataset_probs = self.classifier.probabilities(refs.dataset, ctx, "references")  # the looks the embedding learned from
+        paths = refs.training_paths if refs.training else refs.paths
+        self.dataset_files = [Path(p).name for p in paths] or [f"{i:03d}" for i in range(len(refs.dataset))]
+        self.dataset_hist = {name: self._hist(p, name) for name, p in self.dataset_probs.items()}
+
+    def attributes(self) -> list[dict]:
+        """Per image of the dataset, the label it carries in each set and the classifier's probability for it:
+        with the images each trial trained on, what relates a dataset's composition to its TI's personality."""
+        rows = [{"file": name} for name in self.dataset_files]
+        for name, p in self.dataset_probs.items():
+            labels = self.classifier.label_sets[name]
+            for row, probs in zip(rows, p):
+                row |= {name: labels[int(probs.argmax())], f"{name}_p": float(probs.max())}
+        return rows
+
+    def _dataset(self, name: str, trained_on: list[str] | None) -> np.ndarray:
+        """The histogram of the images trained on (a trial's subset), or of the whole dataset."""
+        if trained_on is None:
+            return self.dataset_hist[name]
+        keep = np.isin(self.dataset_files, list(trained_on))
+        return self._hist(self.dataset_probs[name][keep], name)
 
     def _hist(self, probs: np.ndarray, name: str) -> np.ndarray:
         counts = np.zeros(len(self.classifier.label_sets[name]))
@@ -107,18 +131,16 @@ class PersonalityScorer(Scorer):
             for i, row in enumerate(rows):
                 row[f"{name}"] = labels[int(p[i].argmax())]
                 row[f"{name}_p"] = float(p[i].max())
-            generated = self._hist(p[probes], name)
+            generated, dataset = self._hist(p[probes], name), self._dataset(name, ctx.trained_on)
             summary[f"personality.{name}.entropy"] = entropy(generated)
-            summary[f"personality.{name}.dataset_entropy"] = entropy(self.dataset_hist[name])
-            summary[f"personality.{name}.js"] = js_divergence(generated, self.dataset_hist[name])
-            hists[name] = {
-                "labels": labels, "generated": generated.astype(int).tolist(), "dataset": self.dataset_hist[name].astype(int).tolist(),
-            }
-            untrained = (getattr(ctx, "untrained", None) or {}).get(name)
+            summary[f"personality.{name}.dataset_entropy"] = entropy(dataset)
+            summary[f"personality.{name}.js"] = js_divergence(generated, dataset)
+            hists[name] = {"labels": labels, "generated": generated.astype(int).tolist(), "dataset": dataset.astype(int).tolist()}
+            untrained = (ctx.untrained or {}).get(name)
             if untrained is not None:
                 hists[name]["untrained"] = [int(c) for c in untrained]
-                summary.update(shift(name, self.dataset_hist[name], np.asarray(untrained, float), generated))
-        return ScoreResult(rows, summary, extras={"personality": hists})
+                summary.update(shift(name, dataset, np.asarray(untrained, float), generated))
+        return ScoreResult(rows, summary, extras={"personality": hists, "personality_dataset": self.attributes()})
 
     def protocol(self) -> dict:
         return {"personality": {**self.classifier.protocol(), "histogram": "argmax label counts over personality probes",

@@ -1,0 +1,58 @@
+"""The pieces the toy world's proofs share (tests and benchmarks): datasets of one held-out person with a
+controlled skew, a TI trained on one, its untrained start, and samples of either.
+
+The proofs' TI: 4 vectors from "person", 400 steps of batch 4 at learning rate 0.02 (A1111 semantics), 64 px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .world import heldout, skew, write_dataset
+
+
+def write_skewed(folder: Path, labels: dict[str, str], share: float, *, n: int = 15, person: int = 0, seed: int = 5) -> Path:
+    """`n` images of held-out `person` in which `share` of them carry each of `labels` ({attribute: label},
+    dealt exactly: 0.8 of 15 is 12); the other attributes are drawn uniformly."""
+    weights = {}
+    for attribute, label in labels.items():
+        weights |= skew(attribute, label, share)
+    write_dataset(folder, heldout(person), n, seed=seed, weights=weights or None)
+    return folder
+
+
+def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
+    """The proofs' TI of the images in `data` (settings above; `train` overrides them)."""
+    from ..config import TrainConfig, parse
+    from ..train.loop import train as run
+
+    settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 400, "learning_rate": "0.02", **train}
+    config = parse(TrainConfig, {
+        "model": {"source": "toyworld", "dtype": "fp32"},
+        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
+        "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
+        "train": settings,
+        "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
+    }, "proof")
+    return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
+
+
+def untrained(bundle):
+    """What the proofs' TI starts from: "person" stretched over 4 vectors, as the training loop sets it."""
+    from ..embeddings import Embedding
+    from ..embeddings.placeholder import init_vectors
+
+    enc = bundle.encoders[0]
+    return Embedding("ohwx", {enc.key: init_vectors(enc.tokenizer, enc.table, "person", 4, "stretch", True)})
+
+
+def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
+    """Each prompt (with "ohwx") at each seed, DPM++ 2M at cfg 5, 64 px."""
+    from ..config import SamplingSettings
+    from ..embeddings.fit import vectors_for
+    from ..models.sampling import embedding_active, generate as sample
+
+    pairs = [(p, s) for p in prompts for s in seeds]
+    with embedding_active(bundle, vectors_for(embedding, bundle)):
+        sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=8)
+        return sample(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
