@@ -2,7 +2,6 @@
 and compared with it paired, and the verdict is one plain sentence in the CLI, MLflow and the study."""
 
 import json
-import math
 
 import optuna
 import pytest

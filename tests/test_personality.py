@@ -1,6 +1,7 @@
 """Dataset composition as a searched variable (subset.compose) and what a study records for personality."""
 
 import html
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,7 +37,7 @@ def _study(tmp_path, **compose) -> str:
     return str(config)
 
 
-def test_composed_subsets_hold_the_share_drawn_and_the_report_draws_the_dose_response(tmp_path):
+def test_composed_subsets_hold_the_share_drawn_and_the_report_draws_the_dose_response(tmp_path, monkeypatch):
     """Each trial trains on 4 images of which the searched share wear tank tops (as the attribute model reads
     them: the study records every image's labels), its personality's dataset side counts those 4 images,
     and with three shares among the trials the report draws the dose-response."""
@@ -57,6 +58,23 @@ def test_composed_subsets_hold_the_share_drawn_and_the_report_draws_the_dose_res
     assert curve.attrs["trials"] == len(done) and curve.attrs["rho"] == curve.attrs["rho"]
     page = html.unescape(write_report(data, tmp_path / "report.html").read_text())
     assert "dose-response clothing" in page and "in 3 different shares, the TI's share follows the dataset's with Spearman" in page
+    # the sweep-overview notebook draws the histograms (dataset, untrained, TI) and the dose-response too
+    cells = _run_notebook("sweep-overview", tmp_path / "work", monkeypatch)
+    drawn = {marker: sum("image/png" in o.get("data", {}) for c in cells if marker in c.source for o in c.outputs)
+             for marker in ("plots.personality(", "plots.dose_response(")}
+    assert drawn["plots.personality("] == 4 and drawn["plots.dose_response("] >= 1, drawn  # the toy world's 4 label sets; clothing's dose at least
+    shift = next(c for c in cells if "net_shift_low" in c.source).outputs[0]["data"]["text/plain"]
+    assert "metric.personality.clothing.net_shift_low" in shift
+
+
+def _run_notebook(name: str, workdir, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TITK_WORKDIR", str(workdir))
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir.parent)}}).execute()
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
 @pytest.mark.parametrize("case, needle", [
