@@ -41,6 +41,6 @@ def test_demo_runs_and_says_how_to_look_at_it(tmp_path, run_cli):
     page = html.unescape((tmp_path / "report.html").read_text())
     sentence = json.loads((workdir / "confirmation.json").read_text())["sentence"]
     assert "CI" in sentence and "2 seeds" in sentence
-    assert "clothing, tank top: dataset " in page and ", untrained " in page
+    assert "clothing, tank top: dataset " in page and ", untrained " in page and "net of the untrained start it moved " in page
     body = page[page.index("<body"):]
     assert body.index(sentence) < body.index("<section", body.index('<section id="decision">') + 1)

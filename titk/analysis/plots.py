@@ -124,8 +124,11 @@ def personality(table: pd.DataFrame, label_set: str, trials: list[int]):
         ax.set_title(f"{label_set}: no histograms")
         return fig
     # Each bar: a share with its 95 % interval over the images it was counted on ("n" in the legend).
-    first = data.groupby("label").first().reindex(labels)
-    series = {f"dataset (n={int(first['n_dataset'].iloc[0])})": first[["dataset", "dataset_low", "dataset_high"]].to_numpy()}
+    # The dataset's bars: the images the first shown trial trained on (trials of a subset study differ)
+    shown = data[data["trial"] == trials[0]] if trials and (data["trial"] == trials[0]).any() else data
+    first = shown.groupby("label").first().reindex(labels)
+    whose = f"trial {trials[0]}'s images, " if trials and data.groupby("trial")["dataset"].apply(tuple).nunique() > 1 else ""
+    series = {f"dataset ({whose}n={int(first['n_dataset'].iloc[0])})": first[["dataset", "dataset_low", "dataset_high"]].to_numpy()}
     untrained = data[data["trial"].isin(trials) & (data["n_untrained"] > 0)]
     if not untrained.empty:  # the start before training (the first best trial's; trials of one init share it)
         rows = untrained[untrained["trial"] == untrained["trial"].iloc[0]].set_index("label").reindex(labels)
