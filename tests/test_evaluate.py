@@ -286,6 +286,14 @@ def test_cli_eval_writes_table_scorecard_and_grid(run_cli, fixtures, refs, tmp_p
             assert (out / path.stem / name).is_file()
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["embedding"]) == ["ohwx-0.pt", "ohwx-1.pt"]
+    # the shipped neutral probes: personality on 48 images of their own, their grid beside the suite's
+    code, _, err = run_cli("eval", files[0], "--model", fixtures["tiny-sd1"].folder, "--references", refs, "--suite", "quick",
+                           "--personality-suite", "personality", "--scorers", "personality", "--set", "evaluation.clip.pretrained=null",
+                           "-o", tmp_path / "probed")
+    assert code == 0, err
+    card = json.loads((tmp_path / "probed" / "ohwx-0" / "scorecard.json").read_text())
+    assert sum(card["extras"]["personality"]["clothing"]["generated"]) == 48 and card["protocol"]["personality_suite"]["suite"] == "personality"
+    assert (tmp_path / "probed" / "ohwx-0" / "personality.png").is_file()
 
 
 def test_cli_eval_bad_inputs(run_cli, fixtures, refs, tmp_path):
@@ -298,5 +306,7 @@ def test_cli_eval_bad_inputs(run_cli, fixtures, refs, tmp_path):
     assert_one_line_error(code, err, "width 768 does not fit tiny-sd1", "32")
     code, _, err = run_cli(*base, "--references", refs, "--suite", "nope")
     assert_one_line_error(code, err, "nope")
+    code, _, err = run_cli(*base, "--references", refs, "--personality-suite", "nope")
+    assert_one_line_error(code, err, "'nope': not a file, nor experiments/prompts/nope.yaml")
     code, _, err = run_cli(*base, "--references", tmp_path / "missing")
     assert_one_line_error(code, err, "reference folder not found")

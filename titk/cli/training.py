@@ -90,6 +90,8 @@ def evaluate(
         None, "--train-images", help="the images the embedding was trained on: with held-out --references, the copy index (samples closer to a training image than a new photo is)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="evaluation config (YAML: model, references, evaluation)"),
     suite: Optional[str] = typer.Option(None, help="prompt suite: experiments/prompts/<name>.yaml or a path"),
+    personality_suite: Optional[str] = typer.Option(
+        None, help="neutral probes personality is measured on, apart from --suite (e.g. personality: 48 images)"),
     face_pack: Optional[str] = typer.Option(None, help="insightface pack name or folder"),
     scorers: Optional[str] = typer.Option(None, callback=scorer_list, help="comma-separated: identity, clip, diversity, personality, norms"),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="output folder; one subfolder per embedding"),
@@ -105,6 +107,7 @@ def evaluate(
       titk eval runs/ohwx/ohwx.pt runs/ohwx/embeddings/ohwx-*.pt -m sd15.safetensors -r photos/ -o eval/
       titk eval ohwx.pt -m sd15.safetensors -r photos/ --scorers identity,norms
       titk eval ohwx.pt -m sd15.safetensors -r heldout/ --train-images photos/
+      titk eval ohwx.pt -m sd15.safetensors -r photos/ --personality-suite personality
     """
     from ..config import EvalConfig, apply_overrides, parse, read_yaml
     from ..embeddings.formats import read_embedding_file
@@ -113,7 +116,7 @@ def evaluate(
 
     data = read_yaml(config) if config else {}
     given = {"model.source": model, "references": references, "train_images": train_images, "evaluation.suite": suite,
-             "evaluation.identity.pack": face_pack, "model.embeddings_dir": embeddings_dir}
+             "evaluation.personality_suite": personality_suite, "evaluation.identity.pack": face_pack, "model.embeddings_dir": embeddings_dir}
     data = apply_overrides(data, [f"{key}={json.dumps(str(value))}" for key, value in given.items() if value is not None])
     if scorers:
         data = apply_overrides(data, [f"evaluation.scorers={json.dumps([x.strip() for x in scorers.split(',') if x.strip()])}"])

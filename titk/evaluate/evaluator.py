@@ -182,8 +182,10 @@ class Evaluator:
         ]
 
     def probes(self, embedding: Embedding, name: str | None = None, on_progress=None) -> list[Sample] | None:
-        """The probe suite's images (None without a probe suite)."""
-        return None if self.probe_suite is None else self.samples(embedding, name, self.probe_suite, on_progress)
+        """The probe suite's images (None without a probe suite, or without the personality scorer to read them)."""
+        if self.probe_suite is None or not self.label_sets:
+            return None
+        return self.samples(embedding, name, self.probe_suite, on_progress)
 
     def image_attributes(self) -> list[dict] | None:
         """Per image of the dataset, its personality labels (None without the personality scorer)."""
@@ -207,7 +209,7 @@ class Evaluator:
         """Generate and score `suite` (the evaluator's own by default; with a probe suite, its images too)."""
         whole = suite is None or suite is self.suite
         suite = suite or self.suite
-        extra = len(self.probe_suite.items) if whole and self.probe_suite else 0
+        extra = len(self.probe_suite.items) if whole and self.probe_suite and self.label_sets else 0
         total = len(suite.items) + extra
         samples = self.samples(embedding, name, suite, on_progress and (lambda done, _: on_progress(done, total)))
         probes = self.probes(embedding, name, on_progress and (lambda done, _: on_progress(len(samples) + done, total))) if extra else None
