@@ -1,0 +1,191 @@
+"""The GPU benchmark: what titk's TI path does on one accelerator, in one run of at most about 8 minutes.
+
+On the full-size SD1.5 architecture (random weights, bf16 frozen weights, fp32 vectors), measured with
+titk's own code (`titk.train.loop.train`, `titk.models.sampling.generate`):
+
+1. training at 512 px for batch 1, 3 and 8: ms per step, image views per second, achieved TFLOP/s (the
+   UNet's forward and backward to the conditioning, counted by `titk.train.flops`) and its share of the
+   device's dense bf16 peak (a table of known devices; none for others), peak memory;
+2. sampling: images per second at 512 px, 20 steps, classifier-free guidance, batch 16;
+3. the whole recipe trial of `experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml` (15 images, batch 3,
+   GA 15 clamped to 5 under A1111's rules, 200 steps: 3000 views) with 4 evaluations of 16 samples, end to
+   end (latent caching included). Goal: at most 30 s on one H100/H200.
+
+Without CUDA, `--smoke` runs the same code on the tiny SD1 fixture at 64 px with a few steps (how the
+script is tested on a CPU); the CUDA-only figures (peak share, memory) are recorded as skipped. Usage:
+
+    bash benchmarks/gpu.sh                 # installs the carried wheels, then runs this; JSON and log in $OUT
+    python benchmarks/gpu_bench.py [--smoke] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, without sparsity).
+PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0, "A10": 125.0}
+RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "recipes" / "a1111-15img-bs3-ga15-200steps.yaml"
+
+
+def peak_tflops(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+def model(device: str, smoke: bool):
+    from titk.models.fixtures import build_sd15_full, build_tiny_pipeline
+    from titk.models.loading import bundle_from_pipeline
+
+    if smoke:
+        pipe = build_tiny_pipeline()
+        return bundle_from_pipeline(pipe, name="tiny-sd1", source="memory", device=device), 64
+    pipe = build_sd15_full(dtype=torch.bfloat16, device=device)
+    return bundle_from_pipeline(pipe, name="sd15-random", source="random", device=device), 512
+
+
+def images(folder: Path, n: int, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def config(data: Path, out: Path, size: int, train: dict):
+    from titk.config import TrainConfig, parse
+
+    return parse(TrainConfig, {
+        "model": {"source": "random"},
+        "embedding": {"name": "bench", "vectors": 8, "init_text": "person"},
+        "data": {"path": str(data), "width": size, "height": size},
+        "train": train,
+        "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
+    }, "benchmark")
+
+
+def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path) -> dict:
+    """ms per step over `steps` updates after 2 warm-up updates, from the updates' own events."""
+    from titk.train.flops import unet_flops_per_view
+    from titk.train.loop import train
+
+    data = images(tmp / f"train-{batch}", batch, size)
+    times: list[float] = []
+
+    def on_event(event) -> None:
+        if event.kind == "update":
+            sync(device)
+            times.append(time.perf_counter())
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    train(config(data, tmp / f"run-{batch}", size, {"batch_size": batch, "max_steps": steps + 2, "learning_rate": "0.005"}),
+          bundle=bundle, show_progress=False, latent_cache=tmp / "cache", callback=on_event)
+    step = float(np.median(np.diff(times[1:])))  # the first two updates warm up (allocation, autotuning)
+    flops = unet_flops_per_view(dict(bundle.unet.config), size, size) * batch
+    peak = peak_tflops(device)
+    achieved = flops / step / 1e12
+    return {
+        "batch": batch, "size": size, "ms_per_step": round(step * 1000, 1), "views_per_s": round(batch / step, 2),
+        "achieved_tflops": float(f"{achieved:.3g}"), "share_of_peak": round(achieved / peak, 3) if peak else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+    }
+
+
+def sampling(bundle, device: str, size: int, batch: int, steps: int) -> dict:
+    from titk.config import SamplingSettings
+    from titk.models.sampling import generate
+
+    settings = SamplingSettings(steps=steps, cfg=7.0, width=size, height=size, batch_size=batch)
+    generate(bundle, ["a photo of a person"] * batch, list(range(batch)), settings)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    generate(bundle, ["a photo of a person"] * batch, list(range(batch)), settings)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"batch": batch, "steps": steps, "cfg": 7.0, "size": size, "seconds": round(seconds, 2), "images_per_s": round(batch / seconds, 2)}
+
+
+def recipe_trial(bundle, device: str, size: int, smoke: bool, tmp: Path) -> dict:
+    """The recipe's whole trial on 15 images, with an evaluation of 16 samples every quarter of the run."""
+    import yaml
+
+    from titk.config import SamplingSettings
+    from titk.embeddings.fit import vectors_for
+    from titk.models.sampling import embedding_active, generate
+    from titk.train.loop import train
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    settings = dict(recipe["train"]) | ({"max_steps": 4} if smoke else {})
+    cfg = config(images(tmp / "recipe", 15, size), tmp / "recipe-run", size, settings)
+    samples = SamplingSettings(steps=4 if smoke else 20, cfg=7.0, width=size, height=size, batch_size=16)
+    every = max(1, settings["max_steps"] // 4)
+    evaluations: list[float] = []
+
+    def on_event(event) -> None:
+        if event.kind == "update" and event.step % every == 0:
+            started = time.perf_counter()
+            with embedding_active(bundle, vectors_for(event.embedding, bundle)):
+                generate(bundle, ["a photo of bench"] * 16, list(range(16)), samples, name="bench", n_vectors=event.embedding.n_vectors)
+            sync(device)
+            evaluations.append(time.perf_counter() - started)
+
+    sync(device)
+    start = time.perf_counter()
+    result = train(cfg, bundle=bundle, show_progress=False, latent_cache=tmp / "recipe-cache", callback=on_event)
+    sync(device)
+    seconds = time.perf_counter() - start
+    views = json.loads((result.run_dir / "plan.json").read_text()).get("image_views")
+    return {"steps": result.steps_done, "image_views": views, "evaluations": len(evaluations), "samples_per_evaluation": 16,
+            "seconds": round(seconds, 1), "evaluation_seconds": round(sum(evaluations), 1), "goal_seconds": 30}
+
+
+def machine(device: str) -> str:
+    text = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return text + (f"; {torch.cuda.get_device_name(0)}" if device == "cuda" else "; no CUDA")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the tiny model at 64 px, a few steps (no GPU needed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        raise SystemExit("no CUDA device: the full-size benchmark needs one (--smoke runs the tiny model on the CPU)")
+    report: dict = {"machine": machine(device), "device": device, "smoke": args.smoke,
+                    "skipped": [] if device == "cuda" else ["share_of_peak and peak memory: no CUDA"]}
+    bundle, size = model(device, args.smoke)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        report["training"] = []
+        for batch in (1, 3, 8):
+            report["training"].append(training(bundle, device, size, batch, 2 if args.smoke else 8, tmp))
+            print(json.dumps(report["training"][-1]), flush=True)
+        report["sampling"] = sampling(bundle, device, size, 4 if args.smoke else 16, 4 if args.smoke else 20)
+        print(json.dumps(report["sampling"]), flush=True)
+        report["recipe_trial"] = recipe_trial(bundle, device, size, args.smoke, tmp)
+        print(json.dumps(report["recipe_trial"]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/gpu.sh, the GPU benchmark's one command, run on the CPU with its CUDA-only parts skipped."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path, *args):
+    env = {**os.environ, "PYTHON": sys.executable, "TITK_GPU_WHEELS": str(tmp_path / "no-wheels"), "OUT": str(tmp_path / "out")}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_gpu_benchmark_runs_on_a_cpu_with_the_cuda_parts_skipped(tmp_path):
+    """--smoke: the same measurements on the tiny model at 64 px; JSON and log in $OUT."""
+    done = _run(tmp_path, "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert report["device"] == "cpu" and report["skipped"] == ["share_of_peak and peak memory: no CUDA"]
+    assert [r["batch"] for r in report["training"]] == [1, 3, 8] and all(r["ms_per_step"] > 0 and r["share_of_peak"] is None for r in report["training"])
+    assert report["sampling"]["images_per_s"] > 0
+    trial = report["recipe_trial"]
+    assert trial["evaluations"] == 4 and trial["samples_per_evaluation"] == 16 and trial["image_views"] == 60  # 4 steps of 15 images
+    log = (tmp_path / "out" / "gpu.log").read_text()
+    assert "no wheels in" in log and '"recipe_trial"' not in log and '"evaluations": 4' in log
+
+
+def test_the_full_size_benchmark_needs_cuda(tmp_path):
+    done = _run(tmp_path)
+    if "no CUDA device" not in done.stdout + done.stderr:
+        assert done.returncode == 0  # a machine with CUDA runs it
+        return
+    assert done.returncode != 0 and "--smoke runs the tiny model on the CPU" in done.stdout + done.stderr
