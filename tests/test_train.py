@@ -141,7 +141,21 @@ def test_resume_refuses_a_changed_config_and_finished_runs_need_resume(tmp_path,
         train(cfg(tmp_path, images, train__max_steps=4, train__batch_size=3), bundle=sd1, resume=True, show_progress=False)
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, images, sd1, monkeypatch):
+def test_reading_the_loss_once_per_update_trains_the_same_vectors(tmp_path, images, sd1):
+    """train.host_sync: update (no host synchronisation between an update's micro-batches) gives the vectors
+    and the logged losses that reading each micro-batch's loss at once gives, to the bit."""
+    runs = {}
+    for sync in ("micro_batch", "update"):
+        c = cfg(tmp_path / sync, images, train__host_sync=sync, train__grad_accum=3, train__max_steps=3)
+        runs[sync] = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache"), (tmp_path / sync / "run" / "train_log.csv").read_text()
+    (a, log_a), (b, log_b) = runs["micro_batch"], runs["update"]
+    assert all(torch.equal(a.embedding.vectors[k], b.embedding.vectors[k]) for k in a.embedding.vectors)
+    strip = lambda log: [line.rsplit(",", 1)[0] for line in log.splitlines()]  # noqa: E731  (the seconds column differs)
+    assert strip(log_a) == strip(log_b) and len(log_a.splitlines()) == 4
+
+
+@pytest.mark.parametrize("sync", ["micro_batch", "update"])
+def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, images, sd1, monkeypatch, sync):
     import titk.train.loop as loop
 
     real = loop.diffusion_loss
@@ -153,8 +167,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, im
         return loss * float("nan") if calls["n"] > 6 else loss  # updates 1–2 fine (3 micro-batches each)
 
     monkeypatch.setattr(loop, "diffusion_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="nan at step 3"):
-        train(cfg(tmp_path, images, output__save_every=1), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
+    with pytest.raises(TrainingDiverged, match=r"nan at step 3 \(micro-batch 1\)"):
+        train(cfg(tmp_path, images, output__save_every=1, train__host_sync=sync), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
     run = tmp_path / "run"
     assert (run / "embeddings" / "ohwx-2.pt").is_file() and not (run / "ohwx.pt").exists()
     assert torch.load(run / "embeddings" / "ohwx-2.pt", weights_only=True)["step"] == 1

@@ -14,6 +14,7 @@ seed and the step number, so a run resumed from a saved state continues exactly 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -181,7 +182,7 @@ def train(
                 if plan.max_passes is not None and update.pass_index >= plan.max_passes:
                     break  # A1111's outer loop has run out of passes
                 captured = _capture(bundle, kohya_matrix_clip, clipped)
-                loss_sum, finished = 0.0, False
+                loss_sum, finished, pending = 0.0, False, []
                 for micro, batch in enumerate(update.batches):
                     lr = lr_schedule.apply(step)  # A1111 consults the schedule before every micro-batch
                     if lr_schedule.finished and t.semantics == "a1111":
@@ -196,15 +197,16 @@ def train(
                     tokens = bundle.tokenize(texts, name, n_vectors, syntax=t.semantics == "a1111")
                     cond = bundle.encode_ids(tokens, per_prompt=False)
                     loss = diffusion_loss(bundle, latent, cond, weights, generator)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"training stopped: the loss became {loss.item()} at step {step + 1} (micro-batch {micro + 1}); "
-                            f"checkpoints saved before stay valid. Lower the learning rate, or train in bf16/fp32 instead of fp16"
-                        )
+                    if t.host_sync == "update":  # read back once, after the last micro-batch
+                        pending.append(loss.detach())
+                    else:
+                        loss_sum += _checked(loss.item(), step, micro) / update.divisor
                     scaler.scale(loss / update.divisor).backward()
-                    loss_sum += loss.item() / update.divisor
                 if finished:
                     break
+                # Before the optimizer step, so a NaN leaves the vectors as the last update left them.
+                for micro, value in enumerate(torch.stack(pending).tolist() if pending else []):
+                    loss_sum += _checked(value, step, micro) / update.divisor
                 scaler.unscale_(optimizer)
                 _clip(clipped, plan.clip_mode, clip_threshold, captured, scaler)
                 scaler.step(optimizer)
@@ -263,6 +265,15 @@ def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, 
         enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
         for enc in bundle.encoders
     }
+
+
+def _checked(loss: float, step: int, micro: int) -> float:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training stopped: the loss became {loss} at step {step + 1} (micro-batch {micro + 1}); "
+            f"checkpoints saved before stay valid. Lower the learning rate, or train in bf16/fp32 instead of fp16"
+        )
+    return loss
 
 
 def starting_embedding(config: TrainConfig, bundle) -> Embedding:
