@@ -39,6 +39,22 @@ def test_sweep_runs_trials_with_pruning(finished):
     assert list(result.study.trials[1].intermediate_values) == [2, 4]  # trial 0, the baseline, is never pruned: it reports none
 
 
+@pytest.mark.parametrize("rule", ["halving", "hyperband"])
+def test_successive_halving_and_hyperband_prune_on_the_intermediate_scores(tmp_path, fixtures, rule):
+    """The same study as above under successive halving (first rung at the first intermediate evaluation,
+    step 2) and Hyperband: the learning rate of 1e-5 is cut at a rung, recorded as pruned by that rule."""
+    path = write_config(tmp_path, fixtures, base__train__max_steps=7, n_trials=3, objective__pruner=rule, objective__reduction_factor=2)
+    config = load_sweep_config(path)
+    result = run_sweep(config, workdir=tmp_path / "work", show_progress=False)
+    pruner = result.study.pruner
+    assert type(pruner).__name__ == {"halving": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner"}[rule]
+    states = {t.number: t.state for t in result.study.trials}
+    assert states[0] == states[1] == TrialState.COMPLETE
+    if rule == "halving":  # at the first rung trial 1 alone; at step 2 trial 2 is the worse of two: cut
+        assert states[2] == TrialState.PRUNED and result.study.trials[2].user_attrs["titk.pruned"]["rule"] == "halving"
+    assert all(t.user_attrs["titk.pruned"]["rule"] == rule for t in result.study.trials if t.state == TrialState.PRUNED)
+
+
 def test_mlflow_holds_everything_to_compare(finished):
     tmp, result = finished
     client, trials, studies = runs_of(tmp / "work")

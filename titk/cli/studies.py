@@ -74,13 +74,13 @@ def _run(cfg, workdir: Path, options: dict) -> None:
 
 
 def _pruning_signal(study, table, rule: str | None) -> str | None:
-    """How well the values the median rule pruned on ranked the complete trials as their final scores do
-    (Spearman's ρ at the last step most trials reached), or why that is not known."""
+    """How well the intermediate values the rule pruned on (median, halving, hyperband) ranked the complete
+    trials as their final scores do (Spearman's ρ at the last step most trials reached), or why that is not known."""
     import pandas as pd
 
     from ..analysis.predictiveness import describe, signal_correlations
 
-    if rule != "median":  # the Wilcoxon rule reports per-image values, not a score per step: see the report
+    if rule not in ("median", "halving", "hyperband"):  # the Wilcoxon rule reports per-image values, not a score per step
         return None
     rows = [{"trial": t.number, "metric": "intermediate/objective", "step": step, "value": value}
             for t in study.get_trials(deepcopy=False) for step, value in t.intermediate_values.items()]

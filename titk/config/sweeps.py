@@ -75,8 +75,11 @@ class ObjectiveSettings(Strict):
     metrics: dict[str, float] = Field(default_factory=lambda: {"identity.similarity": 1.0}, description="weighted sum to maximise (a negative weight for a lower-is-better metric)")
     floors: dict[str, float] = Field(default_factory=lambda: {"identity.detection_rate": 0.5}, description="minimum values, as constraints (maximum values for lower-is-better metrics: identity.copy_index)")
     pareto: list[str] | None = Field(None, description="two metrics to maximise together (no pruning)")
-    pruner: Literal["median", "wilcoxon", "none"] = "median"
+    pruner: Literal["median", "halving", "hyperband", "wilcoxon", "none"] = Field(
+        "median", description="median; halving (successive halving) and hyperband on the same intermediate scores; "
+        "wilcoxon on the final images; none")
     pruner_startup_trials: int = Field(2, ge=0, description="median: trials that finish before any is pruned")
+    reduction_factor: int = Field(3, ge=2, description="halving, hyperband: 1 in this many trials goes on at each rung")
     pruner_warmup_steps: int = Field(0, ge=0, description="median: steps of each trial before it may be pruned")
     wilcoxon_p: float = Field(0.1, gt=0.0, lt=1.0, description="wilcoxon: p-value below which a trial is pruned")
     eval_every: int | None = Field(None, ge=0, description="steps between intermediate evaluations; default: a quarter of the run; 0 = none")

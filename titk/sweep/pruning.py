@@ -3,6 +3,10 @@
 - median: Optuna's MedianPruner on the objective of each intermediate scorecard. Intermediate evaluations
   generate a fixed part of the final suite (`objective.intermediate`: the same prompts, seeds and sampling),
   so the values compared are on the final objective's scale.
+- halving, hyperband: Optuna's SuccessiveHalvingPruner and HyperbandPruner on the same intermediate values,
+  a training step being the resource: at each rung (the first at `eval_every` steps) only the best
+  1/`reduction_factor` of the trials that reached it go on; Hyperband runs several such brackets, from
+  aggressive to none, so that a slow starter is not always cut.
 - wilcoxon: Optuna's WilcoxonPruner on the final evaluation, prompt by prompt, each image an instance
   (the same prompt and seed in every trial), so a hopeless trial stops before its whole suite is generated.
 - none, or a Pareto study: nothing is pruned.
@@ -36,21 +40,26 @@ class Pruning:
             return optuna.pruners.WilcoxonPruner(p_threshold=o.wilcoxon_p)
         if self.rule == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=o.pruner_startup_trials, n_warmup_steps=o.pruner_warmup_steps)
+        first = o.eval_every or "auto"  # the first rung: the first intermediate evaluation
+        if self.rule == "halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=o.reduction_factor)
+        if self.rule == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=1 if first == "auto" else first, reduction_factor=o.reduction_factor)
         return optuna.pruners.NopPruner()
 
     @property
     def on_intermediate(self) -> bool:
-        return self.rule == "median"
+        return self.rule in ("median", "halving", "hyperband")
 
     @property
     def on_final_images(self) -> bool:
         return self.rule == "wilcoxon"
 
     def check_intermediate(self, trial: optuna.Trial, value: float, step: int) -> None:
-        """Report an intermediate objective value; raises TrialPruned when the median rule says so."""
+        """Report an intermediate objective value; raises TrialPruned when the rule says so."""
         trial.report(value, step)
         if trial.should_prune():
-            trial.set_user_attr("titk.pruned", {"rule": "median", "step": step, "value": float(value)})
+            trial.set_user_attr("titk.pruned", {"rule": self.rule, "step": step, "value": float(value)})
             raise optuna.TrialPruned(f"pruned at step {step}")
 
     def image_values(self, table) -> list[float]:
