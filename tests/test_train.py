@@ -213,6 +213,28 @@ def test_other_families_and_precisions_train(tmp_path, images, fixtures, name, d
     assert set(result.embedding.vectors) == {enc.key for enc in bundle.encoders}
 
 
+@pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])
+def test_cross_initialisation_starts_from_the_encoders_output(tmp_path, images, fixtures, name):
+    """embedding.cross_init: each vector is the text encoder's output (the conditioning the UNet sees) at an
+    init-text token, stretched over the vectors as the token rows are; SDXL's two encoders each get their
+    own part of the side-by-side conditioning. Training starts from exactly those vectors."""
+    from titk.train.loop import init_text_vectors, starting_embedding
+
+    bundle = load_model(fixtures[name].folder, dtype="fp32")
+    c = cfg(tmp_path, images, embedding__init_text="a person", embedding__vectors=4, embedding__cross_init=True, train__max_steps=1)
+    vectors = init_text_vectors(c, bundle, 4)
+    hidden = bundle.encode_prompts(["a person"]).hidden[0].float()  # start token, "a", "person", end ...
+    offset = 0
+    for enc in bundle.encoders:
+        expected = hidden[[1, 1, 2, 2], offset:offset + enc.width]  # stretch: vectors 0-1 from "a", 2-3 from "person"
+        assert torch.allclose(vectors[enc.key], expected, atol=1e-5), enc.key
+        offset += enc.width
+    plain = init_text_vectors(cfg(tmp_path, images, embedding__init_text="a person", embedding__vectors=4), bundle, 4)
+    assert not any(torch.allclose(plain[k], vectors[k]) for k in vectors)
+    assert all(torch.equal(starting_embedding(c, bundle).vectors[k], vectors[k]) for k in vectors)  # the untrained start a sweep measures
+    assert train(c, bundle=bundle, show_progress=False, latent_cache=tmp_path / "cache").steps_done == 1
+
+
 def test_alpha_weights_and_gradient_checkpointing(tmp_path, sd1):
     folder = tmp_path / "rgba"
     folder.mkdir()

@@ -67,6 +67,8 @@ class EmbeddingConfig(Strict):
     init_text: str = Field("*", description="text whose token rows start the vectors; empty = zeros")
     init_mode: Literal["stretch", "cycle"] | None = Field(None, description="default: the semantics' (a1111 stretch, kohya cycle)")
     init_from: Path | None = Field(None, description="an embedding file to train further; its vectors replace init_text")
+    cross_init: bool = Field(False, description="start from the text encoder's output for init_text (cross-initialisation) "
+                             "instead of its token rows")
     norm: Literal["free", "vocab"] = Field(
         "free", description="free: vectors grow as they learn (A1111, kohya); vocab: only their direction is learned, "
         "each held at its encoder's vocabulary median norm after every update (see docs/user-guide.md)"

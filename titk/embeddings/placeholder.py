@@ -107,8 +107,9 @@ def name_token_ids(tokenizer, name: str) -> list[int]:
 
 
 @torch.no_grad()
-def init_vectors(tokenizer, table: torch.Tensor, text: str, n: int, mode: str, truncate: bool) -> torch.Tensor:
-    """N initial vectors from the init text's token rows, without start/end tokens.
+def init_vectors(tokenizer, table: torch.Tensor, text: str, n: int, mode: str, truncate: bool, positions: bool = False) -> torch.Tensor:
+    """N initial vectors from the init text's token rows, without start/end tokens (`positions`: `table`
+    holds one row per token of the text, in order, such as the encoder's outputs, instead of the vocabulary).
 
     `stretch` (A1111): vector i takes init token ⌊i·k/N⌋ of the k tokens, so tokens are spread evenly; the
     OpenAI CLIP encoders first cut the text to N tokens (`truncate`), the OpenCLIP ones do not.
@@ -121,7 +122,8 @@ def init_vectors(tokenizer, table: torch.Tensor, text: str, n: int, mode: str, t
     out = torch.zeros(n, table.shape[1], dtype=torch.float32)
     if not ids:
         return out
-    rows = table[torch.tensor(ids, device=table.device)].float().cpu()
+    index = list(range(len(ids))) if positions else ids
+    rows = table[torch.tensor(index, device=table.device)].float().cpu()
     k = len(ids)
     for i in range(n):
         out[i] = rows[i * k // n] if mode == "stretch" else rows[i % k]

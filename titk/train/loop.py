@@ -260,11 +260,20 @@ def train(
 
 
 def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, torch.Tensor]:
-    """A fresh TI's vectors before any update: the init text's token rows, per text encoder."""
-    return {
-        enc.key: init_vectors(enc.tokenizer, enc.table, config.embedding.init_text, n_vectors, config.init_mode, enc.truncates_init_text)
-        for enc in bundle.encoders
-    }
+    """A fresh TI's vectors before any update: the init text's token rows, per text encoder; with
+    `embedding.cross_init`, the text encoder's output at those tokens instead (what the UNet sees for the
+    init text: the last layer as the model's conditioning takes it), mapped to the vectors the same way."""
+    text, mode = config.embedding.init_text, config.init_mode
+    if not (config.embedding.cross_init and text):
+        return {enc.key: init_vectors(enc.tokenizer, enc.table, text, n_vectors, mode, enc.truncates_init_text) for enc in bundle.encoders}
+    with torch.no_grad():
+        hidden = bundle.encode_ids(bundle.tokenize([text], None, 0, syntax=False), per_prompt=False).hidden[0].float().cpu()
+    out, offset = {}, 0
+    for enc in bundle.encoders:  # SDXL's conditioning holds its encoders side by side
+        outputs = hidden[1:, offset : offset + enc.width]  # after the start token
+        out[enc.key] = init_vectors(enc.tokenizer, outputs, text, n_vectors, mode, enc.truncates_init_text, positions=True)
+        offset += enc.width
+    return out
 
 
 def _checked(loss: float, step: int, micro: int) -> float:
