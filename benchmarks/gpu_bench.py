@@ -7,6 +7,7 @@ titk's own code (`titk.train.loop.train`, `titk.models.sampling.generate`):
    UNet's forward and backward to the conditioning, counted by `titk.train.flops`) and its share of the
    device's dense bf16 peak (a table of known devices; none for others), peak memory; and batch 1 with
    gradient accumulation 8, the loss read back after each micro-batch or once per update (`train.host_sync`);
+   batch 3 with the UNet in channels-last memory format (`train.channels_last`);
 2. sampling: images per second at 512 px, 20 steps, classifier-free guidance, batch 16;
 3. the whole recipe trial of `experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml` (15 images, batch 3,
    GA 15 clamped to 5 under A1111's rules, 200 steps: 3000 views) with 4 evaluations of 16 samples, end to
@@ -81,7 +82,8 @@ def config(data: Path, out: Path, size: int, train: dict):
     }, "benchmark")
 
 
-def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path, grad_accum: int = 1, host_sync: str = "micro_batch") -> dict:
+def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path, grad_accum: int = 1, host_sync: str = "micro_batch",
+             channels_last: bool = False) -> dict:
     """ms per step (update) over `steps` updates after 2 warm-up updates, from the updates' own events."""
     from titk.train.flops import unet_flops_per_view
     from titk.train.loop import train
@@ -96,15 +98,16 @@ def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path, 
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    settings = {"batch_size": batch, "grad_accum": grad_accum, "host_sync": host_sync, "max_steps": steps + 2, "learning_rate": "0.005"}
-    train(config(data, tmp / f"run-{batch}-{grad_accum}-{host_sync}", size, settings),
+    settings = {"batch_size": batch, "grad_accum": grad_accum, "host_sync": host_sync, "channels_last": channels_last,
+                "max_steps": steps + 2, "learning_rate": "0.005"}
+    train(config(data, tmp / f"run-{batch}-{grad_accum}-{host_sync}-{channels_last}", size, settings),
           bundle=bundle, show_progress=False, latent_cache=tmp / "cache", callback=on_event)
     step = float(np.median(np.diff(times[1:])))  # the first two updates warm up (allocation, autotuning)
     flops = unet_flops_per_view(dict(bundle.unet.config), size, size) * batch * grad_accum
     peak = peak_tflops(device)
     achieved = flops / step / 1e12
     return {
-        "batch": batch, "grad_accum": grad_accum, "host_sync": host_sync, "size": size, "ms_per_step": round(step * 1000, 1),
+        "batch": batch, "grad_accum": grad_accum, "host_sync": host_sync, "channels_last": channels_last, "size": size, "ms_per_step": round(step * 1000, 1),
         "views_per_s": round(batch * grad_accum / step, 2),
         "achieved_tflops": float(f"{achieved:.3g}"), "share_of_peak": round(achieved / peak, 3) if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
@@ -186,6 +189,8 @@ def main() -> None:
         for sync in ("micro_batch", "update"):
             report["host_sync"].append(training(bundle, device, size, 1, 2 if args.smoke else 4, tmp, grad_accum=8, host_sync=sync))
             print(json.dumps(report["host_sync"][-1]), flush=True)
+        report["channels_last"] = training(bundle, device, size, 3, 2 if args.smoke else 8, tmp, channels_last=True)  # against batch 3 above
+        print(json.dumps(report["channels_last"]), flush=True)
         report["sampling"] = sampling(bundle, device, size, 4 if args.smoke else 16, 4 if args.smoke else 20)
         print(json.dumps(report["sampling"]), flush=True)
         report["recipe_trial"] = recipe_trial(bundle, device, size, args.smoke, tmp)

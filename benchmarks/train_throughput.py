@@ -6,7 +6,7 @@ from the run's own log; the first step is a warm-up and is not counted. Reports 
 and achieved TFLOP/s, counting the UNet's forward and backward to the conditioning (see
 `titk.train.flops`). Usage:
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--sizes 256 512] [--dtypes fp32 bf16] [--json out.json]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--sizes 256 512] [--dtypes fp32 bf16] [--channels-last] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def machine() -> str:
     return text
 
 
-def run(device: str, dtype: str, size: int, steps: int, workdir: Path) -> dict:
+def run(device: str, dtype: str, size: int, steps: int, workdir: Path, channels_last: bool = False) -> dict:
     from titk.config import TrainConfig, parse
     from titk.devices import DTYPES
     from titk.models.fixtures import build_sd15_full
@@ -58,7 +58,7 @@ def run(device: str, dtype: str, size: int, steps: int, workdir: Path) -> dict:
         "model": {"source": "random"},
         "embedding": {"name": "bench", "vectors": 8, "init_text": "person"},
         "data": {"path": str(data), "width": size, "height": size},
-        "train": {"batch_size": 1, "max_steps": steps + 1},
+        "train": {"batch_size": 1, "max_steps": steps + 1, "channels_last": channels_last},
         "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
     }, "benchmark")
     train(config, bundle=bundle, show_progress=False, latent_cache=workdir / "cache")
@@ -71,7 +71,7 @@ def run(device: str, dtype: str, size: int, steps: int, workdir: Path) -> dict:
     if device == "cuda":
         torch.cuda.empty_cache()
     return {
-        "device": device, "dtype": dtype, "size": size, "step_s": round(step, 3), "views_per_s": round(1 / step, 3),
+        "device": device, "dtype": dtype, "size": size, "channels_last": channels_last, "step_s": round(step, 3), "views_per_s": round(1 / step, 3),
         "tflops_per_view": round(flops / 1e12, 3), "achieved_tflops": round(flops / step / 1e12, 3),
         "step_times": [round(s, 3) for s in step_times],
     }
@@ -83,6 +83,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--channels-last", action="store_true", help="train.channels_last: the UNet in NHWC while training")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -91,7 +92,7 @@ def main():
         for device in args.devices:
             for dtype in args.dtypes:
                 for size in args.sizes:
-                    results.append(run(device, dtype, size, args.steps, Path(tmp)))
+                    results.append(run(device, dtype, size, args.steps, Path(tmp), args.channels_last))
                     r = results[-1]
                     print(f"{device} {dtype} {size}px: {r['step_s']} s/step, {r['views_per_s']} views/s, {r['achieved_tflops']} TFLOP/s", flush=True)
     print(f"\nmachine: {machine()}\n")

@@ -22,6 +22,7 @@ def test_the_gpu_benchmark_runs_on_a_cpu_with_the_cuda_parts_skipped(tmp_path):
     assert report["device"] == "cpu" and report["skipped"] == ["share_of_peak and peak memory: no CUDA"]
     assert [r["batch"] for r in report["training"]] == [1, 3, 8] and all(r["ms_per_step"] > 0 and r["share_of_peak"] is None for r in report["training"])
     assert [(r["grad_accum"], r["host_sync"]) for r in report["host_sync"]] == [(8, "micro_batch"), (8, "update")]
+    assert report["channels_last"]["channels_last"] and report["channels_last"]["batch"] == 3
     assert report["sampling"]["images_per_s"] > 0
     trial = report["recipe_trial"]
     assert trial["evaluations"] == 4 and trial["samples_per_evaluation"] == 16 and trial["image_views"] == 60  # 4 steps of 15 images

@@ -154,6 +154,21 @@ def test_reading_the_loss_once_per_update_trains_the_same_vectors(tmp_path, imag
     assert strip(log_a) == strip(log_b) and len(log_a.splitlines()) == 4
 
 
+def test_channels_last_trains_the_same_vectors_and_puts_the_unet_back(tmp_path, images, sd1):
+    """train.channels_last: the UNet's convolutions run in NHWC while training; the vectors agree with the
+    default layout's within float rounding, and the UNet is contiguous again afterwards (sampling, the next trial)."""
+    conv = next(m for m in sd1.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    runs, during = {}, {}
+    for layout in (False, True):
+        c = cfg(tmp_path / str(layout), images, train__channels_last=layout, train__max_steps=3)
+        seen = during.setdefault(layout, set())
+        runs[layout] = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache",
+                             callback=lambda event, seen=seen: seen.add(conv.weight.is_contiguous(memory_format=torch.channels_last))).embedding
+    assert during == {False: {False}, True: {True}}
+    assert all(torch.allclose(runs[False].vectors[k], runs[True].vectors[k], rtol=1e-4, atol=1e-6) for k in runs[False].vectors)
+    assert conv.weight.is_contiguous()
+
+
 @pytest.mark.parametrize("sync", ["micro_batch", "update"])
 def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, images, sd1, monkeypatch, sync):
     import titk.train.loop as loop

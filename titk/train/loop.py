@@ -175,6 +175,8 @@ def train(
         started = time.monotonic()
         if config.train.gradient_checkpointing:
             bundle.unet.enable_gradient_checkpointing()
+        if t.channels_last:  # convolutions in NHWC, which GPU tensor cores prefer; put back after training
+            bundle.unet.to(memory_format=torch.channels_last)
         bundle.set_vectors(vectors)
         try:
             while step < plan.max_steps or t.semantics == "a1111":
@@ -247,6 +249,8 @@ def train(
             _capture(bundle, False)
             if config.train.gradient_checkpointing:
                 bundle.unet.disable_gradient_checkpointing()
+            if t.channels_last:
+                bundle.unet.to(memory_format=torch.contiguous_format)
 
     # 6. The final embedding ---------------------------------------------------------------------------
     final = _embedding(config, bundle, vectors, step)
