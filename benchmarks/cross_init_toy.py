@@ -28,10 +28,10 @@ def main() -> None:
 
     from scipy import stats
 
-    from titk.config import IdentitySettings, TrainConfig, parse
+    from titk.config import IdentitySettings
     from titk.evaluate.scorers.toyworld import ToyFaceEmbedder
     from titk.models import load_model
-    from titk.toyworld.proofs import generate, untrained, write_skewed
+    from titk.toyworld.proofs import generate, proof_config, untrained, write_skewed
     from titk.toyworld.vision import load_vision
     from titk.toyworld.world import heldout, random_look, render
     from titk.train.loop import train
@@ -56,13 +56,7 @@ def main() -> None:
         for steps in args.steps:
             for cross in (False, True):
                 for lr in args.lr:
-                    config = parse(TrainConfig, {
-                        "model": {"source": "toyworld", "dtype": "fp32"},
-                        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person", "cross_init": cross},
-                        "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
-                        "train": {"semantics": "a1111", "batch_size": 4, "max_steps": steps, "learning_rate": lr},
-                        "output": {"dir": str(tmp / f"run-{steps}-{cross}-{lr}"), "save_every": 0, "preview": {"every": 0}},
-                    }, "benchmark")
+                    config = proof_config(data, tmp / f"run-{steps}-{cross}-{lr}", {"cross_init": cross}, max_steps=steps, learning_rate=lr)
                     after = identity(train(config, bundle=bundle, show_progress=False, latent_cache=tmp / "cache").embedding)
                     gain = after - before
                     p = stats.ttest_rel(after, before, alternative="greater").pvalue

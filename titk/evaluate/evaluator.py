@@ -181,27 +181,30 @@ class Evaluator:
             for image, prompt, kind, (index, text, _, seed) in zip(images, prompts, kinds, suite.items)
         ]
 
+    @property
+    def personality_scorer(self) -> Scorer | None:
+        return next((s for s in self.scorers if s.name == "personality"), None)
+
     def probes(self, embedding: Embedding, name: str | None = None, on_progress=None) -> list[Sample] | None:
         """The probe suite's images (None without a probe suite, or without the personality scorer to read them)."""
-        if self.probe_suite is None or not self.label_sets:
+        if self.probe_suite is None or self.personality_scorer is None:
             return None
         return self.samples(embedding, name, self.probe_suite, on_progress)
 
     def image_attributes(self) -> list[dict] | None:
         """Per image of the dataset, its personality labels (None without the personality scorer)."""
-        scorer = next((s for s in self.scorers if s.name == "personality"), None)
-        return scorer.attributes() if scorer else None
+        scorer = self.personality_scorer
+        return scorer.attributes if scorer else None
 
     @property
     def label_sets(self) -> dict[str, list[str]]:
         """The personality label sets ({} without the personality scorer)."""
-        scorer = next((s for s in self.scorers if s.name == "personality"), None)
+        scorer = self.personality_scorer
         return dict(scorer.classifier.label_sets) if scorer else {}
 
     def personality(self, embedding: Embedding, name: str | None = None) -> dict:
         """Only the personality histograms of `embedding`, on the personality probes: {label set: counts}."""
-        scorer = next(s for s in self.scorers if s.name == "personality")
-        result = scorer.score(self.samples(embedding, name, self.personality_probes), EvalContext(self._reference_cache))
+        result = self.personality_scorer.score(self.samples(embedding, name, self.personality_probes), EvalContext(self._reference_cache))
         return {label_set: h["generated"] for label_set, h in result.extras["personality"].items()}
 
     def evaluate(self, embedding: Embedding, *, name: str | None = None, suite: Suite | None = None, on_progress=None,
@@ -209,7 +212,7 @@ class Evaluator:
         """Generate and score `suite` (the evaluator's own by default; with a probe suite, its images too)."""
         whole = suite is None or suite is self.suite
         suite = suite or self.suite
-        extra = len(self.probe_suite.items) if whole and self.probe_suite and self.label_sets else 0
+        extra = len(self.probe_suite.items) if whole and self.probe_suite and self.personality_scorer else 0
         total = len(suite.items) + extra
         samples = self.samples(embedding, name, suite, on_progress and (lambda done, _: on_progress(done, total)))
         probes = self.probes(embedding, name, on_progress and (lambda done, _: on_progress(len(samples) + done, total))) if extra else None

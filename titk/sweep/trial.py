@@ -229,7 +229,7 @@ class TrialObjective:
         the start file), on the personality probes: the baseline against which a TI's shift is
         measured, since an untrained embedding has tendencies of its own. Generated once per distinct start
         in this worker (the vectors' bytes are the key: searched vector counts give several)."""
-        if not any(s.name == "personality" for s in self.evaluator.scorers):
+        if self.evaluator.personality_scorer is None:
             return None
         start = training.starting_embedding(config, self.bundle)
         key = sha256_bytes(b"".join(start.vectors[k].detach().cpu().numpy().tobytes() for k in sorted(start.vectors)))

@@ -21,29 +21,33 @@ def write_skewed(folder: Path, labels: dict[str, str], share: float, *, n: int =
     return folder
 
 
-def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
-    """The proofs' TI of the images in `data` (settings above; `train` overrides them)."""
+def proof_config(data: Path, out: Path, embedding: dict | None = None, **train):
+    """The proofs' training config for the images in `data` (settings above; `embedding` and `train`
+    override them)."""
     from ..config import TrainConfig, parse
-    from ..train.loop import train as run
 
     settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 400, "learning_rate": "0.02", **train}
-    config = parse(TrainConfig, {
+    return parse(TrainConfig, {
         "model": {"source": "toyworld", "dtype": "fp32"},
-        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person"},
+        "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person", **(embedding or {})},
         "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
         "train": settings,
         "output": {"dir": str(out), "save_every": 0, "preview": {"every": 0}},
     }, "proof")
-    return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
+
+
+def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
+    """The proofs' TI of the images in `data`."""
+    from ..train.loop import train as run
+
+    return run(proof_config(data, out, **train), bundle=bundle, show_progress=False, latent_cache=cache).embedding
 
 
 def untrained(bundle):
-    """What the proofs' TI starts from: "person" stretched over 4 vectors, as the training loop sets it."""
-    from ..embeddings import Embedding
-    from ..embeddings.placeholder import init_vectors
+    """What the proofs' TI starts from, as the training loop sets it: "person" over 4 vectors."""
+    from ..train.loop import starting_embedding
 
-    enc = bundle.encoders[0]
-    return Embedding("ohwx", {enc.key: init_vectors(enc.tokenizer, enc.table, "person", 4, "stretch", True)})
+    return starting_embedding(proof_config(Path("."), Path(".")), bundle)
 
 
 def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):

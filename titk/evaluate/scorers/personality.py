@@ -97,16 +97,13 @@ class PersonalityScorer(Scorer):
         paths = refs.training_paths if refs.training else refs.paths
         self.dataset_files = [Path(p).name for p in paths] or [f"{i:03d}" for i in range(len(refs.dataset))]
         self.dataset_hist = {name: self._hist(p, name) for name, p in self.dataset_probs.items()}
-
-    def attributes(self) -> list[dict]:
-        """Per image of the dataset, the label it carries in each set and the classifier's probability for it:
-        with the images each trial trained on, what relates a dataset's composition to its TI's personality."""
-        rows = [{"file": name} for name in self.dataset_files]
+        # Per image of the dataset, the label it carries in each set and the classifier's probability for it:
+        # with the images each trial trained on, what relates a dataset's composition to its TI's personality.
+        self.attributes = [{"file": name} for name in self.dataset_files]
         for name, p in self.dataset_probs.items():
             labels = self.classifier.label_sets[name]
-            for row, probs in zip(rows, p):
+            for row, probs in zip(self.attributes, p):
                 row |= {name: labels[int(probs.argmax())], f"{name}_p": float(probs.max())}
-        return rows
 
     def _dataset(self, name: str, trained_on: list[str] | None) -> np.ndarray:
         """The histogram of the images trained on (a trial's subset), or of the whole dataset."""
@@ -140,7 +137,7 @@ class PersonalityScorer(Scorer):
             if untrained is not None:
                 hists[name]["untrained"] = [int(c) for c in untrained]
                 summary.update(shift(name, dataset, np.asarray(untrained, float), generated))
-        return ScoreResult(rows, summary, extras={"personality": hists, "personality_dataset": self.attributes()})
+        return ScoreResult(rows, summary, extras={"personality": hists, "personality_dataset": self.attributes})
 
     def protocol(self) -> dict:
         return {"personality": {**self.classifier.protocol(), "histogram": "argmax label counts over personality probes",
