@@ -207,7 +207,7 @@ def test_wilcoxon_pruner_reports_each_evaluation_image(tmp_path, fixtures):
     assert second.state in (TrialState.COMPLETE, TrialState.PRUNED) and sorted(second.intermediate_values)[:2] == [0, 1]  # one per (prompt, seed)
 
 
-@pytest.mark.parametrize("case", ["unknown", "empty", "subset", "storage", "tracking", "fixed", "metric"])
+@pytest.mark.parametrize("case", ["unknown", "empty", "subset", "storage", "tracking", "fixed", "metric", "probes"])
 def test_bad_sweeps_fail_in_one_line_before_training(tmp_path, fixtures, run_cli, case):
     over = {
         "unknown": {"space": {"train.lr": {"low": 0.001, "high": 0.1}}},
@@ -215,6 +215,7 @@ def test_bad_sweeps_fail_in_one_line_before_training(tmp_path, fixtures, run_cli
         "subset": {"subset": {"size": 40}},
         "fixed": {"space": {"model.dtype": {"choice": ["fp32", "bf16"]}}},
         "metric": {"objective__metrics": {"identity.similarity": 1.0}},
+        "probes": {"evaluation__personality_suite": "nope"},
     }.get(case, {})
     if case in ("unknown", "empty", "subset", "fixed"):
         over["enqueue"] = []
@@ -225,10 +226,13 @@ def test_bad_sweeps_fail_in_one_line_before_training(tmp_path, fixtures, run_cli
     if case == "tracking":
         args += ["--tracking-uri", "http://127.0.0.1:1"]
     needle = {"unknown": "train.lr", "empty": "empty range", "subset": "only 6", "storage": "cannot reach the database",
-              "tracking": "no MLflow server", "fixed": "fixed for a study", "metric": "needs the identity scorer"}[case]
+              "tracking": "no MLflow server", "fixed": "fixed for a study", "metric": "needs the identity scorer",
+              "probes": "'nope': not a file, nor experiments/prompts/nope.yaml"}[case]
     code, _, err = run_cli(*args)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "work" / "trials").exists()
+    if case == "probes":  # refused before a study exists
+        assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("name", ["person-settings", "person-dataset", "person-pareto"])

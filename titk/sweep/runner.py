@@ -205,6 +205,7 @@ def run_sweep(
     against the baseline (`confirm`: top, seeds, trials override the config's confirm settings;
     `confirm_only`: run no trials)."""
     from ..evaluate.evaluator import build_evaluator
+    from ..evaluate.suite import load_suite
     from ..models import load_model
     from ..models.loading import read_architecture
     from ..train.loop import load_dataset
@@ -219,6 +220,8 @@ def run_sweep(
         on_note(f"held out of training as identity's references (holdout): {', '.join(split.names)}; trials train on the other {len(dataset)}")
     check_space(config, len(dataset))
     check_objective(config)
+    for suite in filter(None, (config.evaluation.suite, config.evaluation.personality_suite)):
+        load_suite(suite)  # a missing or malformed suite file is named now, not after the study exists
     # Recipe files are named relative to the sweep file, which `titk confirm` (reading sweep.json) does not
     # have; the study it confirms holds its enqueued trials already.
     enqueued = [] if confirm_only else [recipe_params(entry, config, config_dir) for entry in config.enqueue]
