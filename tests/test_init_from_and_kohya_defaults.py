@@ -190,7 +190,7 @@ def test_kohya_layout_is_what_save_weights_writes(tmp_path):
 def test_kohya_clips_sdxl_through_clip_g_only(tmp_path, fixtures, monkeypatch):
     # sd-scripts clips `text_encoder.get_input_embeddings()` with `text_encoder` left over from its encoder
     # loop: for SDXL the last one, CLIP-G. CLIP-L's gradient is not clipped and its rows do not count.
-    import titk.train.loop as loop
+    import titk.train.trainee as loop
     from titk.models import load_model
     from titk.train.loop import train
 

@@ -188,7 +188,7 @@ def test_real_faces_copy_index_and_references_that_are_training_images(assets, t
 def test_hold_out_picks_spread_images_and_refuses_what_cannot_work(tmp_path):
     from titk.sweep.holdout import hold_out
     from titk.toyworld.world import write_dataset
-    from titk.train.loop import load_dataset
+    from titk.train.trainee import load_dataset
 
     write_dataset(tmp_path / "data", heldout(0), 15)
 

@@ -123,13 +123,13 @@ def test_a_pruned_trial_shows_no_final_score_and_the_pruning_signal_is_measured(
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, fixtures, monkeypatch):
     import titk.train.loop as loop
 
-    real = loop.diffusion_loss
+    real = loop.denoising_losses
 
-    def nan_for_three_vectors(bundle, *args, **kw):
-        loss = real(bundle, *args, **kw)
-        return loss * float("nan") if bundle.encoders[0].spliced.extra.shape[0] == 3 else loss
+    def nan_for_three_vectors(bundle, parts):
+        losses = real(bundle, parts)
+        return [loss * float("nan") for loss in losses] if bundle.encoders[0].spliced.extra.shape[0] == 3 else losses
 
-    monkeypatch.setattr(loop, "diffusion_loss", nan_for_three_vectors)
+    monkeypatch.setattr(loop, "denoising_losses", nan_for_three_vectors)
     path = write_config(tmp_path, fixtures, n_trials=2, enqueue=[{"train.learning_rate": 0.05, "embedding.vectors": 3}, {"train.learning_rate": 0.05, "embedding.vectors": 2}])
     result = run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
     first = result.study.trials[0]
@@ -146,15 +146,15 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, f
     path = write_config(tmp_path, fixtures, objective__pruner="none")
     config = load_sweep_config(path)
     run_sweep(config, workdir=tmp_path / "work", n_trials=2, show_progress=False)
-    real = loop.train
+    real = loop.train_together
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(loop, "train_together", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(config, workdir=tmp_path / "work", n_trials=3, show_progress=False)
-    monkeypatch.setattr(loop, "train", real)
+    monkeypatch.setattr(loop, "train_together", real)
     study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "work" / "optuna.journal"))))
     assert study.trials[2].state == TrialState.FAIL and study.trials[2].user_attrs["fail_reason"] == "interrupted"

@@ -154,7 +154,7 @@ def test_a_second_ctrl_c_during_the_first_ones_cleanup_leaves_nothing_open(tmp_p
 
     path = _config(tmp_path, fixtures, n_trials=2)
     work = tmp_path / "work"
-    real_train, real_finish = loop.train, Tracker.finish
+    real_train, real_finish = loop.train_together, Tracker.finish
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
@@ -164,11 +164,11 @@ def test_a_second_ctrl_c_during_the_first_ones_cleanup_leaves_nothing_open(tmp_p
         time.sleep(0.2)
         return real_finish(self, *args, **kw)
 
-    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(loop, "train_together", interrupted)
     monkeypatch.setattr(Tracker, "finish", finish_during_a_second_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(load_sweep_config(path), workdir=work, show_progress=False)
-    monkeypatch.setattr(loop, "train", real_train)
+    monkeypatch.setattr(loop, "train_together", real_train)
     monkeypatch.setattr(Tracker, "finish", real_finish)
     _no_open_runs(work)
     stopped = _study(work).trials[0]
@@ -215,8 +215,8 @@ def test_what_cannot_work_is_refused_before_a_study_exists(tmp_path, fixtures, r
 def test_a_sweep_that_trained_nothing_exits_non_zero_with_its_reasons(tmp_path, fixtures, run_cli, monkeypatch):
     import titk.train.loop as loop
 
-    real = loop.diffusion_loss
-    monkeypatch.setattr(loop, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = loop.denoising_losses
+    monkeypatch.setattr(loop, "denoising_losses", lambda *a, **k: [loss * float("nan") for loss in real(*a, **k)])
     path = _config(tmp_path, fixtures, n_trials=3)
     code, out, err = run_cli("sweep", path, "-w", tmp_path / "work")
     assert_one_line_error(code, err, "stopped after 5 failed trials in a row", "5 × training stopped: the loss became nan at step 1")

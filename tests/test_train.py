@@ -173,15 +173,15 @@ def test_channels_last_trains_the_same_vectors_and_puts_the_unet_back(tmp_path, 
 def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path, images, sd1, monkeypatch, sync):
     import titk.train.loop as loop
 
-    real = loop.diffusion_loss
+    real = loop.denoising_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
         calls["n"] += 1
-        loss = real(*args, **kw)
-        return loss * float("nan") if calls["n"] > 6 else loss  # updates 1–2 fine (3 micro-batches each)
+        losses = real(*args, **kw)
+        return [loss * float("nan") for loss in losses] if calls["n"] > 6 else losses  # updates 1–2 fine (3 micro-batches each)
 
-    monkeypatch.setattr(loop, "diffusion_loss", poisoned)
+    monkeypatch.setattr(loop, "denoising_losses", poisoned)
     with pytest.raises(TrainingDiverged, match=r"nan at step 3 \(micro-batch 1\)"):
         train(cfg(tmp_path, images, output__save_every=1, train__host_sync=sync), bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache")
     run = tmp_path / "run"
@@ -205,7 +205,7 @@ def test_kohya_semantics_trains_and_requires_the_token_in_captions(tmp_path, ima
 
 def test_kohya_norm_includes_caption_rows(tmp_path, images, sd1, monkeypatch):
     """The clip coefficient under kohya uses a norm at least as large as the vectors' alone."""
-    import titk.train.loop as loop
+    import titk.train.trainee as loop
 
     norms = []
     real = loop._clip
@@ -233,7 +233,8 @@ def test_cross_initialisation_starts_from_the_encoders_output(tmp_path, images, 
     """embedding.cross_init: each vector is the text encoder's output (the conditioning the UNet sees) at an
     init-text token, stretched over the vectors as the token rows are; SDXL's two encoders each get their
     own part of the side-by-side conditioning. Training starts from exactly those vectors."""
-    from titk.train.loop import init_text_vectors, starting_embedding
+    from titk.train.loop import starting_embedding
+    from titk.train.trainee import init_text_vectors
 
     bundle = load_model(fixtures[name].folder, dtype="fp32")
     c = cfg(tmp_path, images, embedding__init_text="a person", embedding__vectors=4, embedding__cross_init=True, train__max_steps=1)
@@ -248,6 +249,24 @@ def test_cross_initialisation_starts_from_the_encoders_output(tmp_path, images, 
     assert not any(torch.allclose(plain[k], vectors[k]) for k in vectors)
     assert all(torch.equal(starting_embedding(c, bundle).vectors[k], vectors[k]) for k in vectors)  # the untrained start a sweep measures
     assert train(c, bundle=bundle, show_progress=False, latent_cache=tmp_path / "cache").steps_done == 1
+
+
+@pytest.mark.parametrize("switch", ["compile", "gradient_checkpointing"])
+def test_compile_and_checkpointing_train_the_same_vectors_and_are_undone(tmp_path, images, sd1, monkeypatch, switch):
+    """train.compile (here with torch.compile's aot_eager backend: the same tracing of the forward and the
+    backward to the conditioning as inductor, without minutes of C++ compiling on a CPU) and
+    train.gradient_checkpointing: the vectors agree with the plain run's, and the UNet is plain afterwards."""
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: real(module, **kw, backend="aot_eager"))
+    active = lambda: sd1.unet._compiled_call_impl is not None if switch == "compile" else sd1.unet.is_gradient_checkpointing  # noqa: E731
+    runs, during = {}, {}
+    for on in (False, True):
+        c = cfg(tmp_path / str(on), images, train__max_steps=3, **{f"train__{switch}": on})
+        seen = during.setdefault(on, set())
+        runs[on] = train(c, bundle=sd1, show_progress=False, latent_cache=tmp_path / "cache",
+                         callback=lambda event, seen=seen: seen.add(active())).embedding
+    assert during == {False: {False}, True: {True}} and not active()
+    torch.testing.assert_close(runs[True].vectors, runs[False].vectors, rtol=1e-4, atol=1e-6)
 
 
 def test_alpha_weights_and_gradient_checkpointing(tmp_path, sd1):

@@ -15,7 +15,8 @@ from helpers import plain_ids
 from titk.config import SamplingSettings
 from titk.models import load_model
 from titk.models.sampling import generate
-from titk.train import loop
+from titk.train import trainee as loop
+from titk.models.families import Conditioning
 from titk.train.loss import diffusion_loss
 
 
@@ -129,13 +130,14 @@ def test_a_half_zero_alpha_map_weights_the_loss_as_computed_by_hand():
     pred = torch.tensor([1.0, 3.0]).reshape(1, 1, 1, 2)
     bundle, latents = _stub_bundle(pred), torch.zeros(1, 4, 1, 2)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    assert float(diffusion_loss(bundle, latents, None, None, gen())) == pytest.approx(5.0)  # (1 + 9) / 2
+    cond = Conditioning(torch.zeros(1, 77, 8))
+    assert float(diffusion_loss(bundle, latents, cond, None, gen())) == pytest.approx(5.0)  # (1 + 9) / 2
     # A1111's weights for an alpha map 0 on the left, opaque on the right: min 0, mean 1 → [0, 2].
     weights = torch.tensor([[[0.0, 2.0]]])
-    assert float(diffusion_loss(bundle, latents, None, weights, gen())) == pytest.approx(9.0)  # (0·1 + 2·9) / 2
+    assert float(diffusion_loss(bundle, latents, cond, weights, gen())) == pytest.approx(9.0)  # (0·1 + 2·9) / 2
     # Two images, the second without alpha (weights of one): the mean of 9 and 5.
     two = torch.cat([weights, torch.ones(1, 1, 2)])
-    assert float(diffusion_loss(bundle, torch.zeros(2, 4, 1, 2), None, two, gen())) == pytest.approx(7.0)
+    assert float(diffusion_loss(bundle, torch.zeros(2, 4, 1, 2), Conditioning(torch.zeros(2, 77, 8)), two, gen())) == pytest.approx(7.0)
 
 
 # ------------------------------------------------------------------------------ sampling

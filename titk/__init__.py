@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_train_config": "titk.config", "load_sweep_config": "titk.config",
     "load_model": "titk.models", "Embedding": "titk.embeddings",
     "read_embedding": "titk.embeddings.formats", "write_embedding": "titk.embeddings.formats",
-    "load_dataset": "titk.train.loop", "make_plan": "titk.train.plan", "train_embedding": "titk.train.loop",
+    "load_dataset": "titk.train.trainee", "make_plan": "titk.train.plan", "train_embedding": "titk.train.loop",
     "build_evaluator": "titk.evaluate.evaluator", "load_references": "titk.evaluate.evaluator",
     "held_out_references": "titk.evaluate.evaluator",
     "run_sweep": "titk.sweep.runner", "load_study": "titk.analysis",

@@ -32,7 +32,7 @@ def plan(
     from ..config import load_train_config
     from ..models.families import Family
     from ..models.loading import read_architecture, shipped_architecture
-    from ..train.loop import load_dataset
+    from ..train.trainee import load_dataset
     from ..train.plan import make_plan
 
     cfg = load_train_config(config, dataset=dataset, overrides=set_)
@@ -69,7 +69,7 @@ def train(
     """
     from ..config import load_train_config
     from ..models.loading import read_architecture
-    from ..train.loop import load_dataset
+    from ..train.trainee import load_dataset
     from ..train.loop import train as run_training
     from ..train.plan import make_plan
     from ..train.plan_table import print_plan
@@ -79,6 +79,8 @@ def train(
     result = run_training(cfg, make_plan(cfg, data, read_architecture(cfg.model)), dataset=data, resume=resume, show_progress=True)
     print_plan(result.plan, console, brief=True)
     console.print(f"[bold green]done[/]: {result.steps_done} steps; final embedding: " + ", ".join(str(f) for f in result.files))
+    if result.peak_memory is not None:
+        console.print(f"peak GPU memory while training: {result.peak_memory / 2**30:.2f} GiB")
 
 
 @app.command("eval")

@@ -120,6 +120,8 @@ class SweepConfig(Strict):
     timeout_minutes: float | None = None
     sampler: Literal["tpe", "random", "gp"] = "tpe"
     seed: int = 0
+    pack: int = Field(1, ge=1, le=64, description="trials a worker trains at once, one UNet call for all their micro-batches "
+                      "(packed trials: the same results, more trials per hour where one trial leaves the GPU idle)")
     enqueue: list[dict | str] = Field(default_factory=list, description="first trials: parameter mappings or recipe files")
     bs_ga_within_dataset: bool = Field(True, description="constraint: batch size × GA ≤ number of images")
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)

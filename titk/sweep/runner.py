@@ -27,6 +27,7 @@ from ..evaluate.registry import HEADLINES, check_metric, lookup, per_image_colum
 from ..files import atomic_path
 from .holdout import STUDY_ATTR as HELDOUT_ATTR
 from .holdout import hold_out
+from .packing import optimize_packed
 from .pruning import Pruning
 from .scoring import objective_names
 from .space import baseline_params, check_composition, check_space, check_values, recipe_params
@@ -59,7 +60,8 @@ def _sampler(config: SweepConfig, seed: int):
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # Trials asked for together (sweep.pack) are sampled as if the running ones had the worst value so far.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=config.pack > 1)
 
 
 def sampler_seed(config: SweepConfig, created: bool) -> int:
@@ -167,10 +169,11 @@ class _StopAfter:
     """Stop when the study has enough finished trials, when this worker fails too often in a row, or when
     the sampler keeps suggesting settings that were already measured (the space is used up)."""
 
-    def __init__(self, n_trials: int, max_failures: int = 5, max_duplicates: int = 20):
+    def __init__(self, n_trials: int, max_failures: int = 5, max_duplicates: int = 20, packed: bool = False):
         self.n_trials, self.max_failures, self.max_duplicates = n_trials, max_failures, max_duplicates
         self.failures = self.duplicates = 0
         self.why: str | None = None
+        self.packed = packed  # packed trials are asked for by packing.py, which reads `why` (study.stop is optimize's)
 
     def __call__(self, study, trial):
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
@@ -179,7 +182,7 @@ class _StopAfter:
             self.why = f"stopped after {self.failures} failed trials in a row"
         elif self.duplicates >= self.max_duplicates:
             self.why = f"stopped: the last {self.duplicates} suggestions were settings already measured (the space is used up)"
-        if self.why or finished(study) >= self.n_trials:
+        if (self.why or finished(study) >= self.n_trials) and not self.packed:
             study.stop()
 
 
@@ -208,7 +211,7 @@ def run_sweep(
     from ..evaluate.suite import load_suite
     from ..models import load_model
     from ..models.loading import read_architecture
-    from ..train.loop import load_dataset
+    from ..train.trainee import load_dataset
     from ..train.plan import make_plan
 
     n_trials = n_trials or config.n_trials
@@ -251,7 +254,7 @@ def run_sweep(
     if create_only:
         return SweepResult(study, workdir, uri, storage_label(storage_url, workdir), trials_frame(study))
     recover(study, storage, uri)
-    stop = _StopAfter(n_trials)
+    stop = _StopAfter(n_trials, packed=config.pack > 1)
 
     def evaluator():  # the model and scorers, loaded once, and only when there is work for them
         if "recorded" not in loaded:
@@ -266,8 +269,12 @@ def run_sweep(
         scorer = evaluator()
         objective = TrialObjective(config, loaded["bundle"], dataset, scorer, tracker, parent, workdir, arch, seed, show_progress, starting)
         callbacks = [stop] + ([on_trial] if on_trial else [])
-        study.optimize(objective, n_trials=None, timeout=config.timeout_minutes * 60 if config.timeout_minutes else None,
-                       catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
+        timeout = config.timeout_minutes * 60 if config.timeout_minutes else None
+        if config.pack > 1:
+            optimize_packed(study, objective, config.pack, wanted=lambda: 0 if stop.why else n_trials - finished(study),
+                            callbacks=callbacks, timeout=timeout, bundle=loaded["bundle"], show_progress=show_progress)
+        else:
+            study.optimize(objective, n_trials=None, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
     table = trials_frame(study)
     _log_study(tracker, parent, study, table)
     _check_outcome(config, table, stop)

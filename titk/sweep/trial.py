@@ -11,6 +11,7 @@ import gc
 import signal
 import threading
 import traceback
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..errors import DiskFull, TitkError, disk_full
 from ..hashing import sha256_bytes
 from ..tracking.manifest import manifest
 from ..train import loop as training
+from ..train.loop import Job, TrainResult
 from ..train.plan import TrainPlan, make_plan
 from .pruning import Pruning
 from .scoring import add_histograms, aggregate_seeds, floor_constraints, objective_value
@@ -52,11 +54,16 @@ class TrialObjective:
         part = config.objective.intermediate
         self.intermediate = evaluator.suite.subset(part.seeds, part.per_kind)
         self.names = [r.path.name for r in dataset.records]
-        self.repeats = config.repeats  # this trial's seeds (more for the baseline)
         self._untrained: dict[str, dict] = {}  # personality histograms of each untrained start, by its vectors
         self.labels = check_composition(config, evaluator.image_attributes(), evaluator.label_sets)  # subset.compose's
 
     def __call__(self, trial: optuna.Trial):
+        """The trial run alone (Optuna's optimize calls this); packing.py runs several at once."""
+        return drive(self.run(trial), self.bundle, self.show_progress)
+
+    def run(self, trial: optuna.Trial) -> Generator[Job, TrainResult, float | tuple]:
+        """The trial, top to bottom. Each training is yielded as a Job for the caller to run (alone, or packed
+        with other trials' jobs) and its result, or its exception, comes back here."""
         for name, value in worker_identity().items():
             trial.set_user_attr(name, value)
         trial.set_user_attr("titk.sampler_seed", self.sampler_seed)  # with the study's seed, what reproduces it
@@ -77,7 +84,7 @@ class TrialObjective:
             # 1. What this trial trains: settings, images and plan, computed once. The baseline runs several
             # seeds: their spread is the study's seed noise.
             baseline = bool(trial.user_attrs.get("titk.baseline"))
-            self.repeats = max(self.config.repeats, self.config.baseline_seeds) if baseline else self.config.repeats
+            repeats = max(self.config.repeats, self.config.baseline_seeds) if baseline else self.config.repeats
             subset_size, min_images = len(chosen), self.config.subset.min_images
             if not chosen or (self.config.subset.include_flags and subset_size < min_images):
                 trial.set_constraint("min_images", min_images - subset_size)
@@ -87,13 +94,14 @@ class TrialObjective:
             plan = make_plan(config, subset, self.arch)
             if self.config.bs_ga_within_dataset:
                 trial.set_constraint("bs_ga", config.train.batch_size * config.train.grad_accum - len(subset))
-            self._log_start(trial, run_id, settings, config, plan, chosen)
+            self._log_start(trial, run_id, settings, config, plan, chosen, repeats)
 
             # 2. Each seed trained and scored; only the first may be pruned (never the baseline's).
             cards = []
-            for repeat in range(self.repeats):
+            for repeat in range(repeats):
                 seed_config = apply_settings(config, {"train.seed": config.train.seed + repeat}, output={"dir": str(folder / f"seed-{repeat}")})
-                cards.append(self._train_and_score(trial, run_id, seed_config, subset, plan, prune=repeat == 0 and not baseline))
+                card = yield from self._train_and_score(trial, run_id, seed_config, subset, plan, repeats, prune=repeat == 0 and not baseline)
+                cards.append(card)
 
             # 3. One aggregate feeds the objective, the floors and what analysis reads back.
             result = aggregate_seeds([card.summary for card in cards])
@@ -148,7 +156,7 @@ class TrialObjective:
         self.tracker.finish(run_id, state, reason)
         trial.set_user_attr("titk.run_closed", True)
 
-    def _log_start(self, trial, run_id, settings: dict, config: TrainConfig, plan: TrainPlan, chosen: list[int]) -> None:
+    def _log_start(self, trial, run_id, settings: dict, config: TrainConfig, plan: TrainPlan, chosen: list[int], repeats: int) -> None:
         params = {f"search.{k}": v for k, v in settings.items()}
         flat = config.model_dump(mode="json")
         for section in ("model", "embedding", "data", "train"):
@@ -161,13 +169,13 @@ class TrialObjective:
             "effective.updates_per_epoch": plan.updates_per_pass, "effective.loss_divisor": plan.loss_divisor,
             "effective.weight_decay": plan.weight_decay, "effective.clip": f"{plan.clip_mode} {plan.clip_threshold}",
             "effective.lr_segments": plan.lr_segments, "effective.total_tflops": plan.total_tflops,
-            "subset.size": len(chosen), "repeats": self.repeats,
+            "subset.size": len(chosen), "repeats": repeats,
         })
         self.tracker.log_params(run_id, params)
         self.tracker.log_tags(run_id, {"titk.seed": config.train.seed, "titk.plan_warnings": plan.warnings})
         self.tracker.log_dataset(run_id, manifest(self.dataset, chosen), f"{self.config.study}-trial-{trial.number}", str(self.dataset.root))
 
-    def _train_and_score(self, trial, run_id: str, config: TrainConfig, subset: Dataset, plan: TrainPlan, prune: bool):
+    def _train_and_score(self, trial, run_id: str, config: TrainConfig, subset: Dataset, plan: TrainPlan, repeats: int, prune: bool):
         every = self.config.objective.eval_every
         every = max(1, plan.stop_step // 4) if every is None else every
         pending: dict[str, list] = {"loss": [], "lr": []}
@@ -190,16 +198,17 @@ class TrialObjective:
             if prune and self.pruning.on_intermediate:
                 self.pruning.check_intermediate(trial, value, event.step)
 
-        result = training.train(config, plan, dataset=subset, bundle=self.bundle, show_progress=self.show_progress,
-                                latent_cache=self.workdir / "cache" / "latents", callback=on_event, validate_every=every)
+        result = yield Job(config, plan, subset, latent_cache=self.workdir / "cache" / "latents", callback=on_event, validate_every=every)
         if pending["loss"]:
             self._log_loss(run_id, pending, result.steps_done)
+        if result.peak_memory is not None:  # on a GPU: this training's, or its packed group's when packed
+            self.tracker.log_metrics(run_id, {"train.peak_memory_gib": result.peak_memory / 2**30}, result.steps_done)
         card = self._final_score(trial, config, result.embedding, prune, [r.path.name for r in subset.records])
-        grid = "samples.png" if self.repeats == 1 else f"samples-seed-{config.train.seed}.png"
+        grid = "samples.png" if repeats == 1 else f"samples-seed-{config.train.seed}.png"
         self.tracker.log_scorecard(run_id, card, result.steps_done, "final", grid_file=grid)
         self.tracker.log_files(run_id, result.files, "embeddings")
         self.tracker.log_files(run_id, [result.run_dir / "train_log.csv", result.run_dir / "plan.json"], f"train/seed-{config.train.seed}")
-        if self.repeats > 1 and not self.config.objective.pareto:
+        if repeats > 1 and not self.config.objective.pareto:
             self.tracker.log_metrics(run_id, {f"seed.{config.train.seed}.objective": objective_value(card.summary, self.config.objective)}, result.steps_done)
         return card
 
@@ -236,6 +245,20 @@ class TrialObjective:
         if key not in self._untrained:
             self._untrained[key] = self.evaluator.personality(start, config.embedding.name)
         return self._untrained[key]
+
+
+def drive(trial: Generator[Job, TrainResult, object], bundle, show_progress: bool = True):
+    """Run one trial's body to its end, training each job it yields alone; returns what the body returns."""
+    try:
+        job = next(trial)
+        while True:
+            try:
+                result = training.train_together([job], bundle=bundle, show_progress=show_progress)[0]
+            except BaseException as exc:  # noqa: BLE001  Ctrl-C too: the trial closes its run before it goes
+                result = exc
+            job = trial.throw(result) if isinstance(result, BaseException) else trial.send(result)
+    except StopIteration as done:
+        return done.value
 
 
 def measured_twin(trial: optuna.Trial):

@@ -2,31 +2,71 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from ..models.families import Conditioning
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One micro-batch's loss, ready for the UNet: latents, conditioning, alpha weights, noise, timesteps."""
+
+    latents: torch.Tensor
+    cond: Conditioning
+    weights: torch.Tensor | None
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def draw_noise(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, generator: torch.Generator) -> LossInputs:
+    """Fresh noise (no offset noise) and a uniform random timestep per image, from the micro-batch's generator."""
+    noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
+    timesteps = torch.randint(0, bundle.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    return LossInputs(latents, cond, weights, noise, timesteps.to(bundle.device))
 
 
 def diffusion_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """MSE between the UNet's prediction and its target at a uniform random timestep, averaged over everything.
 
-    Fresh noise, no offset noise; the target is the noise (eps models) or the velocity (v models). With
-    alpha weights the element-wise error is multiplied by the weight map before the mean.
+    The target is the noise (eps models) or the velocity (v models). With alpha weights the element-wise
+    error is multiplied by the weight map before the mean.
     """
-    schedule = bundle.noise_scheduler
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
-    timesteps = torch.randint(0, schedule.config.num_train_timesteps, (b,), generator=generator).to(bundle.device)
-    return denoising_loss(bundle, latents, cond, weights, noise, timesteps)
+    return denoising_losses(bundle, [draw_noise(bundle, latents, cond, weights, generator)])[0]
 
 
 def denoising_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The same loss at given noise and timesteps (training draws them; validation fixes them)."""
-    schedule = bundle.noise_scheduler
-    latents = latents.to(bundle.device)
-    noisy = schedule.add_noise(latents, noise, timesteps)
-    target = noise if bundle.prediction_type == "epsilon" else schedule.get_velocity(latents, noise, timesteps)
-    height, width = latents.shape[-2] * bundle.vae_scale_factor, latents.shape[-1] * bundle.vae_scale_factor
-    pred = bundle.unet(noisy.to(bundle.dtype), timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample
-    error = (pred.float() - target.float()) ** 2
-    if weights is not None:
-        error = error * weights.to(error.device)[:, None]
-    return error.mean()
+    return denoising_losses(bundle, [LossInputs(latents, cond, weights, noise, timesteps)])[0]
+
+
+def denoising_losses(bundle, parts: list[LossInputs]) -> list[torch.Tensor]:
+    """Each part's loss, from one UNet call over all parts of one shape (packed trials: the UNet is frozen
+    and treats every image on its own, so a part's loss is what a call of its own would give, within rounding)."""
+    schedule, losses = bundle.noise_scheduler, [None] * len(parts)
+    shapes: dict[tuple, list[int]] = {}
+    for i, part in enumerate(parts):
+        pooled = None if part.cond.pooled is None else tuple(part.cond.pooled.shape[1:])
+        shapes.setdefault((tuple(part.latents.shape[1:]), tuple(part.cond.hidden.shape[1:]), pooled), []).append(i)
+    for members in shapes.values():
+        group = [parts[i] for i in members]
+        latents = [p.latents.to(bundle.device) for p in group]
+        noisy = [schedule.add_noise(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
+        if bundle.prediction_type == "epsilon":
+            targets = [p.noise for p in group]
+        else:
+            targets = [schedule.get_velocity(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
+        cond, timesteps = group[0].cond, group[0].timesteps
+        if len(group) > 1:
+            pooled = None if cond.pooled is None else torch.cat([p.cond.pooled for p in group])
+            cond, timesteps = Conditioning(torch.cat([p.cond.hidden for p in group]), pooled), torch.cat([p.timesteps for p in group])
+        height, width = latents[0].shape[-2] * bundle.vae_scale_factor, latents[0].shape[-1] * bundle.vae_scale_factor
+        noisy = noisy[0] if len(group) == 1 else torch.cat(noisy)
+        pred = bundle.unet(noisy.to(bundle.dtype), timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample
+        for i, p, target, out in zip(members, group, targets, pred.split([len(z) for z in latents])):
+            error = (out.float() - target.float()) ** 2
+            if p.weights is not None:
+                error = error * p.weights.to(error.device)[:, None]
+            losses[i] = error.mean()
+    return losses
