@@ -13,11 +13,8 @@ untrained token-row start. One training seed per setting: a measurement, not a p
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 
 def main() -> None:
@@ -28,23 +25,13 @@ def main() -> None:
 
     from scipy import stats
 
-    from titk.config import IdentitySettings
-    from titk.evaluate.scorers.toyworld import ToyFaceEmbedder
     from titk.models import load_model
-    from titk.toyworld.proofs import generate, proof_config, untrained, write_skewed
-    from titk.toyworld.vision import load_vision
-    from titk.toyworld.world import heldout, random_look, render
+    from titk.toyworld.proofs import proof_config, untrained, write_skewed
+    from toy_identity import identity_scorer
     from titk.train.loop import train
 
     bundle = load_model("toyworld", dtype="fp32")
-    faces = ToyFaceEmbedder(load_vision(), IdentitySettings().det_thresh)
-    person = heldout(0)
-    centroid = np.mean([faces.largest(render(person, random_look(random.Random(i)), i))[0].embedding for i in range(15)], axis=0)
-    centroid /= np.linalg.norm(centroid)
-
-    def identity(embedding) -> np.ndarray:
-        images = generate(bundle, embedding, ["a photo of ohwx"], list(range(1, 9)))
-        return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
+    identity = identity_scorer(bundle)
 
     before = identity(untrained(bundle))
     print(f"untrained (token rows): identity {before.mean():.3f}")

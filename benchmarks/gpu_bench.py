@@ -11,7 +11,15 @@ titk's own code (`titk.train.loop.train`, `titk.models.sampling.generate`):
 2. sampling: images per second at 512 px, 20 steps, classifier-free guidance, batch 16;
 3. the whole recipe trial of `experiments/recipes/a1111-15img-bs3-ga15-200steps.yaml` (15 images, batch 3,
    GA 15 clamped to 5 under A1111's rules, 200 steps: 3000 views) with 4 evaluations of 16 samples, end to
-   end (latent caching included). Goal: at most 30 s on one H100/H200.
+   end (latent caching included). Goal: at most 30 s on one H100/H200;
+4. packed trials (`train_together`, `sweep.pack`): K = 1, 2, 4, 8 trials of batch 1 and of batch 3 trained
+   together, ms per group step and trials per hour against one at a time (goal: 4x at K = 8), with each
+   group's peak memory; and what fits a 24 GB card: batch 3 with and without gradient checkpointing, and a
+   packed group of 4 with it;
+5. `train.compile`: batch 3 with the UNet compiled (the first steps, which compile, not timed), last because
+   compiling can take minutes.
+
+Every section is written to the JSON as soon as it is measured, so a run cut short keeps what it measured.
 
 Without CUDA, `--smoke` runs the same code on the tiny SD1 fixture at 64 px with a few steps (how the
 script is tested on a CPU); the CUDA-only figures (peak share, memory) are recorded as skipped. Usage:
@@ -70,6 +78,29 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class StepClock:
+    """A training callback timing the updates from their own events (the device synchronised first)."""
+
+    def __init__(self, device: str):
+        self.device, self.times = device, []
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def __call__(self, event) -> None:
+        if event.kind == "update":
+            sync(self.device)
+            self.times.append(time.perf_counter())
+
+    @property
+    def step(self) -> float:
+        """Median seconds per update; the first two updates warm up (allocation, autotuning)."""
+        return float(np.median(np.diff(self.times[1:])))
+
+    @property
+    def peak_memory_gib(self) -> float | None:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if self.device == "cuda" else None
+
+
 def config(data: Path, out: Path, size: int, train: dict):
     from titk.config import TrainConfig, parse
 
@@ -83,35 +114,48 @@ def config(data: Path, out: Path, size: int, train: dict):
 
 
 def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path, grad_accum: int = 1, host_sync: str = "micro_batch",
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, compile: bool = False) -> dict:
     """ms per step (update) over `steps` updates after 2 warm-up updates, from the updates' own events."""
     from titk.train.flops import unet_flops_per_view
     from titk.train.loop import train
 
     data = images(tmp / f"train-{batch}-{grad_accum}", batch * grad_accum, size)
-    times: list[float] = []
-
-    def on_event(event) -> None:
-        if event.kind == "update":
-            sync(device)
-            times.append(time.perf_counter())
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    clock = StepClock(device)
     settings = {"batch_size": batch, "grad_accum": grad_accum, "host_sync": host_sync, "channels_last": channels_last,
-                "max_steps": steps + 2, "learning_rate": "0.005"}
-    train(config(data, tmp / f"run-{batch}-{grad_accum}-{host_sync}-{channels_last}", size, settings),
-          bundle=bundle, show_progress=False, latent_cache=tmp / "cache", callback=on_event)
-    step = float(np.median(np.diff(times[1:])))  # the first two updates warm up (allocation, autotuning)
+                "compile": compile, "max_steps": steps + 2, "learning_rate": "0.005"}
+    train(config(data, tmp / f"run-{batch}-{grad_accum}-{host_sync}-{channels_last}-{compile}", size, settings),
+          bundle=bundle, show_progress=False, latent_cache=tmp / "cache", callback=clock)
+    step = clock.step
     flops = unet_flops_per_view(dict(bundle.unet.config), size, size) * batch * grad_accum
     peak = peak_tflops(device)
     achieved = flops / step / 1e12
     return {
-        "batch": batch, "grad_accum": grad_accum, "host_sync": host_sync, "channels_last": channels_last, "size": size, "ms_per_step": round(step * 1000, 1),
+        "batch": batch, "grad_accum": grad_accum, "host_sync": host_sync, "channels_last": channels_last, "compile": compile,
+        "size": size, "ms_per_step": round(step * 1000, 1),
         "views_per_s": round(batch * grad_accum / step, 2),
         "achieved_tflops": float(f"{achieved:.3g}"), "share_of_peak": round(achieved / peak, 3) if peak else None,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "peak_memory_gib": clock.peak_memory_gib,
     }
+
+
+def packed(bundle, device: str, size: int, k: int, batch: int, steps: int, tmp: Path, gradient_checkpointing: bool = False) -> dict:
+    """K trials of `batch` trained together (each its own rate and seed): ms per group step, measured as
+    `training` measures one, after 2 warm-up steps."""
+    from titk.train.loop import Job, train_together
+
+    data = images(tmp / f"packed-{batch}", batch, size)
+    clock = StepClock(device)
+    runs = Path(tempfile.mkdtemp(prefix=f"packed-{k}-{batch}-", dir=tmp))
+    jobs = [Job(config(data, runs / str(i), size, {
+        "batch_size": batch, "max_steps": steps + 2, "learning_rate": f"{0.005 * (i + 1)}", "seed": i,
+        "gradient_checkpointing": gradient_checkpointing}), latent_cache=tmp / "cache", callback=clock if i == 0 else None)
+        for i in range(k)]
+    results = train_together(jobs, bundle=bundle, show_progress=False)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    return {"trials": k, "batch": batch, "gradient_checkpointing": gradient_checkpointing, "ms_per_group_step": round(clock.step * 1000, 1),
+            "views_per_s": round(k * batch / clock.step, 2), "peak_memory_gib": clock.peak_memory_gib}
 
 
 def sampling(bundle, device: str, size: int, batch: int, steps: int) -> dict:
@@ -177,26 +221,38 @@ def main() -> None:
     if device == "cpu" and not args.smoke:
         raise SystemExit("no CUDA device: the full-size benchmark needs one (--smoke runs the tiny model on the CPU)")
     report: dict = {"machine": machine(device), "device": device, "smoke": args.smoke,
-                    "skipped": [] if device == "cuda" else ["share_of_peak and peak memory: no CUDA"]}
+                    "skipped": ([] if device == "cuda" else ["share_of_peak and peak memory: no CUDA"])
+                    # inductor compiles the tiny UNet's forward and backward for about 3 minutes on 2 CPU cores
+                    + (["compile: not in --smoke"] if args.smoke else [])}
     bundle, size = model(device, args.smoke)
+    steps = 2 if args.smoke else 8
+
+    def record(section: str, value) -> None:
+        report[section] = value
+        print(json.dumps({section: value}), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        report["training"] = []
-        for batch in (1, 3, 8):
-            report["training"].append(training(bundle, device, size, batch, 2 if args.smoke else 8, tmp))
-            print(json.dumps(report["training"][-1]), flush=True)
-        report["host_sync"] = []  # train.host_sync: the loss read after each of 8 micro-batches, or once per update
-        for sync in ("micro_batch", "update"):
-            report["host_sync"].append(training(bundle, device, size, 1, 2 if args.smoke else 4, tmp, grad_accum=8, host_sync=sync))
-            print(json.dumps(report["host_sync"][-1]), flush=True)
-        report["channels_last"] = training(bundle, device, size, 3, 2 if args.smoke else 8, tmp, channels_last=True)  # against batch 3 above
-        print(json.dumps(report["channels_last"]), flush=True)
-        report["sampling"] = sampling(bundle, device, size, 4 if args.smoke else 16, 4 if args.smoke else 20)
-        print(json.dumps(report["sampling"]), flush=True)
-        report["recipe_trial"] = recipe_trial(bundle, device, size, args.smoke, tmp)
-        print(json.dumps(report["recipe_trial"]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        record("training", [training(bundle, device, size, batch, steps, tmp) for batch in (1, 3, 8)])
+        # train.host_sync: the loss read after each of 8 micro-batches, or once per update
+        record("host_sync", [training(bundle, device, size, 1, steps // 2, tmp, grad_accum=8, host_sync=h) for h in ("micro_batch", "update")])
+        record("channels_last", training(bundle, device, size, 3, steps, tmp, channels_last=True))  # against batch 3 above
+        record("sampling", sampling(bundle, device, size, 4 if args.smoke else 16, 4 if args.smoke else 20))
+        record("recipe_trial", recipe_trial(bundle, device, size, args.smoke, tmp))
+        rows = []
+        for batch in (1, 3):
+            for k in (1, 2, 4, 8):
+                rows.append(packed(bundle, device, size, k, batch, steps, tmp))
+                one = next(r for r in rows if r["batch"] == batch and r["trials"] == 1)
+                rows[-1]["trials_per_hour_vs_one_at_a_time"] = round(k * one["ms_per_group_step"] / rows[-1]["ms_per_group_step"], 2)
+        record("packed", rows)
+        record("memory_24gb", [packed(bundle, device, size, 1, 3, steps, tmp, gradient_checkpointing=False),
+                               packed(bundle, device, size, 1, 3, steps, tmp, gradient_checkpointing=True),
+                               packed(bundle, device, size, 4, 3, steps, tmp, gradient_checkpointing=True)])
+        if not args.smoke:
+            record("compile", training(bundle, device, size, 3, steps, tmp, compile=True))  # against batch 3 above
 
 
 if __name__ == "__main__":
