@@ -140,3 +140,23 @@ def test_a_pruned_trial_leaves_its_group(tmp_path, fixtures):
     states = [t.state for t in study.trials]
     assert states[0] == TrialState.COMPLETE and states[2] == TrialState.PRUNED
     assert study.trials[2].user_attrs["titk.pruned"]["step"] == 2
+
+
+def test_ctrl_c_in_a_packed_sweep_stops_every_trial_of_the_group_and_they_are_retried(tmp_path, fixtures, monkeypatch):
+    import titk.train.loop as loop
+    from optuna.trial import TrialState
+
+    real = loop.train_together
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_together", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path, fixtures, pack=3, objective__pruner="none")
+    monkeypatch.setattr(loop, "train_together", real)
+    study = _sweep(tmp_path, fixtures, pack=3, objective__pruner="none")  # the same command again
+    stopped, retried = study.trials[:3], study.trials[3:]
+    assert all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted" for t in stopped)
+    assert [t.state for t in retried] == [TrialState.COMPLETE] * 3
+    assert [t.user_attrs["retry_of"] for t in retried] == [0, 1, 2] and [t.params for t in retried] == [t.params for t in stopped]

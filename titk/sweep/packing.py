@@ -77,7 +77,7 @@ def run_together(bodies: list, bundle, show_progress: bool = True) -> list[tuple
     while pending:
         group = sorted(pending)
         jobs = [pending.pop(i) for i in group]
-        if interrupted:  # Ctrl-C during one body's scoring: the others close their runs too, untrained
+        if interrupted:  # Ctrl-C during a body's scoring: the others close their runs too, untrained
             results = [KeyboardInterrupt()] * len(jobs)
         else:
             results = []
@@ -90,5 +90,7 @@ def run_together(bodies: list, bundle, show_progress: bool = True) -> list[tuple
                 results += list(zip(members, trained))
             results = [r for _, r in sorted(results, key=lambda pair: pair[0])]
         for i, result in zip(group, results):
+            if interrupted:  # Ctrl-C during an earlier body's scoring: this one stops too, without scoring
+                result = KeyboardInterrupt()
             advance(i, throw=result) if isinstance(result, BaseException) else advance(i, send=result)
     return outcomes
