@@ -17,7 +17,7 @@ from titk.models import load_model
 from titk.models.sampling import generate
 from titk.train import trainee as loop
 from titk.models.families import Conditioning
-from titk.train.loss import diffusion_loss
+from titk.train.loss import denoising_losses, draw_noise
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,6 +123,11 @@ def _stub_bundle(pred: torch.Tensor):
         noise_scheduler=scheduler, device=torch.device("cpu"), prediction_type="v_prediction", dtype=torch.float32,
         vae_scale_factor=8, unet=unet, adapter=SimpleNamespace(unet_kwargs=lambda cond, h, w: {}),
     )
+
+
+def diffusion_loss(bundle, latents, cond, weights, generator):
+    """A training micro-batch's loss, as the loop computes it."""
+    return denoising_losses(bundle, [draw_noise(bundle, latents, cond, weights, generator)])[0]
 
 
 def test_a_half_zero_alpha_map_weights_the_loss_as_computed_by_hand():

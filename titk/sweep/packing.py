@@ -24,15 +24,14 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # what `optimize` k
 from optuna.trial import TrialState
 
 from ..train import loop as training
-from .trial import TrialFailed
 
 
 def optimize_packed(study: optuna.Study, objective, pack: int, *, wanted, callbacks, timeout: float | None, bundle,
-                    show_progress: bool = True) -> None:
+                    catch: tuple[type[Exception], ...] = (), show_progress: bool = True) -> None:
     """Run groups of up to `pack` trials while `wanted()` (how many more trials the study needs; 0 once a
     callback has stopped it) is above 0 and `timeout` seconds have not passed. A failure that `optimize`
-    would not catch (anything but TrialFailed: a full disk, Ctrl-C) is raised once every trial of its
-    group is told."""
+    would not catch (anything not in `catch`: a full disk, Ctrl-C) is raised once every trial of its group
+    is told."""
     began = time.monotonic()
     while (k := min(pack, wanted())) > 0:
         if timeout is not None and time.monotonic() - began > timeout:
@@ -47,7 +46,7 @@ def optimize_packed(study: optuna.Study, objective, pack: int, *, wanted, callba
             for callback in callbacks:
                 callback(study, frozen)
         gc.collect()
-        raised = [value for state, value in outcomes if state == TrialState.FAIL and not isinstance(value, TrialFailed)]
+        raised = [value for state, value in outcomes if state == TrialState.FAIL and not isinstance(value, catch)]
         if raised:
             raise raised[0]
 
@@ -80,15 +79,17 @@ def run_together(bodies: list, bundle, show_progress: bool = True) -> list[tuple
         if interrupted:  # Ctrl-C during a body's scoring: the others close their runs too, untrained
             results = [KeyboardInterrupt()] * len(jobs)
         else:
-            results = []
-            for key in dict.fromkeys(training.pack_key(job.config) for job in jobs):  # jobs that can share the UNet's calls
-                members = [j for j, job in enumerate(jobs) if training.pack_key(job.config) == key]
+            results = [None] * len(jobs)
+            packs: dict[tuple, list[int]] = {}  # jobs that can share the UNet's calls
+            for j, job in enumerate(jobs):
+                packs.setdefault(training.pack_key(job.config), []).append(j)
+            for members in packs.values():
                 try:
                     trained = training.train_together([jobs[j] for j in members], bundle=bundle, show_progress=show_progress)
                 except KeyboardInterrupt as exc:  # every body closes its run and records the interruption
                     trained = [exc] * len(members)
-                results += list(zip(members, trained))
-            results = [r for _, r in sorted(results, key=lambda pair: pair[0])]
+                for j, result in zip(members, trained):
+                    results[j] = result
         for i, result in zip(group, results):
             if interrupted:  # Ctrl-C during an earlier body's scoring: this one stops too, without scoring
                 result = KeyboardInterrupt()

@@ -182,8 +182,12 @@ class _StopAfter:
             self.why = f"stopped after {self.failures} failed trials in a row"
         elif self.duplicates >= self.max_duplicates:
             self.why = f"stopped: the last {self.duplicates} suggestions were settings already measured (the space is used up)"
-        if (self.why or finished(study) >= self.n_trials) and not self.packed:
+        if self.remaining(study) <= 0 and not self.packed:
             study.stop()
+
+    def remaining(self, study) -> int:
+        """Trials still wanted: 0 once a reason to stop was found."""
+        return 0 if self.why else self.n_trials - finished(study)
 
 
 def run_sweep(
@@ -271,8 +275,8 @@ def run_sweep(
         callbacks = [stop] + ([on_trial] if on_trial else [])
         timeout = config.timeout_minutes * 60 if config.timeout_minutes else None
         if config.pack > 1:
-            optimize_packed(study, objective, config.pack, wanted=lambda: 0 if stop.why else n_trials - finished(study),
-                            callbacks=callbacks, timeout=timeout, bundle=loaded["bundle"], show_progress=show_progress)
+            optimize_packed(study, objective, config.pack, wanted=lambda: stop.remaining(study), callbacks=callbacks, timeout=timeout,
+                            bundle=loaded["bundle"], catch=(TrialFailed,), show_progress=show_progress)
         else:
             study.optimize(objective, n_trials=None, timeout=timeout, catch=(TrialFailed,), callbacks=callbacks, gc_after_trial=True)
     table = trials_frame(study)

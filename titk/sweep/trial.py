@@ -26,6 +26,7 @@ from ..tracking.manifest import manifest
 from ..train import loop as training
 from ..train.loop import Job, TrainResult
 from ..train.plan import TrainPlan, make_plan
+from .packing import run_together
 from .pruning import Pruning
 from .scoring import add_histograms, aggregate_seeds, floor_constraints, objective_value
 from .space import apply_settings, check_composition, suggest_settings, suggest_subset
@@ -59,7 +60,10 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial):
         """The trial run alone (Optuna's optimize calls this); packing.py runs several at once."""
-        return drive(self.run(trial), self.bundle, self.show_progress)
+        ((state, value),) = run_together([self.run(trial)], self.bundle, self.show_progress)
+        if state != optuna.trial.TrialState.COMPLETE:
+            raise value  # pruned, failed or interrupted, as the body raised it
+        return value
 
     def run(self, trial: optuna.Trial) -> Generator[Job, TrainResult, float | tuple]:
         """The trial, top to bottom. Each training is yielded as a Job for the caller to run (alone, or packed
@@ -245,20 +249,6 @@ class TrialObjective:
         if key not in self._untrained:
             self._untrained[key] = self.evaluator.personality(start, config.embedding.name)
         return self._untrained[key]
-
-
-def drive(trial: Generator[Job, TrainResult, object], bundle, show_progress: bool = True):
-    """Run one trial's body to its end, training each job it yields alone; returns what the body returns."""
-    try:
-        job = next(trial)
-        while True:
-            try:
-                result = training.train_together([job], bundle=bundle, show_progress=show_progress)[0]
-            except BaseException as exc:  # noqa: BLE001  Ctrl-C too: the trial closes its run before it goes
-                result = exc
-            job = trial.throw(result) if isinstance(result, BaseException) else trial.send(result)
-    except StopIteration as done:
-        return done.value
 
 
 def measured_twin(trial: optuna.Trial):

@@ -21,23 +21,18 @@ class LossInputs:
 
 
 def draw_noise(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, generator: torch.Generator) -> LossInputs:
-    """Fresh noise (no offset noise) and a uniform random timestep per image, from the micro-batch's generator."""
+    """Fresh noise (no offset noise) and a uniform random timestep per image, from the micro-batch's generator.
+
+    The loss is then the MSE between the UNet's prediction and its target, averaged over everything: the
+    target is the noise (eps models) or the velocity (v models); with alpha weights the element-wise error is
+    multiplied by the weight map before the mean."""
     noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
     timesteps = torch.randint(0, bundle.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     return LossInputs(latents, cond, weights, noise, timesteps.to(bundle.device))
 
 
-def diffusion_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-    """MSE between the UNet's prediction and its target at a uniform random timestep, averaged over everything.
-
-    The target is the noise (eps models) or the velocity (v models). With alpha weights the element-wise
-    error is multiplied by the weight map before the mean.
-    """
-    return denoising_losses(bundle, [draw_noise(bundle, latents, cond, weights, generator)])[0]
-
-
 def denoising_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The same loss at given noise and timesteps (training draws them; validation fixes them)."""
+    """One micro-batch's loss at given noise and timesteps (training draws them, draw_noise; validation fixes them)."""
     return denoising_losses(bundle, [LossInputs(latents, cond, weights, noise, timesteps)])[0]
 
 
