@@ -26,6 +26,7 @@ FAMILIES = {
     "sd2": {"clip_h": 1024},
     "sdxl": {"clip_l": 768, "clip_g": 1280},
     "sd3": {"clip_l": 768, "clip_g": 1280, "t5": 4096},
+    "flux": {"clip_l": 768, "t5": 4096},
 }
 SUFFIX = {"a1111": ".pt", "safetensors": ".safetensors", "kohya": ".safetensors", "diffusers": ".safetensors", "onetrainer": ".safetensors", "png": ".png"}
 
@@ -46,7 +47,7 @@ def same(a: Embedding, b: Embedding) -> bool:
 def test_every_format_round_trips(tmp_path, family, fmt):
     original = emb(FAMILIES[family], step=42, base_model_hash="0123456789", base_model_name="base")
     path = tmp_path / f"ohwx{SUFFIX[fmt]}"
-    if fmt == "diffusers" and family == "sd3":
+    if fmt == "diffusers" and family in ("sd3", "flux"):
         with pytest.raises(TitkError, match="no file layout"):
             write_embedding(original, path, fmt)
         return
@@ -58,13 +59,42 @@ def test_every_format_round_trips(tmp_path, family, fmt):
     expected_format = {
         ("diffusers", "sdxl"): "diffusers-sdxl-pair", ("png", "sd1"): "a1111-png", ("png", "sd2"): "a1111-png",
     }.get((fmt, family))
-    if expected_format is None and family in ("sdxl", "sd3") and fmt != "png":
+    if expected_format is None and family in ("sdxl", "sd3", "flux") and fmt != "png":
         expected_format = family
     if expected_format is None:
         expected_format = {"png": "a1111-png"}.get(fmt, fmt)
     assert found.format == expected_format
     if fmt in ("a1111", "safetensors", "png") and family in ("sd1", "sd2"):
         assert found.embedding.step == 42 and found.embedding.base_model_hash == "0123456789"
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_t5_vectors_are_written_for_comfyui_and_onetrainer_and_read_under_either_key(tmp_path, family):
+    """ComfyUI reads T5 vectors under `t5xxl`, OneTrainer under `t5`: titk's files carry both (the OneTrainer
+    layout exactly OneTrainer's), and a file with either is read."""
+    original = emb(FAMILIES[family])
+    write_embedding(original, tmp_path / "both.safetensors", "safetensors")
+    stored = load_file(tmp_path / "both.safetensors")
+    assert set(stored) == set(FAMILIES[family]) | {"t5xxl"} and torch.equal(stored["t5xxl"], stored["t5"])
+    write_embedding(original, tmp_path / "ot.safetensors", "onetrainer")
+    assert "t5xxl" not in load_file(tmp_path / "ot.safetensors")
+    comfy = {("t5xxl" if k == "t5" else k): v for k, v in original.vectors.items()}
+    save_file(comfy, str(tmp_path / "comfy.safetensors"))
+    for name in ("both", "ot", "comfy"):
+        found = read_embedding_file(tmp_path / f"{name}.safetensors")
+        assert found.format == family and same(found.embedding, original), name
+    save_file({**comfy, "t5": torch.zeros(3, 4096)}, str(tmp_path / "torn.safetensors"))
+    with pytest.raises(TitkError, match="t5xxl and t5 hold different vectors"):
+        read_embedding_file(tmp_path / "torn.safetensors")
+
+
+def test_onetrainers_mislabelled_flux_files_are_read_as_clip_l(tmp_path):
+    """OneTrainer wrote Flux's CLIP-L vectors under clip_g for five months (OneTrainer#514: ComfyUI then says
+    "768 != 4096"); titk reads such a file as the Flux embedding it is and says so."""
+    original = emb(FAMILIES["flux"])
+    save_file({"clip_g": original.vectors["clip_l"], "t5": original.vectors["t5"]}, str(tmp_path / "old.safetensors"))
+    found = read_embedding_file(tmp_path / "old.safetensors")
+    assert found.format == "flux-clip-g-mislabelled" and found.embedding.family == "flux" and same(found.embedding, original)
 
 
 def test_onetrainer_output_vectors_round_trip(tmp_path):
@@ -283,6 +313,10 @@ def test_width_mismatch_names_both_widths(fixtures):
         vectors_for(emb({"clip_l": 32}), xl, "x.pt")
     fitted = vectors_for(Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64)}), xl)
     assert set(fitted) == {"clip_l", "clip_g"}
+    # an SD3 file holds both of SDXL's CLIP tensors and a T5 one: refused rather than loaded half
+    sd3 = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64), "t5": torch.zeros(2, 4096)}, family="sd3")
+    with pytest.raises(TitkError, match="t5 4096, made for sd3\) holds more than tiny-sdxl has encoders for; it needs clip_l"):
+        vectors_for(sd3, xl, "x.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -77,12 +77,16 @@ FAMILIES: dict[str, FamilySpec] = {
             (EncoderSpec("clip_l", 768), EncoderSpec("clip_g", 1280), EncoderSpec("t5", 4096)),
             None,
         ),
+        FamilySpec("flux", "Flux.1 (768 + 4096)", (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096)), None),
     )
 }
 
 # Every encoder key a multi-encoder file may hold, and the key a bare tensor of a width stands for.
 ENCODER_KEYS = ("clip_l", "clip_g", "t5")
 KEY_BY_WIDTH = {768: "clip_l", 1024: "clip_h", 1280: "clip_g", 4096: "t5"}
+# Other names files use for an encoder's tensor: ComfyUI reads T5 vectors under `t5xxl` (its tokenizer's
+# embedding key), OneTrainer writes `t5`; titk reads both and writes both.
+KEY_ALIASES = {"t5xxl": "t5"}
 
 
 def family_spec(name: str) -> FamilySpec:

@@ -18,6 +18,9 @@ FORMAT_LABELS = {
     "diffusers-sdxl-pair": "diffusers SDXL pair (two files)",
     "sdxl": "SDXL single file (clip_l + clip_g)",
     "sd3": "SD3 (clip_l + clip_g + t5)",
+    "flux": "Flux (clip_l + t5)",
+    "flux-clip-g-mislabelled": "Flux with CLIP-L under clip_g (OneTrainer 2024-08 to 2025-01); read as clip_l",
+    "multi-encoder": "several encoders (clip_l + others, no known family)",
     "safetensors": "single-key .safetensors with titk metadata",
 }
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}

@@ -27,17 +27,19 @@ def vectors_for(emb: Embedding, bundle, where: str = "") -> dict[str, torch.Tens
             )
         return {enc.key: tensor}
     out = {}
+    needs = " and ".join(f"{k} ({w})" for k, w in widths.items())
     for enc in bundle.encoders:
         tensor = emb.vectors.get(enc.key)
         if tensor is None:
             by_width = [t for t in emb.vectors.values() if t.shape[1] == enc.width]
             tensor = by_width[0] if len(by_width) == 1 and len(emb.vectors) == len(widths) else None
         if tensor is None or tensor.shape[1] != enc.width:
-            raise TitkError(
-                f"{label}: embedding ({_widths(emb)}) does not fit {bundle.name}, which needs "
-                + " and ".join(f"{k} ({w})" for k, w in widths.items())
-            )
+            raise TitkError(f"{label}: embedding ({_widths(emb)}) does not fit {bundle.name}, which needs {needs}")
         out[enc.key] = tensor
+    if len(emb.vectors) > len(out):
+        # An SD3 file holds SDXL's two CLIP tensors and a T5 one: trained for another denoiser, and half-used here.
+        made = f", made for {emb.family}" if emb.family else ""
+        raise TitkError(f"{label}: embedding ({_widths(emb)}{made}) holds more than {bundle.name} has encoders for; it needs {needs}")
     return out
 
 

@@ -5,7 +5,9 @@ Read (the layout is recognised from the content, not the file name):
     A1111 `.png`/`.webp`: the `sd-ti-embedding` text chunk, or the pixel copy
     kohya: `emb_params` (SD1/SD2); OneTrainer: `emp_params` (+ `emp_params_out`)
     diffusers: `{token: tensor}` (.bin/.safetensors), and its SDXL pair `<stem>` + `<stem>_2`
-    SDXL single file: `clip_l` + `clip_g`; SD3: `clip_l` + `clip_g` + `t5` (each may have `_out` twins)
+    SDXL single file: `clip_l` + `clip_g`; SD3: `clip_l` + `clip_g` + `t5`; Flux: `clip_l` + `t5` (each may
+    have `_out` twins); T5 also as ComfyUI's `t5xxl`; OneTrainer's 2024-08 to 2025-01 Flux files, which hold the
+    CLIP-L vectors under `clip_g`, are read as what they are
 Pickles are opened with `torch.load(weights_only=True)` only: one that needs code to load is refused.
 
 Write: `a1111`, `safetensors`, `kohya`, `diffusers`, `onetrainer`, `png` (see `write_embedding`). Every
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TitkError
-from ..families import ENCODER_KEYS, FAMILIES
+from ..families import ENCODER_KEYS, FAMILIES, KEY_ALIASES
 from ..files import atomic_path
 from .embedding import Embedding
 
@@ -32,7 +34,8 @@ PICKLE_SUFFIXES = {".pt", ".bin", ".pth", ".ckpt"}
 IMAGE_SUFFIXES = {".png", ".webp", ".jxl", ".avif"}
 WRITE_FORMATS = ("a1111", "safetensors", "kohya", "diffusers", "onetrainer", "png")
 # Every key an embedding file of several keys may hold (a one-key file may use any key: diffusers' token).
-EMBEDDING_KEYS = {k + out for k in (*ENCODER_KEYS, "emb_params", "emp_params") for out in ("", "_out")}
+EMBEDDING_KEYS = {k + out for k in (*ENCODER_KEYS, *KEY_ALIASES, "emb_params", "emp_params") for out in ("", "_out")}
+MULTI_ENCODER = {frozenset(spec.encoder_keys): name for name, spec in FAMILIES.items() if len(spec.encoders) > 1}
 
 
 @dataclass
@@ -40,7 +43,7 @@ class EmbeddingFile:
     """An embedding as read from disk, with what the file itself says about it."""
 
     embedding: Embedding
-    format: str  # a1111, a1111-png, kohya, onetrainer, diffusers, diffusers-sdxl-pair, sdxl, sd3, safetensors
+    format: str  # a1111, a1111-png, kohya, onetrainer, diffusers, diffusers-sdxl-pair, sdxl, sd3, flux, flux-clip-g-mislabelled, safetensors
     path: Path
     token: str  # the word A1111 (file stem, or the stored name for images) would use
     stored_dtype: str = "float32"
@@ -175,15 +178,22 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
     tensors = _tensors(state)
     if not tensors:
         raise TitkError(f"{path}: not an embedding (no tensors in it)")
-    tensors = {k: _vectors(path, k, v) for k, v in tensors.items()}
+    tensors = _unaliased(path, {k: _vectors(path, k, v) for k, v in tensors.items()})
     outputs = {k.removesuffix("_out"): v for k, v in tensors.items() if k.endswith("_out")}
     inputs = {k: v for k, v in tensors.items() if not k.endswith("_out")}
     stored = state.get("name")
     name = meta.get("name") or (stored if isinstance(stored, str) and stored else stem)
     keys = set(inputs)
-    if {"clip_l", "clip_g", "t5"} <= keys or {"clip_l", "clip_g"} <= keys:
-        fmt = "sd3" if "t5" in keys else "sdxl"
+    fmt = None
+    if keys == {"clip_g", "t5"} and inputs["clip_g"].shape[-1] == 768:
+        # OneTrainer saved Flux's CLIP-L vectors under clip_g from 2024-08-22 to 2025-01-05 (OneTrainer#514).
+        fmt = "flux-clip-g-mislabelled"
+        inputs["clip_l"] = inputs.pop("clip_g")
+        outputs = {("clip_l" if k == "clip_g" else k): v for k, v in outputs.items()}
+        keys = set(inputs)
+    if "clip_l" in keys and keys & {"clip_g", "t5"}:
         wanted = [k for k in ENCODER_KEYS if k in keys]
+        fmt = fmt or MULTI_ENCODER.get(frozenset(wanted), "multi-encoder")
         extra = keys - set(wanted)
         if extra:
             raise TitkError(f"{path}: an {fmt.upper()} embedding with unexpected extra keys {sorted(extra)}")
@@ -214,6 +224,18 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
     )
 
 
+def _unaliased(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors under titk's keys: `t5xxl` (ComfyUI) becomes `t5`; a file holding both must hold the same vectors."""
+    out = {}
+    for key, tensor in tensors.items():
+        base, out_suffix = (key[:-4], "_out") if key.endswith("_out") else (key, "")
+        name = KEY_ALIASES.get(base, base) + out_suffix
+        if name in out and not torch.equal(out[name], tensor):
+            raise TitkError(f"{path}: {key} and {name} hold different vectors; a file must give T5 one embedding")
+        out[name] = tensor
+    return out
+
+
 def _diffusers_pair(path: Path) -> Path | None:
     candidate = path.with_name(f"{path.stem}_2{path.suffix}")
     return candidate if candidate.is_file() else None
@@ -241,7 +263,7 @@ def _first_line(exc: BaseException) -> str:
 def a1111_dict(emb: Embedding) -> dict:
     """A1111's `Embedding.save` dict (tensor detached, CPU, float32); multi-encoder embeddings as a key dict."""
     if len(emb.vectors) > 1:
-        return {k: v.clone() for k, v in emb.vectors.items()}
+        return _with_aliases({k: v.clone() for k, v in emb.vectors.items()})
     return {
         "string_to_token": {"*": A1111_TOKEN},
         "string_to_param": {"*": emb.single.clone()},
@@ -264,7 +286,9 @@ def _metadata(emb: Embedding) -> dict[str, str]:
     return meta
 
 
-def _keyed(emb: Embedding, single_key: str, with_outputs: bool = False) -> dict[str, torch.Tensor]:
+def _keyed(emb: Embedding, single_key: str, with_outputs: bool = False, aliases: bool = True) -> dict[str, torch.Tensor]:
+    """The file's tensors; several encoders under their keys, T5's also under `t5xxl` (`aliases`) so that both
+    ComfyUI and OneTrainer find it."""
     if len(emb.vectors) == 1:
         out = {single_key: emb.single.clone()}
         if with_outputs and emb.output_vectors:
@@ -273,7 +297,12 @@ def _keyed(emb: Embedding, single_key: str, with_outputs: bool = False) -> dict[
     out = {k: v.clone() for k, v in emb.vectors.items()}
     if with_outputs:
         out.update({f"{k}_out": v.clone() for k, v in emb.output_vectors.items()})
-    return out
+    return _with_aliases(out) if aliases else out
+
+
+def _with_aliases(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    aliased = {alias: name for alias, name in KEY_ALIASES.items() if name in tensors}
+    return {**tensors, **{alias: tensors[name].clone() for alias, name in aliased.items()}}
 
 
 def _save(tensors: dict, path: Path, metadata: dict | None = None) -> Path:
@@ -295,7 +324,8 @@ def write_a1111(emb: Embedding, path: Path) -> list[Path]:
 
 def write_safetensors(emb: Embedding, path: Path) -> list[Path]:
     """One key, the name (diffusers' convention; A1111, ComfyUI and kohya take the single tensor), with
-    name, step and base model in the file's metadata, never as extra keys. SDXL/SD3: clip_l, clip_g (, t5)."""
+    name, step and base model in the file's metadata, never as extra keys. SDXL/SD3/Flux: clip_l, clip_g, t5 as
+    the family has them, T5 also as `t5xxl`."""
     return [_save(_keyed(emb, emb.name), path, _metadata(emb))]
 
 
@@ -327,10 +357,10 @@ def write_diffusers(emb: Embedding, path: Path) -> list[Path]:
 
 
 def write_onetrainer(emb: Embedding, path: Path) -> list[Path]:
-    """OneTrainer's saver: `emp_params` (sic) for SD1/SD2, clip_l/clip_g(/t5) otherwise, `_out` twins, no metadata."""
+    """OneTrainer's saver: `emp_params` (sic) for SD1/SD2, clip_l/clip_g/t5 otherwise, `_out` twins, no metadata."""
     if path.suffix.lower() != ".safetensors":
         raise TitkError(f"{path}: OneTrainer embeddings are .safetensors files")
-    return [_save(_keyed(emb, "emp_params", with_outputs=True), path, None)]
+    return [_save(_keyed(emb, "emp_params", with_outputs=True, aliases=False), path, None)]
 
 
 def write_png(emb: Embedding, path: Path, picture=None) -> list[Path]:
