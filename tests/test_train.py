@@ -2,6 +2,7 @@
 
 import csv
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -226,6 +227,33 @@ def test_other_families_and_precisions_train(tmp_path, images, fixtures, name, d
     result = train(cfg(tmp_path, images, train__max_steps=2), bundle=bundle, show_progress=False, latent_cache=tmp_path / "cache")
     assert result.steps_done == 2 and all(np.isfinite(result.losses))
     assert set(result.embedding.vectors) == {enc.key for enc in bundle.encoders}
+
+
+@pytest.mark.parametrize("semantics, resize, top, left", [("a1111", "crop", 21, 0), ("a1111", "stretch", 0, 0), ("kohya", "crop", 0, 12)])
+def test_sdxl_sees_each_images_original_size_and_crop(tmp_path, fixtures, monkeypatch, semantics, resize, top, left):
+    """SDXL's size conditioning in training is each image's own: original height and width, crop top and left,
+    the trained size. A 48 × 80 portrait trained at 64 × 64 is covered at 64 × 107 and cropped 21 px from the
+    top, which is what the ids say (diffusers' convention); stretched, nothing is cropped. kohya says instead
+    where the whole portrait would sit fitted inside the square: 38.4 px wide, 12 px from the left
+    (`get_crop_ltrb`). The validation loss of a sweep sees the same ids."""
+    bundle = load_model(fixtures["tiny-sdxl"].folder, dtype="fp32")
+    data = make_images(tmp_path / "portrait", 1, size=(48, 80), captions="ohwx")
+    make_images(tmp_path / "square", 1, seed=3, captions="ohwx")
+    for f in (tmp_path / "square").iterdir():
+        f.rename(data / f"sq-{f.name}")
+    seen, unet = [], bundle.unet.forward
+
+    def forward(*args, added_cond_kwargs=None, **kwargs):
+        seen.append(added_cond_kwargs["time_ids"].tolist())
+        return unet(*args, added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    monkeypatch.setattr(bundle.unet, "forward", forward)
+    config = cfg(tmp_path, data, train__max_steps=2, train__batch_size=1, train__grad_accum=2, train__semantics=semantics,
+                 data__resize=resize, data__width=64, data__height=64, data__caption_extension=".txt")
+    # 2 updates of 2 one-image micro-batches, and after the first a validation: 4 timesteps of each image
+    train(config, bundle=bundle, show_progress=False, latent_cache=tmp_path / "cache", validate_every=1)
+    portrait, square = (80.0, 48.0, top, left, 64.0, 64.0), (64.0, 64.0, 0.0, 0.0, 64.0, 64.0)
+    assert Counter(tuple(row) for ids in seen for row in ids) == {portrait: 6, square: 6}
 
 
 @pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])

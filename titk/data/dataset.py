@@ -135,17 +135,40 @@ def prepare_pixels(record: ImageRecord, size: tuple[int, int], mode: str) -> tup
     return pixels, alpha
 
 
+def _cover(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) that cover `size` from a width × height image."""
+    w, h = size
+    scale = max(w / width, h / height)
+    rw, rh = max(w, int(width * scale + 0.5)), max(h, int(height * scale + 0.5))
+    return rw, rh, (rw - w) // 2, (rh - h) // 2
+
+
 def _cover_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Resize to cover `size` keeping the aspect ratio, then crop the centre, as kohya's
     `trim_and_resize_if_required` does (sizes rounded half up; area filter to shrink, Lanczos to enlarge;
     PIL's box filter stands in for cv2's INTER_AREA, the same average for whole-number factors)."""
     w, h = size
-    scale = max(w / img.width, h / img.height)
-    rw, rh = max(w, int(img.width * scale + 0.5)), max(h, int(img.height * scale + 0.5))
+    rw, rh, left, top = _cover(img.width, img.height, size)
     if (rw, rh) != img.size:
         img = img.resize((rw, rh), Image.BOX if img.width >= rw and img.height >= rh else Image.LANCZOS)
-    left, top = (rw - w) // 2, (rh - h) // 2
     return img.crop((left, top, left + w, top + h))
+
+
+def size_ids(record: ImageRecord, size: tuple[int, int], mode: str, semantics: str) -> tuple[int, int, int, int, int, int]:
+    """SDXL's micro-conditioning for an image trained at `size`: original height and width, crop top and left,
+    target height and width. kohya gives, whatever it did to the pixels, where the whole image would sit if
+    fitted inside `size` (`BucketManager.get_crop_ltrb`, "Stability AI's preprocessing"): a portrait in a square
+    says left > 0, top 0. Otherwise the crop actually taken (diffusers' SDXL scripts), 0 when stretched."""
+    w, h = size
+    if semantics == "kohya":
+        image_ar = record.width / record.height
+        fitted_w, fitted_h = (h * image_ar, h) if w / h > image_ar else (w, w / image_ar)
+        left, top = int((w - fitted_w) // 2), int((h - fitted_h) // 2)
+    elif (record.width, record.height) != size and mode in ("crop", "buckets"):
+        _, _, left, top = _cover(record.width, record.height, size)
+    else:
+        left = top = 0
+    return record.height, record.width, top, left, h, w
 
 
 def kohya_alpha_weight(alpha: Image.Image | None, latent_size: tuple[int, int]) -> torch.Tensor | None:

@@ -28,6 +28,7 @@ class CachedLatent:
     std: torch.Tensor
     weight: torch.Tensor | None  # alpha loss weight at the latent grid, [h, w]
     size: tuple[int, int]  # pixel (width, height) the image was encoded at
+    size_ids: tuple[int, ...] = ()  # SDXL's original size, crop and target size for it (dataset.size_ids; set by training)
 
 
 class LatentCache:

@@ -135,10 +135,22 @@ class Conditioning:
 
     hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim]
     pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]
+    # SDXL: each image's original size, crop and target size [B, 6] (training); None: the size generated at, uncropped
+    time_ids: torch.Tensor | None = None
 
     def repeat(self, n: int) -> Conditioning:
         pooled = None if self.pooled is None else self.pooled.repeat_interleave(n, 0)
-        return Conditioning(self.hidden.repeat_interleave(n, 0), pooled)
+        time_ids = None if self.time_ids is None else self.time_ids.repeat_interleave(n, 0)
+        return Conditioning(self.hidden.repeat_interleave(n, 0), pooled, time_ids)
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """The conditionings of several batches as one batch (their images in order)."""
+        if len(parts) == 1:
+            return parts[0]
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        time_ids = None if any(p.time_ids is None for p in parts) else torch.cat([p.time_ids for p in parts])
+        return Conditioning(torch.cat([p.hidden for p in parts]), pooled, time_ids)
 
 
 def _emphasize(hidden, weights, i: int, per_prompt: bool):
@@ -202,11 +214,16 @@ class SDXLAdapter(FamilyAdapter):
     @staticmethod
     def time_ids(height: int, width: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         # Original size, crop top-left, target size: the image is shown uncropped at its own size.
-        ids = torch.tensor([height, width, 0, 0, height, width], dtype=like.dtype, device=like.device)
+        ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32, device=like.device)
         return ids.expand(batch, 6)
 
     def unet_kwargs(self, cond, height, width):
-        time_ids = self.time_ids(height, width, len(cond.hidden), cond.hidden)
+        # In fp32 whatever the model's precision: bf16 would round sizes above 256 (1365 → 1368); the UNet casts
+        # the embedding it makes of them.
+        if cond.time_ids is not None:
+            time_ids = cond.time_ids.to(cond.hidden.device, torch.float32)
+        else:
+            time_ids = self.time_ids(height, width, len(cond.hidden), cond.hidden)
         return {
             "encoder_hidden_states": cond.hidden,
             "added_cond_kwargs": {"text_embeds": cond.pooled, "time_ids": time_ids},

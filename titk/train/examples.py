@@ -35,7 +35,7 @@ class Examples:
         return self.prompts.build(self.records[index].caption, rng)
 
     def micro_batch(self, indices: list[int], step: int, micro_batch: int, generator: torch.Generator):
-        """(scaled latents [B,4,h,w], alpha weights [B,h,w] or None, prompts) for these images."""
+        """(scaled latents [B,4,h,w], alpha weights [B,h,w] or None, prompts, SDXL's size ids [B,6]) for these images."""
         rng = random.Random(f"titk:{self.seed}:{step}:{micro_batch}")
         latents = torch.stack([
             sample_latent(self.latents[i], self.sampling, self.scaling, self.seed, self.records[i].sha256, generator)
@@ -47,4 +47,5 @@ class Examples:
                 self.latents[i].weight if self.latents[i].weight is not None else torch.ones(latents.shape[-2:])
                 for i in indices
             ])
-        return latents, weights, [self.prompt_of(i, rng) for i in indices]
+        size_ids = torch.tensor([self.latents[i].size_ids for i in indices], dtype=torch.float32)
+        return latents, weights, [self.prompt_of(i, rng) for i in indices], size_ids

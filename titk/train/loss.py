@@ -52,10 +52,7 @@ def denoising_losses(bundle, parts: list[LossInputs]) -> list[torch.Tensor]:
             targets = [p.noise for p in group]
         else:
             targets = [schedule.get_velocity(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
-        cond, timesteps = group[0].cond, group[0].timesteps
-        if len(group) > 1:
-            pooled = None if cond.pooled is None else torch.cat([p.cond.pooled for p in group])
-            cond, timesteps = Conditioning(torch.cat([p.cond.hidden for p in group]), pooled), torch.cat([p.timesteps for p in group])
+        cond, timesteps = Conditioning.cat([p.cond for p in group]), torch.cat([p.timesteps for p in group])
         height, width = latents[0].shape[-2] * bundle.vae_scale_factor, latents[0].shape[-1] * bundle.vae_scale_factor
         noisy = noisy[0] if len(group) == 1 else torch.cat(noisy)
         pred = bundle.unet(noisy.to(bundle.dtype), timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample

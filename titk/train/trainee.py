@@ -17,7 +17,7 @@ from typing import Callable, Literal
 import torch
 
 from ..config import ADAM_BETAS, ADAM_EPS, TrainConfig
-from ..data.dataset import Dataset, scan_dataset
+from ..data.dataset import Dataset, scan_dataset, size_ids
 from ..data.latents import LatentCache
 from ..data.prompts import PromptBuilder, read_template
 from ..drawing import image_grid
@@ -129,6 +129,8 @@ class Trainee:
         latents = cache.load_or_encode(
             self.dataset, plan.image_sizes, config.resize, use_alpha=config.data.use_alpha, alpha=t.semantics, progress=progress
         )
+        for latent, record in zip(latents, self.dataset.records):
+            latent.size_ids = size_ids(record, latent.size, config.resize, t.semantics)
         self.examples = Examples(self.dataset, latents, self.prompts, config.latent_sampling, bundle.latent_scaling, t.seed)
         self.validation = ValidationLoss(
             bundle, self.dataset.records, latents, self.prompts, bundle.latent_scaling, self.name, self.n_vectors, syntax=self.syntax
@@ -189,12 +191,13 @@ class Trainee:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         generator = step_generator(self.t.seed, self.step, micro)
-        latent, weights, texts = self.examples.micro_batch(self.update.batches[micro], self.step, micro, generator)
+        latent, weights, texts, sizes = self.examples.micro_batch(self.update.batches[micro], self.step, micro, generator)
         # A1111 normalises emphasis over the batch. The text encoder reads this job's vectors; kohya's clipping
         # records the outputs its matrix norm needs.
         self.bundle.set_vectors(self.vectors)
         _record_into(self.bundle, self.captured if self.kohya_matrix_clip else None, self.clipped)
         cond = self.bundle.encode_ids(self.bundle.tokenize(texts, self.name, self.n_vectors, syntax=self.syntax), per_prompt=False)
+        cond.time_ids = sizes  # read by SDXL only: each image's original size and crop (dataset.size_ids)
         return draw_noise(self.bundle, latent, cond, weights, generator)
 
     def add_loss(self, loss: torch.Tensor, micro: int) -> torch.Tensor:

@@ -46,17 +46,18 @@ class ValidationLoss:
             z = latent.mean * scaling
             noise = torch.randn((len(self.timesteps), *z.shape), generator=validation_generator(record.sha256))
             text = prompts.build(record.caption, random.Random(f"titk:validation:{record.sha256}"))
-            self.items.append((z, latent.weight, noise, text))
+            self.items.append((z, latent.weight, noise, text, torch.tensor([latent.size_ids], dtype=torch.float32)))
 
     @torch.no_grad()
     def __call__(self) -> float:
         bundle, total, count = self.bundle, 0.0, 0
-        for z, weight, noise, text in self.items:
+        for z, weight, noise, text, size_ids in self.items:
             for start in range(0, len(self.timesteps), CHUNK):
                 t = self.timesteps[start : start + CHUNK]
                 n = len(t)
                 tokens = bundle.tokenize([text] * n, self.name, self.n_vectors, syntax=self.syntax)
                 cond = bundle.encode_ids(tokens, per_prompt=False)
+                cond.time_ids = size_ids.expand(n, -1)
                 weights = None if weight is None else weight.expand(n, *weight.shape)
                 latents = z.expand(n, *z.shape)
                 loss = denoising_loss(bundle, latents, cond, weights, noise[start : start + n].to(bundle.device), t.to(bundle.device))
