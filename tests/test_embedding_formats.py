@@ -78,13 +78,20 @@ def test_t5_vectors_are_written_for_comfyui_and_onetrainer_and_read_under_either
     assert set(stored) == set(FAMILIES[family]) | {"t5xxl"} and torch.equal(stored["t5xxl"], stored["t5"])
     write_embedding(original, tmp_path / "ot.safetensors", "onetrainer")
     assert "t5xxl" not in load_file(tmp_path / "ot.safetensors")
+    write_embedding(original, tmp_path / "kohya.safetensors", "kohya")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "kohya.safetensors"), "pt") as f:
+        meta = f.metadata()
+    arch, code = {"sd3": ("stable-diffusion-3", "Stability-AI"), "flux": ("flux-1-dev", "black-forest-labs")}[family]
+    assert meta["modelspec.architecture"] == f"{arch}/textual-inversion" and code in meta["modelspec.implementation"]
     comfy = {("t5xxl" if k == "t5" else k): v for k, v in original.vectors.items()}
     save_file(comfy, str(tmp_path / "comfy.safetensors"))
     for name in ("both", "ot", "comfy"):
         found = read_embedding_file(tmp_path / f"{name}.safetensors")
         assert found.format == family and same(found.embedding, original), name
     save_file({**comfy, "t5": torch.zeros(3, 4096)}, str(tmp_path / "torn.safetensors"))
-    with pytest.raises(TitkError, match="t5xxl and t5 hold different vectors"):
+    with pytest.raises(TitkError, match="t5 and t5xxl hold different vectors"):
         read_embedding_file(tmp_path / "torn.safetensors")
 
 
@@ -315,7 +322,7 @@ def test_width_mismatch_names_both_widths(fixtures):
     assert set(fitted) == {"clip_l", "clip_g"}
     # an SD3 file holds both of SDXL's CLIP tensors and a T5 one: refused rather than loaded half
     sd3 = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64), "t5": torch.zeros(2, 4096)}, family="sd3")
-    with pytest.raises(TitkError, match="t5 4096, made for sd3\) holds more than tiny-sdxl has encoders for; it needs clip_l"):
+    with pytest.raises(TitkError, match=r"t5 4096, made for sd3\) holds more than tiny-sdxl has encoders for; it needs clip_l"):
         vectors_for(sd3, xl, "x.safetensors")
 
 

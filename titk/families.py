@@ -75,9 +75,9 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             "sd3", "SD3 (768 + 1280 + 4096)",
             (EncoderSpec("clip_l", 768), EncoderSpec("clip_g", 1280), EncoderSpec("t5", 4096)),
-            None,
+            None, kohya_arch="stable-diffusion-3",
         ),
-        FamilySpec("flux", "Flux.1 (768 + 4096)", (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096)), None),
+        FamilySpec("flux", "Flux.1 (768 + 4096)", (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096)), None, kohya_arch="flux-1-dev"),
     )
 }
 

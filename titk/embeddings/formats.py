@@ -35,6 +35,9 @@ IMAGE_SUFFIXES = {".png", ".webp", ".jxl", ".avif"}
 WRITE_FORMATS = ("a1111", "safetensors", "kohya", "diffusers", "onetrainer", "png")
 # Every key an embedding file of several keys may hold (a one-key file may use any key: diffusers' token).
 EMBEDDING_KEYS = {k + out for k in (*ENCODER_KEYS, *KEY_ALIASES, "emb_params", "emp_params") for out in ("", "_out")}
+# kohya's sai_model_spec names for the code a family's file was made for (SD1/SD2: "diffusers").
+MODELSPEC_IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                            "sd3": "https://github.com/Stability-AI/generative-models", "flux": "https://github.com/black-forest-labs/flux"}
 MULTI_ENCODER = {frozenset(spec.encoder_keys): name for name, spec in FAMILIES.items() if len(spec.encoders) > 1}
 
 
@@ -226,13 +229,14 @@ def _classify(state, path: Path, metadata: dict) -> EmbeddingFile:
 
 def _unaliased(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensors under titk's keys: `t5xxl` (ComfyUI) becomes `t5`; a file holding both must hold the same vectors."""
-    out = {}
+    out, found_as = {}, {}
     for key, tensor in tensors.items():
         base, out_suffix = (key[:-4], "_out") if key.endswith("_out") else (key, "")
         name = KEY_ALIASES.get(base, base) + out_suffix
         if name in out and not torch.equal(out[name], tensor):
-            raise TitkError(f"{path}: {key} and {name} hold different vectors; a file must give T5 one embedding")
-        out[name] = tensor
+            first, second = sorted((found_as[name], key))
+            raise TitkError(f"{path}: {first} and {second} hold different vectors; a file must give T5 one embedding")
+        out[name], found_as[name] = tensor, key
     return out
 
 
@@ -338,8 +342,7 @@ def write_kohya(emb: Embedding, path: Path) -> list[Path]:
         arch = spec.kohya_arch if spec and spec.kohya_arch else FAMILIES["sd1"].kohya_arch
         metadata = {
             "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/textual-inversion",
-            "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if emb.family == "sdxl"
-            else "diffusers", "modelspec.title": emb.name,
+            "modelspec.implementation": MODELSPEC_IMPLEMENTATION.get(emb.family or "", "diffusers"), "modelspec.title": emb.name,
             **{k: v for k, v in emb.extra.items() if k.startswith("modelspec.")},
         }
     return [_save(_keyed(emb, "emb_params"), path, metadata)]
