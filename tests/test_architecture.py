@@ -181,21 +181,23 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_shipped_prompts_are_found_from_a_non_editable_install(installed, tmp_path):
-    """The suites, label sets and the report's template travel as package data."""
+    """The suites, label sets, the report's template and the toy models travel as package data."""
     target = installed
     assert not (target / "experiments").exists()
     code = (
         "import titk, pathlib; from titk.evaluate.suite import load_suite, find_prompt_file; "
-        "from titk.toyworld.world import DEMO_CONFIG; "
+        "from titk.toyworld.world import DEMO_CONFIG; from titk.paths import toyworld_model; "
         "assert pathlib.Path(titk.__file__).is_relative_to(pathlib.Path(r'%s')), titk.__file__; "
         "from importlib.resources import files; "
         "print(load_suite('person').name, len(load_suite('toy').items), find_prompt_file('personality-labels').name, DEMO_CONFIG.is_file(), "
-        "files('titk.analysis').joinpath('templates/report.html').is_file())"
+        "files('titk.analysis').joinpath('templates/report.html').is_file(), "
+        "all((m / 'unet' / 'diffusion_pytorch_model.safetensors').is_file() for m in (toyworld_model('sd1'), toyworld_model('sdxl'))))"
     ) % target
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True", "True"]  # toy.yaml: 6 prompts × 4 seeds; the report's template
+    # toy.yaml: 6 prompts × 4 seeds; the report's template; the toy world's SD1 and SDXL models
+    assert out.stdout.split() == ["person", "24", "personality-labels.yaml", "True", "True", "True"]
 
 
 @pytest.mark.assets

@@ -110,3 +110,22 @@ def test_plan_works_on_a_shipped_recipe_before_its_model_is_set(tmp_path, run_cl
     assert "is not on disk: planned with the sd1 family's standard architecture" in plan["notes"][0]
     code, _, err = run_cli("plan", recipe, "-d", data, "--family", "sd9")
     assert code == 2 and "--family" in err
+
+
+def test_plan_of_the_sdxl_recipe_buckets_1024_px_and_counts_sdxls_flops(tmp_path, run_cli):
+    """The SDXL recipe before its model is set: SDXL's UNet at 1024 px, portrait photos in their own bucket."""
+    import json
+    from pathlib import Path
+
+    from helpers import make_images
+
+    recipe = Path(__file__).resolve().parents[1] / "experiments/recipes/sdxl-kohya-bs4-400steps.yaml"
+    data = make_images(tmp_path / "photos", 5, size=(48, 64))
+    make_images(tmp_path / "square", 5, seed=1)
+    for i, square in enumerate(sorted((tmp_path / "square").iterdir())):
+        square.rename(data / f"sq{i}.png")
+    code, out, err = run_cli("plan", recipe, "-d", data, "--family", "sdxl", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert set(plan["tflops_per_view"]) == {"1024x1024", "896x1152"} and plan["tflops_per_view"]["1024x1024"] > 8 * 1.6692
+    assert "planned with the sdxl family's standard architecture" in plan["notes"][0]

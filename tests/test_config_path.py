@@ -77,3 +77,19 @@ def test_eval_builds_the_toy_worlds_scorers_like_a_sweep(tmp_path, run_cli):
     protocol = json.loads((tmp_path / "out" / "ohwx" / "scorecard.json").read_text())["protocol"]
     assert protocol["identity"]["face_model"].startswith("toy world vision model")
     assert "face_pack" not in protocol["identity"]
+
+
+def test_every_shipped_recipe_and_sweep_loads():
+    """The files under experiments/ are what users copy: each parses, and each sweep's base file is found."""
+    from titk.config import load_train_config
+
+    recipes = sorted((ROOT / "experiments/recipes").glob("*.yaml"))
+    sweeps = sorted((ROOT / "experiments/sweeps").glob("*.yaml"))
+    assert {"sdxl-kohya-bs4-400steps.yaml", "a1111-15img-bs3-ga15-200steps.yaml"} <= {p.name for p in recipes}
+    assert "person-sdxl.yaml" in {p.name for p in sweeps}
+    for recipe in recipes:
+        assert load_train_config(recipe).model.source.startswith("path/to/"), recipe.name
+    for sweep in sweeps:
+        assert load_sweep_config(sweep, ["base.data.path=/photos"]).study == sweep.stem, sweep.name
+    sdxl = load_sweep_config(ROOT / "experiments/sweeps/person-sdxl.yaml")
+    assert sdxl.base.data.width == 1024 and sdxl.base.data.resize == "buckets" and sdxl.base.output.layout == "kohya"

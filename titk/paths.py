@@ -20,13 +20,19 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def toyworld_model() -> Path:
-    """The toy world's pretrained model, a diffusers folder shipped inside the package."""
+# `model.source` names of the toy world's pretrained models, one per family.
+TOY_SOURCES = {"toyworld": "sd1", "toyworld-sdxl": "sdxl"}
+
+
+def toyworld_model(family: str = "sd1") -> Path:
+    """The toy world's pretrained model of `family`, a diffusers folder shipped inside the package."""
     from .errors import TitkError
 
-    path = Path(__file__).resolve().parent / "toyworld" / "weights" / "model"
+    weights = Path(__file__).resolve().parent / "toyworld" / "weights"
+    path = weights / "model" if family == "sd1" else weights / family / "model"
     if not (path / "model_index.json").is_file():
-        raise TitkError(f"{path}: the toy world's model is missing; build it with `titk toyworld pretrain --out {path.parent}`")
+        option = "" if family == "sd1" else f"--family {family} "
+        raise TitkError(f"{path}: the toy world's {family} model is missing; build it with `titk toyworld pretrain {option}--out {path.parent}`")
     return path
 
 

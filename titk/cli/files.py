@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
+from ..paths import TOY_SOURCES
 from .app import EmbeddingFormat, Precision, _print_sections, app, console, err_console
 
 
@@ -34,7 +35,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print the report 
 def _is_model_source(path: str) -> bool:
     """A model (folder, checkpoint, hub id) rather than an embedding file."""
     p = Path(path)
-    if p.is_dir() or path == "toyworld":
+    if p.is_dir() or path in TOY_SOURCES:
         return True
     if not p.exists():
         return "/" in path and p.suffix == ""  # a hub id

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import TitkError
+from ..paths import TOY_SOURCES
 from .app import DatasetOption, FamilyName, SetOption, _print_frame, _progress, app, console, scorer_list
 
 
@@ -38,7 +39,7 @@ def plan(
     cfg = load_train_config(config, dataset=dataset, overrides=set_)
     data = load_dataset(cfg)
     source = Path(cfg.model.source).expanduser()
-    if cfg.model.source != "toyworld" and not source.exists() and source.suffix.lower() in (".safetensors", ".ckpt"):
+    if cfg.model.source not in TOY_SOURCES and not source.exists() and source.suffix.lower() in (".safetensors", ".ckpt"):
         # Comparing recipes needs no checkpoint in hand: the plan depends on the family alone.
         result = make_plan(cfg, data, shipped_architecture(Family(family.value)))
         result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family.value} family's standard architecture (titk's shipped config)")

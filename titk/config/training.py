@@ -233,8 +233,9 @@ def load_train_config(path: str | Path, *, dataset: str | Path | None = None, ou
 
 
 class PretrainSettings(Strict):
-    """The toy world's pretraining; the defaults reproduce the shipped model."""
+    """The toy world's pretraining; the defaults reproduce the shipped SD1 model, `shipped(family)` any family's."""
 
+    family: Literal["sd1", "sdxl"] = "sd1"
     seed: int = 0
     images_per_identity: int = Field(64, ge=1)
     vision_steps: int = Field(1000, ge=1)
@@ -247,3 +248,13 @@ class PretrainSettings(Strict):
     caption_dropout: float = 0.1
     eval_every: int = Field(500, ge=1)
     continue_from: str | None = Field(None, description="a saved toy model folder: continue its UNet and text encoder")
+    shared_from: str | None = Field(None, description="a family other than sd1: the toy world folder whose vision model and VAE it reuses (default: the shipped one)")
+
+    @classmethod
+    def shipped(cls, family: str = "sd1", **given) -> PretrainSettings:
+        """The settings of `family`'s shipped toy model, with `given` changed."""
+        return cls(**{**SHIPPED_PRETRAINING.get(family, {}), "family": family, **given})
+
+
+# Where a family's shipped toy model was trained differently from the SD1 defaults above.
+SHIPPED_PRETRAINING = {"sdxl": {"unet_steps": 3000, "stop_at": None}}

@@ -23,7 +23,7 @@ from ..embeddings.library import read_library
 from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
 from ..hashing import short_hash
-from ..paths import toyworld_model
+from ..paths import TOY_SOURCES, toyworld_model
 from .bundle import ModelBundle, TextEncoderSlot
 from .families import UNET_PREFIX, Family, detect_checkpoint, detect_folder, family_of_pipeline, token_table_key
 from .tokenizer import clip_tokenizer
@@ -108,8 +108,8 @@ def _modules(pipe):
 
 
 def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
-    if str(source) == "toyworld":  # the toy world's pretrained model, shipped with titk
-        return "folder", toyworld_model()
+    if str(source) in TOY_SOURCES:  # the toy world's pretrained models, shipped with titk
+        return "folder", toyworld_model(TOY_SOURCES[str(source)])
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder", path

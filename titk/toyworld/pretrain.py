@@ -1,16 +1,20 @@
-"""Pretraining the toy world's model: a small SD1-architecture pipeline trained from scratch on the world.
+"""Pretraining the toy world's models: a small pipeline of each family trained from scratch on the world.
 
     titk toyworld pretrain --out titk/toyworld/weights
+    titk toyworld pretrain --family sdxl --out titk/toyworld/weights/sdxl
 
 1. Render the pretraining set: every pretraining identity in random looks, with captions that name them,
    describe them, or both (so the text encoder learns the attribute words as well as the names).
 2. Train the toy vision model (the world's ArcFace and zero-shot CLIP).
 3. Train the VAE (3 blocks: 64 px images become 16×16×4 latents) and set its latent scaling factor to
    1 / std of the latents, as SD's 0.18215 was chosen.
-4. Train the UNet and the CLIP text encoder together on the latents (DDPM, SD's noise schedule, ε target,
+4. Train the UNet and the text encoders together on the latents (DDPM, SD's noise schedule, ε target,
    10 % empty captions for classifier-free guidance, EMA weights), checking every so often how well the
    vision model recognises the named identity in samples.
 5. Save the EMA pipeline as a diffusers folder in fp16, the vision model, and a JSON record of the run.
+
+A family other than SD1 (`architectures.py`) skips steps 2 and 3: it reuses the SD1 world's vision model and
+VAE, so every family is scored by the same eyes and decodes the same latents.
 
 Everything is seeded; on the same machine and library versions the run repeats.
 """
@@ -28,24 +32,9 @@ import numpy as np
 import torch
 
 from ..config import CONTEXT_TOKENS, PretrainSettings, SamplingSettings
-from .vision import HEADS, accuracy, to_tensor, train_vision
+from .architectures import ARCHITECTURES, VAE_CONFIG, encoders_of
+from .vision import HEADS, accuracy, load_vision, to_tensor, train_vision
 from .world import IDENTITY_ATTRIBUTES, identities, sample
-
-VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-    block_out_channels=[32, 64, 64], layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=64,
-)
-UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[64, 128, 128],
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    cross_attention_dim=96, attention_head_dim=8, norm_num_groups=32,
-)
-TEXT_CONFIG = dict(
-    vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=CONTEXT_TOKENS, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-)
-
 
 def render_set(settings: PretrainSettings):
     pre, _ = identities()
@@ -103,18 +92,6 @@ def train_vae(pixels: torch.Tensor, settings: PretrainSettings, log):
     return vae, means, stds, {"vae_reconstruction_mse": mse, "scaling_factor": scaling}
 
 
-def build_pipeline(vae, unet, text_encoder):
-    from diffusers import StableDiffusionPipeline
-
-    from ..models.fixtures import shipped_scheduler
-    from ..models.tokenizer import clip_tokenizer
-
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=shipped_scheduler("sd1"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
 @torch.no_grad()
 def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> float:
     """Share of identity attributes the vision model reads correctly in samples of "a photo of <name>"."""
@@ -134,25 +111,40 @@ def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> fl
     return hits / total
 
 
-def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _latents_of(vae, pixels):
+    with torch.no_grad():
+        dists = [vae.encode(_to_unit(pixels[i : i + 256])).latent_dist for i in range(0, len(pixels), 256)]
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
+
+def _token_ids(captions, arch) -> list[torch.Tensor]:
+    """Each encoder's ids of every caption, with the empty caption last (each encoder pads its own way)."""
     from ..models.tokenizer import clip_tokenizer
 
-    if start is not None:
-        unet, text_encoder = start
-    else:
-        torch.manual_seed(settings.seed + 1)
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        torch.manual_seed(settings.seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    tokenizer = clip_tokenizer()
-    ids = tokenizer(captions + [""], padding="max_length", max_length=CONTEXT_TOKENS, truncation=True, return_tensors="pt").input_ids
-    empty = ids[-1]
-    ids = ids[:-1]
+    return [clip_tokenizer(pad)(captions + [""], padding="max_length", max_length=CONTEXT_TOKENS, truncation=True,
+                                return_tensors="pt").input_ids for pad in arch.pads]
+
+
+def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
+    """The UNet and text encoders trained together on the latents, conditioned exactly as titk conditions the
+    family when it trains a TI and samples (the family adapter's `encode` and `unet_kwargs`)."""
+    from diffusers import DDPMScheduler
+
+    from ..models.bundle import TextEncoderSlot
+    from ..models.families import Family, adapter_for
+    from ..models.tokenizer import clip_tokenizer
+
+    arch = ARCHITECTURES[settings.family]
+    family = Family(settings.family)
+    unet, encoders = start if start is not None else arch.build(settings.seed)
+    adapter = adapter_for(family)
+    slots = [TextEncoderSlot(spec.key, clip_tokenizer(pad), enc) for spec, pad, enc in zip(family.spec.encoders, arch.pads, encoders)]
+    ids = _token_ids(captions, arch)
+    empty = [i[-1] for i in ids]
+    ids = [i[:-1] for i in ids]
     noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    modules = [unet, *encoders]
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
     warmup = 200
 
@@ -163,24 +155,30 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    emas = [copy.deepcopy(m).requires_grad_(False) for m in modules]
     gen = torch.Generator().manual_seed(settings.seed + 3)
     scaling = vae.config.scaling_factor
+    size = 64
     history = []
     started = time.monotonic()
     last = min(settings.stop_at or settings.unet_steps, settings.unet_steps)
     for step in range(last):
-        unet.train()
-        text_encoder.train()
+        for m in modules:
+            m.train()
         idx = torch.randint(0, len(means), (settings.batch_size,), generator=gen)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
-        batch_ids = ids[idx].clone()
         drop = torch.rand(settings.batch_size, generator=gen) < settings.caption_dropout
-        batch_ids[drop] = empty
+        if family.spec.zero_empty_negative:  # SDXL learns "no caption" as zero conditioning, as it samples it
+            cond = adapter.encode(slots, [i[idx] for i in ids])
+            keep = (~drop).to(cond.hidden.dtype)
+            cond.hidden = cond.hidden * keep[:, None, None]
+            cond.pooled = cond.pooled * keep[:, None]
+        else:
+            cond = adapter.encode(slots, [torch.where(drop[:, None], e, i[idx]) for i, e in zip(ids, empty)])
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, 1000, (settings.batch_size,), generator=gen)
         noisy = noise_schedule.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=text_encoder(batch_ids).last_hidden_state).sample
+        pred = unet(noisy, t, **adapter.unet_kwargs(cond, size, size)).sample
         loss = (pred - noise).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -189,19 +187,19 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         sched.step()
         with torch.no_grad():
             decay = min(settings.ema, (1 + step) / (10 + step))
-            for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
+            for ema, live in zip(emas, modules):
                 for e, p in zip(ema.parameters(), live.parameters()):
                     e.lerp_(p, 1 - decay)
         if step % 50 == 0:
             log(f"unet step {step}: loss {loss.item():.4f}  ({time.monotonic() - started:.0f} s)")
         if (step + 1) % settings.eval_every == 0 or step == last - 1:
-            pipe = build_pipeline(vae, ema_unet, ema_te)
+            pipe = arch.pipeline(vae, emas[0], emas[1:])
             acc = identity_accuracy(pipe, vision, eval_people)
             history.append({"step": step + 1, "loss": loss.item(), "identity_attribute_accuracy": acc, "seconds": time.monotonic() - started})
             log(f"unet step {step + 1}: identity attributes read correctly in samples: {acc:.2%}")
             if checkpoint:
                 checkpoint(pipe, history)
-    return build_pipeline(vae, ema_unet, ema_te), history
+    return arch.pipeline(vae, emas[0], emas[1:]), history
 
 
 def save_vision(vision, path: Path) -> None:
@@ -221,29 +219,47 @@ def save_pipeline(pipe, folder: Path) -> None:
         half.save_pretrained(folder, safe_serialization=True)
 
 
-def _continue(folder: Path, pixels, out: Path, record: dict):
-    """The VAE, vision model, UNet and text encoder of a saved toy model, and the latents of the images."""
+def _continue(folder: Path, pixels, out: Path, record: dict, settings: PretrainSettings):
+    """The VAE, vision model, UNet and text encoders of a saved toy model, and the latents of the images."""
     import shutil
-
-    from diffusers import StableDiffusionPipeline
-
-    from .vision import load_vision
 
     earlier = json.loads((folder.parent / "toyworld.json").read_text()) if (folder.parent / "toyworld.json").is_file() else {}
     record.update({k: v for k, v in earlier.items() if k not in ("settings", "history", "total_seconds")})
     record["earlier_history"] = earlier.get("history", [])
     record["continued_from"] = {"settings": earlier.get("settings"), "seconds": earlier.get("total_seconds")}
-    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
-    vision_file = folder.parent / "vision.safetensors"
-    if (out / "vision.safetensors").resolve() != vision_file.resolve():
-        shutil.copy(vision_file, out / "vision.safetensors")
-    vision = load_vision(vision_file)
-    with torch.no_grad():
-        dists = [pipe.vae.encode(_to_unit(pixels[i : i + 256])).latent_dist for i in range(0, len(pixels), 256)]
-    means, stds = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
-    pipe.unet.requires_grad_(True)
-    pipe.text_encoder.requires_grad_(True)
-    return pipe.vae, vision, (pipe.unet, pipe.text_encoder), means, stds
+    pipe = ARCHITECTURES[settings.family].load(folder)
+    if settings.family == "sd1":
+        vision_file = folder.parent / "vision.safetensors"
+        if (out / "vision.safetensors").resolve() != vision_file.resolve():
+            shutil.copy(vision_file, out / "vision.safetensors")
+    else:
+        record["shared_from"] = settings.shared_from or earlier.get("shared_from")
+        vision_file = _shared_world(record["shared_from"]) / "vision.safetensors"
+    means, stds = _latents_of(pipe.vae, pixels)
+    encoders = encoders_of(pipe)
+    for module in (pipe.unet, *encoders):
+        module.requires_grad_(True)
+    return pipe.vae, load_vision(vision_file), (pipe.unet, encoders), means, stds
+
+
+def _shared_world(folder: str | None) -> Path:
+    from ..paths import toyworld_model
+
+    return Path(folder) if folder else toyworld_model("sd1").parent
+
+
+def _shared_parts(settings: PretrainSettings, pixels, record: dict):
+    """A new family reuses the world's vision model and VAE (from `settings.shared_from`, the shipped SD1 toy
+    world by default), so that every family's samples are scored by the same eyes and decoded the same way."""
+    from diffusers import AutoencoderKL
+
+    world = _shared_world(settings.shared_from)
+    vision = load_vision(world / "vision.safetensors")
+    vae = AutoencoderKL.from_pretrained(world / "model" / "vae", dtype=torch.float32)
+    means, stds = _latents_of(vae, pixels)
+    record["shared_from"] = settings.shared_from  # None: the installed titk's own world, wherever it is
+    record["scaling_factor"] = vae.config.scaling_factor
+    return vae, vision, means, stds
 
 
 def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=print) -> dict:
@@ -258,8 +274,11 @@ def pretrain(out: str | Path, settings: PretrainSettings | None = None, log=prin
     log(f"rendered {len(pixels)} images of {len(pre)} identities")
     start = None
     if settings.continue_from:
-        vae, vision, start, means, stds = _continue(Path(settings.continue_from), pixels, out, record)
+        vae, vision, start, means, stds = _continue(Path(settings.continue_from), pixels, out, record, settings)
         log(f"continuing from {settings.continue_from}")
+    elif settings.family != "sd1":
+        vae, vision, means, stds = _shared_parts(settings, pixels, record)
+        log(f"{settings.family}: the vision model and VAE of {record['shared_from'] or 'the shipped SD1 world'}")
     else:
         vision = train_vision(pre, steps=settings.vision_steps, seed=settings.seed, log=log)
         record["vision_accuracy_pretrain_identities"] = accuracy(vision, pre)

@@ -21,14 +21,21 @@ def write_skewed(folder: Path, labels: dict[str, str], share: float, *, n: int =
     return folder
 
 
-def proof_config(data: Path, out: Path, embedding: dict | None = None, **train):
-    """The proofs' training config for the images in `data` (settings above; `embedding` and `train`
-    override them)."""
+def toy_source(bundle) -> str:
+    """The `model.source` name of the toy model `bundle` is (toyworld, toyworld-sdxl)."""
+    from ..paths import TOY_SOURCES
+
+    return next(name for name, family in TOY_SOURCES.items() if family == bundle.family.value)
+
+
+def proof_config(data: Path, out: Path, embedding: dict | None = None, source: str = "toyworld", **train):
+    """The proofs' training config for the images in `data` on the toy model `source` (settings above;
+    `embedding` and `train` override them)."""
     from ..config import TrainConfig, parse
 
     settings = {"semantics": "a1111", "batch_size": 4, "grad_accum": 1, "max_steps": 400, "learning_rate": "0.02", **train}
     return parse(TrainConfig, {
-        "model": {"source": "toyworld", "dtype": "fp32"},
+        "model": {"source": source, "dtype": "fp32"},
         "embedding": {"name": "ohwx", "vectors": 4, "init_text": "person", **(embedding or {})},
         "data": {"path": str(data), "template": "titk-subject", "width": 64, "height": 64},
         "train": settings,
@@ -40,14 +47,15 @@ def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
     """The proofs' TI of the images in `data`."""
     from ..train.loop import train as run
 
-    return run(proof_config(data, out, **train), bundle=bundle, show_progress=False, latent_cache=cache).embedding
+    config = proof_config(data, out, source=toy_source(bundle), **train)
+    return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
 
 
 def untrained(bundle):
     """What the proofs' TI starts from, as the training loop sets it: "person" over 4 vectors."""
     from ..train.loop import starting_embedding
 
-    return starting_embedding(proof_config(Path("."), Path(".")), bundle)
+    return starting_embedding(proof_config(Path("."), Path("."), source=toy_source(bundle)), bundle)
 
 
 def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
