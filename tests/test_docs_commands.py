@@ -179,7 +179,7 @@ COVERED_ELSEWHERE = {
     "titk confirm work/person --trial 7 --trial 12 --seeds 5": "tests/test_confirm.py::test_a_sweep_measures_seed_noise_and_confirms_on_fresh_seeds",
     "titk toyworld pretrain --out titk/toyworld/weights": "tests/test_toyworld.py::test_pretraining_writes_a_loadable_model_and_an_honest_record",
     "titk toyworld pretrain --family sdxl --out titk/toyworld/weights/sdxl":
-        "tests/test_toyworld.py::test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae",
+        "tests/test_toyworld_sdxl.py::test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae",
 }
 
 

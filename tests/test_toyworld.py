@@ -226,33 +226,3 @@ def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path):
 
     again = pretrain(tmp_path / "b", PretrainSettings(**{**tiny, "stop_at": 2, "continue_from": str(tmp_path / "a" / "model")}), log=lines.append)
     assert [h["step"] for h in again["history"]] == [4, 2] and again["continued_from"]["settings"]["stop_at"] == 4
-
-
-def test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae(tmp_path, run_cli):
-    """`--family sdxl`: an SDXL-layout model trained on the world with the SD1 world's vision model and VAE (the
-    same eyes score every family; no vision.safetensors of its own), found again from the record when continued.
-    An unknown family is one line."""
-    import torch
-
-    from titk.config import PretrainSettings
-    from titk.models import load_model
-    from titk.toyworld.pretrain import pretrain
-
-    tiny = dict(images_per_identity=1, unet_steps=8, stop_at=4, batch_size=4, eval_every=4)
-    record = pretrain(tmp_path / "a", PretrainSettings.shipped("sdxl", **tiny), log=lambda line: None)
-    # the shipped world is recorded as None, not as this machine's path: a continuation elsewhere finds its own
-    assert record["shared_from"] is None and not (tmp_path / "a" / "vision.safetensors").exists()
-    assert record["settings"]["family"] == "sdxl" and [h["step"] for h in record["history"]] == [4]
-    bundle, shipped = load_model(str(tmp_path / "a" / "model"), dtype="fp32"), load_model("toyworld", dtype="fp32")
-    assert bundle.family.value == "sdxl" and [e.width for e in bundle.encoders] == [48, 80]
-    for (name, mine), theirs in zip(bundle.vae.state_dict().items(), shipped.vae.state_dict().values()):
-        assert torch.equal(mine, theirs), name
-
-    again = pretrain(tmp_path / "b", PretrainSettings.shipped("sdxl", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model")),
-                     log=lambda line: None)
-    assert [h["step"] for h in again["history"]] == [4, 2] and again["shared_from"] is None
-    assert PretrainSettings.shipped("sdxl").unet_steps == 3000 and PretrainSettings.shipped("sd1") == PretrainSettings()
-
-    for wrong, named in ((["--family", "sd9"], "--family sd9"), (["--shared-from", tmp_path / "a"], "--shared-from")):
-        code, _, err = run_cli("toyworld", "pretrain", *wrong, "--out", tmp_path / "c")
-        assert code != 0 and named in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
