@@ -77,13 +77,8 @@ def train_vae(pixels: torch.Tensor, settings: PretrainSettings, log):
         if step % 100 == 0 or step == settings.vae_steps - 1:
             log(f"vae step {step}: loss {loss.item():.4f}")
     vae.eval()
+    means, stds = _latents_of(vae, pixels)
     with torch.no_grad():
-        means, stds = [], []
-        for i in range(0, len(pixels), 256):
-            d = vae.encode(_to_unit(pixels[i : i + 256])).latent_dist
-            means.append(d.mean)
-            stds.append(d.std)
-        means, stds = torch.cat(means), torch.cat(stds)
         recon = vae.decode(means[:256]).sample
         mse = float((recon - _to_unit(pixels[:256])).pow(2).mean())
     scaling = float(1.0 / means.std())
@@ -117,12 +112,10 @@ def _latents_of(vae, pixels):
     return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
 
-def _token_ids(captions, arch) -> list[torch.Tensor]:
+def _token_ids(captions, tokenizers) -> list[torch.Tensor]:
     """Each encoder's ids of every caption, with the empty caption last (each encoder pads its own way)."""
-    from ..models.tokenizer import clip_tokenizer
-
-    return [clip_tokenizer(pad)(captions + [""], padding="max_length", max_length=CONTEXT_TOKENS, truncation=True,
-                                return_tensors="pt").input_ids for pad in arch.pads]
+    return [tokenizer(captions + [""], padding="max_length", max_length=CONTEXT_TOKENS, truncation=True,
+                      return_tensors="pt").input_ids for tokenizer in tokenizers]
 
 
 def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
@@ -138,8 +131,9 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     family = Family(settings.family)
     unet, encoders = start if start is not None else arch.build(settings.seed)
     adapter = adapter_for(family)
-    slots = [TextEncoderSlot(spec.key, clip_tokenizer(pad), enc) for spec, pad, enc in zip(family.spec.encoders, arch.pads, encoders)]
-    ids = _token_ids(captions, arch)
+    tokenizers = [clip_tokenizer(pad) for pad in arch.pads]
+    slots = [TextEncoderSlot(spec.key, tok, enc) for spec, tok, enc in zip(family.spec.encoders, tokenizers, encoders)]
+    ids = _token_ids(captions, tokenizers)
     empty = [i[-1] for i in ids]
     ids = [i[:-1] for i in ids]
     noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
