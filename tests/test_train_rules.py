@@ -113,14 +113,14 @@ def test_kohya_clipping_leaves_a_gradient_under_the_threshold_alone(sd1):
 def _stub_bundle(pred: torch.Tensor):
     """Just enough of a bundle for diffusion_loss: a v-model whose target is zero and whose UNet always
     answers `pred`, so the element-wise error is pred² whatever the noise and timestep."""
-    scheduler = SimpleNamespace(
-        config=SimpleNamespace(num_train_timesteps=1000),
-        add_noise=lambda latents, noise, t: latents + noise,
-        get_velocity=lambda latents, noise, t: torch.zeros_like(latents),
+    objective = SimpleNamespace(
+        draw=lambda n, generator: torch.randint(0, 1000, (n,), generator=generator),
+        noisy=lambda latents, noise, t: latents + noise,
+        target=lambda latents, noise, t: torch.zeros_like(latents),
     )
-    unet = lambda noisy, t, **kw: SimpleNamespace(sample=pred.expand_as(noisy).clone())  # noqa: E731
+    unet = lambda noisy, timestep, **kw: SimpleNamespace(sample=pred.expand_as(noisy).clone())  # noqa: E731
     return SimpleNamespace(
-        noise_scheduler=scheduler, device=torch.device("cpu"), prediction_type="v_prediction", dtype=torch.float32,
+        objective=objective, device=torch.device("cpu"), prediction_type="v_prediction", dtype=torch.float32,
         vae_scale_factor=8, unet=unet, adapter=SimpleNamespace(unet_kwargs=lambda cond, h, w: {}),
     )
 
@@ -158,7 +158,11 @@ def test_the_same_seed_gives_the_same_image_whatever_the_batch(sd1, sampler):
     for k in (0, 2):
         torch.manual_seed(k)
         alone = generate(sd1, [prompts[k]], [seeds[k]], settings.model_copy(update={"batch_size": 1}))[0]
-        np.testing.assert_array_equal(np.asarray(alone), np.asarray(batch[k]))
+        # The same image up to rounding: a batch of 4 and a batch of 1 take different matmul kernels, which can
+        # move a pixel by one level (seen: 1 of 3072 values with euler_a on 2 threads). Another seed's noise
+        # would change most of them.
+        diff = np.abs(np.asarray(alone, dtype=int) - np.asarray(batch[k], dtype=int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
 
 
