@@ -180,6 +180,8 @@ COVERED_ELSEWHERE = {
     "titk toyworld pretrain --out titk/toyworld/weights": "tests/test_toyworld.py::test_pretraining_writes_a_loadable_model_and_an_honest_record",
     "titk toyworld pretrain --family sdxl --out titk/toyworld/weights/sdxl":
         "tests/test_toyworld_sdxl.py::test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae",
+    "titk toyworld pretrain --family sd3 --out titk/toyworld/weights/sd3":
+        "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
 }
 
 

@@ -48,20 +48,10 @@ def test_a_sweep_and_the_file_commands_work_on_the_sdxl_toy_model(tmp_path, run_
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import load_file
 
-    from titk.analysis import load_study
     from titk.paths import toyworld_model
 
     workdir = tmp_path / "demo"
-    code, out, err = run_cli(
-        "demo", "-w", workdir, "--set", "base.model.source=toyworld-sdxl", "--set", "n_trials=2", "--set", "confirm.top=0",
-        "--set", "space.train.max_steps.low=20", "--set", "space.train.max_steps.high=30", "--set", "space.train.max_steps.step=10",
-        "--set", "enqueue=[{train.learning_rate: 0.05, embedding.vectors: 4, train.max_steps: 20}]",
-        "--set", "evaluation.suite=toy-quick", "--set", "objective.eval_every=0",
-    )
-    assert code == 0, err
-    data = load_study(workdir)
-    assert len(data.finished) == 2 and data.finished["metric.identity.similarity"].notna().all()
-    best = sorted(workdir.rglob("ohwx.safetensors"))[0]
+    best = short_demo(run_cli, workdir, "toyworld-sdxl")
     code, out, err = run_cli("inspect", best, "--model", "toyworld-sdxl")
     assert code == 0, err
     assert re.search(r"clip_l: (\d+) × 48, clip_g: \1 × 80", out), out
@@ -81,6 +71,22 @@ def test_a_sweep_and_the_file_commands_work_on_the_sdxl_toy_model(tmp_path, run_
                              "--scorers", "identity", "--set", "evaluation.world=toyworld", "-o", tmp_path / "eval")
     assert code == 0, err
     assert "identity" in out
+
+
+def short_demo(run_cli, workdir, source: str):
+    """The demo's sweep on a toy model, made short: two trials of 20-30 steps; returns the best TI's file."""
+    from titk.analysis import load_study
+
+    code, out, err = run_cli(
+        "demo", "-w", workdir, "--set", f"base.model.source={source}", "--set", "n_trials=2", "--set", "confirm.top=0",
+        "--set", "space.train.max_steps.low=20", "--set", "space.train.max_steps.high=30", "--set", "space.train.max_steps.step=10",
+        "--set", "enqueue=[{train.learning_rate: 0.05, embedding.vectors: 4, train.max_steps: 20}]",
+        "--set", "evaluation.suite=toy-quick", "--set", "objective.eval_every=0",
+    )
+    assert code == 0, err
+    data = load_study(workdir)
+    assert len(data.finished) == 2 and data.finished["metric.identity.similarity"].notna().all()
+    return sorted(workdir.rglob("ohwx.safetensors"))[0]
 
 
 def test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae(tmp_path, run_cli):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 PAD_END = "<|endoftext|>"  # SD1 and CLIP-L pad with the end token
 PAD_EXCLAMATION = "!"  # the OpenCLIP encoders (SD2, SDXL's CLIP-G) pad with "!" (id 0)
+PAD_T5 = "<pad>"  # T5 pads with its own token (id 0) and has no start token
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class FamilySpec:
     configs: tuple[str, ...] = ()  # config folders shipped in titk/models/configs (the first is the default)
     kohya_arch: str | None = None  # `ss_base_model_version`-style architecture name in kohya's metadata
     zero_empty_negative: bool = False  # an empty negative prompt is encoded as zeros (SDXL's convention)
+    # None: DDPM (ε or v); else flow matching with this timestep density (diffusers' weighting_scheme names)
+    flow_matching: str | None = None
+    denoiser_attr: str = "unet"  # the pipeline's denoiser: a UNet, or SD3's and Flux's transformer
+    optional_encoders: tuple[str, ...] = ()  # encoders a model may lack (SD3 without T5 is legal)
+    one_chunk: bool = False  # each encoder reads the prompt's first 77 tokens (SD3's pipeline), not A1111's chunks
 
     @property
     def encoder_keys(self) -> tuple[str, ...]:
@@ -73,9 +79,14 @@ FAMILIES: dict[str, FamilySpec] = {
             "StableDiffusionXLPipeline", ("sdxl",), "stable-diffusion-xl-v1-base", zero_empty_negative=True,
         ),
         FamilySpec(
-            "sd3", "SD3 (768 + 1280 + 4096)",
-            (EncoderSpec("clip_l", 768), EncoderSpec("clip_g", 1280), EncoderSpec("t5", 4096)),
-            None, kohya_arch="stable-diffusion-3",
+            "sd3", "SD3/SD3.5 (768 + 1280 + 4096)",
+            (
+                EncoderSpec("clip_l", 768),
+                EncoderSpec("clip_g", 1280, PAD_EXCLAMATION, "tokenizer_2", "text_encoder_2"),
+                EncoderSpec("t5", 4096, PAD_T5, "tokenizer_3", "text_encoder_3"),
+            ),
+            "StableDiffusion3Pipeline", ("sd3",), "stable-diffusion-3",
+            flow_matching="logit_normal", denoiser_attr="transformer", optional_encoders=("t5",), one_chunk=True,
         ),
         FamilySpec("flux", "Flux.1 (768 + 4096)", (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096)), None, kohya_arch="flux-1-dev"),
     )

@@ -89,6 +89,7 @@ class FamilyName(str, Enum):
     sd1 = "sd1"
     sd2 = "sd2"
     sdxl = "sdxl"
+    sd3 = "sd3"
 
 
 def scorer_list(value: str | None) -> str | None:

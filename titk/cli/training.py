@@ -32,14 +32,15 @@ def plan(
     """
     from ..config import load_train_config
     from ..models.families import Family
-    from ..models.loading import read_architecture, shipped_architecture
+    from ..models.loading import HUB_ID, read_architecture, shipped_architecture
     from ..train.trainee import load_dataset
     from ..train.plan import make_plan
 
     cfg = load_train_config(config, dataset=dataset, overrides=set_)
     data = load_dataset(cfg)
     source = Path(cfg.model.source).expanduser()
-    if cfg.model.source not in TOY_SOURCES and not source.exists() and source.suffix.lower() in (".safetensors", ".ckpt"):
+    placeholder = source.suffix.lower() in (".safetensors", ".ckpt") or not HUB_ID.match(cfg.model.source)  # a file or folder
+    if cfg.model.source not in TOY_SOURCES and not source.exists() and placeholder:
         # Comparing recipes needs no checkpoint in hand: the plan depends on the family alone.
         result = make_plan(cfg, data, shipped_architecture(Family(family.value)))
         result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family.value} family's standard architecture (titk's shipped config)")

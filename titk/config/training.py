@@ -69,6 +69,8 @@ class EmbeddingConfig(Strict):
     init_from: Path | None = Field(None, description="an embedding file to train further; its vectors replace init_text")
     cross_init: bool = Field(False, description="start from the text encoder's output for init_text (cross-initialisation) "
                              "instead of its token rows")
+    train_t5: bool = Field(False, description="SD3: train the T5 vectors too; by default they stay at init_text's rows and "
+                           "only the CLIP vectors learn (T5-only embeddings are reported to change little)")
     norm: Literal["free", "vocab"] = Field(
         "free", description="free: vectors grow as they learn (A1111, kohya); vocab: only their direction is learned, "
         "each held at its encoder's vocabulary median norm after every update (see docs/user-guide.md)"
@@ -235,7 +237,7 @@ def load_train_config(path: str | Path, *, dataset: str | Path | None = None, ou
 class PretrainSettings(Strict):
     """The toy world's pretraining; the defaults reproduce the shipped SD1 model, `shipped(family)` any family's."""
 
-    family: Literal["sd1", "sdxl"] = "sd1"
+    family: Literal["sd1", "sdxl", "sd3"] = "sd1"
     seed: int = 0
     images_per_identity: int = Field(64, ge=1)
     vision_steps: int = Field(1000, ge=1)
@@ -257,4 +259,8 @@ class PretrainSettings(Strict):
 
 
 # Where a family's shipped toy model was trained differently from the SD1 defaults above.
-SHIPPED_PRETRAINING = {"sdxl": {"unet_steps": 3000, "stop_at": None}}
+SHIPPED_PRETRAINING = {
+    "sdxl": {"unet_steps": 3000, "stop_at": None},
+    # The MMDiT costs twice the SDXL UNet per image on a CPU: half the batch, more steps.
+    "sd3": {"unet_steps": 3200, "stop_at": None, "batch_size": 32},
+}

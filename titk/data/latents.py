@@ -97,11 +97,13 @@ def image_generator(seed: int, sha: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + int(sha[:12], 16)) % (2**63))
 
 
-def sample_latent(latent: CachedLatent, mode: str, scaling: float, seed: int, sha: str, generator: torch.Generator) -> torch.Tensor:
-    """A scaled latent under A1111's sampling modes (see the module docstring)."""
+def sample_latent(latent: CachedLatent, mode: str, scaling: float, seed: int, sha: str, generator: torch.Generator,
+                  shift: float = 0.0) -> torch.Tensor:
+    """A scaled latent under A1111's sampling modes (see the module docstring); `shift`: the VAE's shift
+    factor (SD3, Flux), subtracted before scaling as their pipelines do."""
     if mode == "deterministic":
         z = latent.mean
     else:
         gen = image_generator(seed, sha) if mode == "once" else generator
         z = latent.mean + latent.std * torch.randn(latent.mean.shape, generator=gen)
-    return z * scaling
+    return (z - shift) * scaling

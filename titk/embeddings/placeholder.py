@@ -178,7 +178,8 @@ def tokenize_with_placeholders(tokenizer, prompts: list[str], name: str | None, 
     rows = []
     for prompt in prompts:
         ids = kohya_ids(tokenizer, prompt, name, n_vectors, vocab_size) if name else _plain_ids(tokenizer, prompt)
-        ids = [tokenizer.bos_token_id] + ids[: max_len - 2] + [tokenizer.eos_token_id]
+        start = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]  # T5 has none
+        ids = start + ids[: max_len - 1 - len(start)] + [tokenizer.eos_token_id]
         rows.append(ids + [tokenizer.pad_token_id] * (max_len - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..config import CONTEXT_TOKENS
 from ..embeddings.placeholder import (
     FROZEN_BASE,
     name_token_ids,
@@ -56,20 +57,26 @@ class ModelBundle:
     clip_skip: int = 1
     library: list = field(default_factory=list)  # FrozenEmbedding: other embeddings a prompt may name
     adapter: FamilyAdapter = field(init=False)
-    noise_scheduler: Any = field(init=False)
+    objective: Any = field(init=False)  # what the denoiser is trained to predict (objectives.py)
 
     def __post_init__(self):
-        from diffusers import DDPMScheduler
+        from .objectives import objective_for
 
-        self.adapter = adapter_for(self.family)
-        # Training noise always follows the model's DDPM schedule, whatever sampler the pipeline carries.
-        self.noise_scheduler = DDPMScheduler.from_config(
-            self.pipeline.scheduler.config, prediction_type=self.prediction_type
-        )
+        self.adapter = adapter_for(self.family, self.unet.config.get("joint_attention_dim"))
+        self.objective = objective_for(self.family, self.pipeline.scheduler.config, self.prediction_type)
 
     @property
     def unet(self):
-        return self.pipeline.unet
+        """The denoiser: a UNet, or SD3's MMDiT (`pipeline.transformer`); called as `unet(x, timestep=t, **kwargs)`."""
+        return getattr(self.pipeline, self.family.spec.denoiser_attr)
+
+    @property
+    def noise_scheduler(self):
+        return self.objective.scheduler
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
 
     @property
     def vae(self):
@@ -82,6 +89,11 @@ class ModelBundle:
     @property
     def latent_scaling(self) -> float:
         return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_shift(self) -> float:
+        """Subtracted before scaling: SD3's and Flux's VAEs have a shift factor, SD's none."""
+        return float(self.vae.config.get("shift_factor") or 0.0)
 
     @cached_property
     def vae_fingerprint(self) -> str:
@@ -140,6 +152,8 @@ class ModelBundle:
             else:
                 enc_ids = tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, vocab)
                 enc_weights = torch.ones(enc_ids.shape)
+            if self.family.spec.one_chunk:
+                enc_ids, enc_weights = enc_ids[:, :CONTEXT_TOKENS], enc_weights[:, :CONTEXT_TOKENS]
             ids.append(enc_ids.to(self.device))
             weights.append(enc_weights.to(self.device))
         return PromptTokens(ids, weights)

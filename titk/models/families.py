@@ -3,8 +3,9 @@
 What a family is (encoders, widths, pipeline class, shipped configs, file keys) is data in `titk.families`;
 this module adds what needs torch: recognising a model and the conditioning adapter. SD1 has CLIP ViT-L
 (768), SD2 OpenCLIP ViT-H (1024, usually v-prediction at 768 px), SDXL CLIP-L + OpenCLIP bigG (768 + 1280)
-with a pooled embedding and size/crop time ids. The training loop and the sampler only call `encode` and
-`unet_kwargs`, so adding a family does not touch them.
+with a pooled embedding and size/crop time ids, SD3 CLIP-L + CLIP-G + T5 (768 + 1280 + 4096) conditioning an
+MMDiT. The training loop and the sampler only call `encode` and `unet_kwargs`, so adding a family does not
+touch them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Family(str, Enum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SD3 = "sd3"
 
     @property
     def spec(self) -> FamilySpec:
@@ -38,7 +40,7 @@ class Family(str, Enum):
         return self.spec.encoder_keys
 
 _UNSUPPORTED_MARKERS = {
-    "joint_blocks.": "SD3/SD3.5",
+    "joint_blocks.": "an SD3/SD3.5 single file (load its diffusers folder instead)",
     "double_blocks.": "Flux",
     "control_model.": "a ControlNet",
     "lora_unet_": "a LoRA",
@@ -47,6 +49,8 @@ _UNSUPPORTED_MARKERS = {
 
 
 def family_of_pipeline(pipe) -> Family:
+    if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
+        return Family.SD3
     if hasattr(pipe, "text_encoder_2"):
         return Family.SDXL
     return Family.SD2 if pipe.text_encoder.config.hidden_act == "gelu" else Family.SD1
@@ -64,12 +68,14 @@ def detect_folder(folder: Path) -> Family:
     cls = index.get("_class_name", "?")
     if cls == "StableDiffusionXLPipeline":
         family = Family.SDXL
+    elif cls == "StableDiffusion3Pipeline":
+        return Family.SD3
     elif cls == "StableDiffusionPipeline":
         te_config = _read_json(folder / "text_encoder" / "config.json")
         family = Family.SD2 if te_config.get("hidden_act") == "gelu" else Family.SD1
     else:
         raise UnknownArchitecture(
-            f"{folder}: a {cls}, which titk does not support (it trains SD1, SD2 and SDXL pipelines)"
+            f"{folder}: a {cls}, which titk does not support (it trains SD1, SD2, SDXL and SD3 pipelines)"
         )
     unet_config = _read_json(folder / "unet" / "config.json")
     if unet_config.get("in_channels", 4) != 4:
@@ -133,8 +139,8 @@ def _read_json(path: Path) -> dict:
 class Conditioning:
     """What the UNet is conditioned on for a batch of prompts."""
 
-    hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim]
-    pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]
+    hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim] (SD3: [B, 77 + 77, T5 width])
+    pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]; SD3: CLIP-L's and CLIP-G's [B, 2048]
     # SDXL: each image's original size, crop and target size [B, 6] (training); None: the size generated at, uncropped
     time_ids: torch.Tensor | None = None
 
@@ -238,5 +244,41 @@ class SDXLAdapter(FamilyAdapter):
         }
 
 
-def adapter_for(family: Family) -> FamilyAdapter:
+class SD3Adapter(FamilyAdapter):
+    """SD3/SD3.5, as its pipeline conditions the MMDiT: CLIP-L's and CLIP-G's penultimate hidden states side by
+    side, zero-padded to T5's width, then T5's last hidden state after them along the sequence; the pooled
+    input is both CLIP projections side by side. Without a T5 encoder its part is zeros, as in the pipeline."""
+
+    family = Family.SD3
+
+    def __init__(self, joint_width: int | None = None):
+        self.joint_width = joint_width  # the transformer's joint_attention_dim: T5's width, for models without T5
+
+    def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
+        clip_hidden, pooled, t5 = [], [], None
+        for i, (enc, enc_ids) in enumerate(zip(encoders, ids)):
+            if enc.key == "t5":
+                t5 = _emphasize(enc.model(enc_ids).last_hidden_state, weights, i, per_prompt)
+                continue
+            out = enc.model(enc_ids, output_hidden_states=True)
+            clip_hidden.append(_emphasize(out.hidden_states[-(clip_skip + 1)], weights, i, per_prompt))
+            eos = _eos_positions(enc_ids, enc.tokenizer.eos_token_id)
+            pooled.append(enc.model.text_projection(out.last_hidden_state[torch.arange(len(enc_ids)), eos]))
+        clip = torch.cat(clip_hidden, dim=-1)
+        if t5 is None:
+            width = self.joint_width or clip.shape[-1]
+            t5 = clip.new_zeros(clip.shape[0], clip.shape[1], width)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return Conditioning(torch.cat([clip, t5], dim=1), torch.cat(pooled, dim=-1))
+
+    def unet_kwargs(self, cond, height, width):
+        return {"encoder_hidden_states": cond.hidden, "pooled_projections": cond.pooled}
+
+    def pipeline_kwargs(self, cond, negative):
+        return SDXLAdapter.pipeline_kwargs(self, cond, negative)
+
+
+def adapter_for(family: Family, joint_width: int | None = None) -> FamilyAdapter:
+    if family is Family.SD3:
+        return SD3Adapter(joint_width)
     return SDXLAdapter() if family is Family.SDXL else SDAdapter(family)

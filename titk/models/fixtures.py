@@ -52,6 +52,18 @@ def shipped_scheduler(name: str):
     cls = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler, "EulerDiscreteScheduler": EulerDiscreteScheduler}
     return cls[config.pop("_class_name")].from_config(config)
 
+TINY_SD3 = dict(
+    sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+    num_attention_heads=4, joint_attention_dim=128, caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16,
+)
+TINY_T5 = dict(d_model=128, d_kv=16, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+               relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+# The tiny SD3 fixture's T5 tokenizer is trained on these (titk has no T5 vocabulary it may ship).
+TINY_T5_CORPUS = [
+    "a photo of a person", "a portrait of a woman with red hair", "a man wearing a tank top, outdoors",
+    "a close-up photo of a face, smiling", "a full-body photo in the city", "an old man with grey hair and a beard",
+]
+
 
 def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: str = "epsilon", seed: int = 0):
     """A deterministic tiny pipeline of `family` with random weights (about 3.5 M parameters)."""
@@ -61,6 +73,8 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
     family = Family(family)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**TINY_VAE)
+    if family is Family.SD3:
+        return _tiny_sd3(vae, seed)
     if family is Family.SDXL:
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(**TINY_UNET_SDXL)
@@ -88,6 +102,29 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return pipe
+
+
+def _tiny_sd3(vae, seed: int):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from .tokenizer import t5_tokenizer
+
+    vae.register_to_config(shift_factor=0.0609)  # SD3's VAE subtracts a shift before scaling
+    torch.manual_seed(seed + 1)
+    transformer = SD3Transformer2DModel(**TINY_SD3)
+    torch.manual_seed(seed + 2)
+    te = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, hidden_act="quick_gelu", projection_dim=32, **TINY_CLIP))
+    torch.manual_seed(seed + 3)
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, hidden_act="gelu", projection_dim=32, **TINY_CLIP))
+    tokenizer_3 = t5_tokenizer(TINY_T5_CORPUS, 120)
+    torch.manual_seed(seed + 4)
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), **TINY_T5))
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=te, tokenizer=clip_tokenizer(PAD_END), text_encoder_2=te2, tokenizer_2=clip_tokenizer(PAD_EXCLAMATION),
+        text_encoder_3=te3, tokenizer_3=tokenizer_3,
+    )
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .tokenizer import clip_tokenizer
 
 SAFETENSORS_SUFFIXES = {".safetensors"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def shipped_config(name: str) -> Path:
@@ -85,12 +85,18 @@ def bundle_from_pipeline(
     for module in _modules(pipe):
         module.requires_grad_(False)
         module.eval()
-    prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
-    if pipe.scheduler.config.get("prediction_type") != prediction:
+    if family.spec.flow_matching:
+        if prediction_type not in (None, "flow"):
+            raise TitkError(f"model.prediction_type: {prediction_type} does not apply to {family.spec.label}, which is trained by flow matching")
+        prediction = "flow"
+    else:
+        prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
+    if not family.spec.flow_matching and pipe.scheduler.config.get("prediction_type") != prediction:
         pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction)
     encoders = [
         TextEncoderSlot(e.key, getattr(pipe, e.tokenizer_attr), getattr(pipe, e.model_attr), e.truncates_init_text)
         for e in family.spec.encoders
+        if getattr(pipe, e.model_attr, None) is not None or e.key not in family.spec.optional_encoders  # SD3 without T5
     ]
     for enc in encoders:
         splice(enc.model)
@@ -98,7 +104,7 @@ def bundle_from_pipeline(
         pipe.set_progress_bar_config(disable=True)
     return ModelBundle(
         family=family, pipeline=pipe, encoders=encoders, prediction_type=prediction,
-        dtype=pipe.unet.dtype, device=device, name=name, source=source, short_hash=short_hash,
+        dtype=getattr(pipe, family.spec.denoiser_attr).dtype, device=device, name=name, source=source, short_hash=short_hash,
         clip_skip=clip_skip,
     )
 
@@ -119,7 +125,7 @@ def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
         return "file", path
     text = str(source)
     looks_like_path = text.startswith((".", "/", "~")) or path.suffix.lower() in SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
-    if looks_like_path or not _HUB_ID.match(text):
+    if looks_like_path or not HUB_ID.match(text):
         raise TitkError(f"{source}: no such file or folder")
     return "hub", text
 
@@ -127,9 +133,10 @@ def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
 def _folder_hash(folder: Path) -> str | None:
     # A diffusers folder has no single checkpoint file; its UNet weights identify the model.
     for candidate in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        path = folder / "unet" / candidate
-        if path.is_file():
-            return short_hash(path)
+        for denoiser in ("unet", "transformer"):
+            path = folder / denoiser / candidate
+            if path.is_file():
+                return short_hash(path)
     return None
 
 
@@ -140,7 +147,7 @@ def _pipeline_class(family: Family):
 
 
 def _sd_only_kwargs(family: Family) -> dict:
-    if family is Family.SDXL:
+    if family in (Family.SDXL, Family.SD3):
         return {}
     return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
@@ -373,6 +380,6 @@ def shipped_architecture(family: Family) -> Architecture:
 
 
 def _architecture(family: Family, folder: Path) -> Architecture:
-    unet = json.loads((folder / "unet" / "config.json").read_text())
+    unet = json.loads((folder / family.spec.denoiser_attr / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
     return Architecture(family, unet, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))

@@ -164,10 +164,13 @@ def chunk_tokens(
     return chunks
 
 
-def frame(body: list[int], weights: list[float], bos: int, eos: int, pad: int) -> tuple[list[int], list[float]]:
-    """One chunk of 77: start, the body, end, then padding (SD1 pads with the end token, OpenCLIP with id 0)."""
+def frame(body: list[int], weights: list[float], bos: int | None, eos: int, pad: int) -> tuple[list[int], list[float]]:
+    """One chunk of 77: start, the body, end, then padding (SD1 pads with the end token, OpenCLIP with id 0;
+    T5 has no start token, so its chunk ends in one more pad)."""
     rest = CHUNK - len(body)
-    return [bos, *body, eos] + [pad] * rest, [1.0, *weights, 1.0] + [1.0] * rest
+    start = [] if bos is None else [bos]
+    rest += 1 - len(start)
+    return [*start, *body, eos] + [pad] * rest, [1.0] * len(start) + [*weights, 1.0] + [1.0] * rest
 
 
 def prompt_chunks(tokenizer, prompt: str, names: list[Name] = (), backtrack: int = COMMA_BACKTRACK) -> list[tuple[list[int], list[float]]]:
@@ -176,7 +179,9 @@ def prompt_chunks(tokenizer, prompt: str, names: list[Name] = (), backtrack: int
         (None if text == BREAK and weight == _BREAK_WEIGHT else _ids(tokenizer, text), weight)
         for text, weight in parse(prompt)
     ]
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # CLIP's BPE; a SentencePiece vocabulary (T5) has "," instead
+    if comma == tokenizer.unk_token_id:
+        comma = tokenizer.convert_tokens_to_ids(",")
     return [
         frame(ids, weights, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
         for ids, weights in chunk_tokens(runs, names, backtrack, comma)

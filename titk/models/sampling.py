@@ -27,13 +27,37 @@ SAMPLERS = {
 }
 
 
+# Flow-matching models (SD3) sample along the flow: Euler as their pipelines ship, or the multistep solvers
+# on flow sigmas with the model's shift.
+_FLOW = {"flow_prediction": True}
+FLOW_SAMPLERS = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", _FLOW),
+    "unipc": ("UniPCMultistepScheduler", _FLOW),
+}
+
+
 def make_scheduler(bundle, name: str):
     import diffusers
 
     if name not in SAMPLERS:
         raise TitkError(f"sampler: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    config = bundle.pipeline.scheduler.config
+    if bundle.family.spec.flow_matching:
+        if name not in FLOW_SAMPLERS:
+            raise TitkError(
+                f"sampler: {name} does not sample {bundle.family.spec.label} models, which are trained by flow "
+                f"matching; choose {', '.join(FLOW_SAMPLERS)}"
+            )
+        cls_name, flow = FLOW_SAMPLERS[name]
+        if not flow:
+            return getattr(diffusers, cls_name).from_config(config)
+        return getattr(diffusers, cls_name)(
+            num_train_timesteps=config.num_train_timesteps, prediction_type="flow_prediction", use_flow_sigmas=True,
+            flow_shift=config.shift,
+        )
     cls_name, extra = SAMPLERS[name]
-    return getattr(diffusers, cls_name).from_config(bundle.pipeline.scheduler.config, **extra)
+    return getattr(diffusers, cls_name).from_config(config, **extra)
 
 
 @contextmanager
@@ -75,7 +99,7 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
             negative.hidden, negative.pooled = torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in chunk_seeds]
         latents = torch.stack([
-            torch.randn((4, height // bundle.vae_scale_factor, width // bundle.vae_scale_factor), generator=g)
+            torch.randn((bundle.latent_channels, height // bundle.vae_scale_factor, width // bundle.vae_scale_factor), generator=g)
             for g in generators
         ]).to(bundle.device, bundle.dtype)
         out = pipe(

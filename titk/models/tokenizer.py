@@ -64,3 +64,28 @@ def clip_tokenizer(pad_token: str = PAD_END):
         pad_token=pad_token,
         model_max_length=CONTEXT_TOKENS,
     )
+
+
+def t5_tokenizer(captions: list[str], vocab_size: int):
+    """A T5-style tokenizer (the toy world's, the tiny SD3 fixture's) trained on `captions` with the `tokenizers` library: SentencePiece's "▁" word marker,
+    no start token, </s> at the end, <pad> as id 0; deterministic for the same captions.
+
+    Subwords by BPE: the library's Unigram trainer (T5's own model) keeps little more than single characters
+    on a corpus this repetitive, which would make every word a dozen tokens."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False,
+        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation + "▁"),
+    )
+    tok.train_from_iterator(captions, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_TOKENS
+    )

@@ -8,9 +8,9 @@
 2. Train the toy vision model (the world's ArcFace and zero-shot CLIP).
 3. Train the VAE (3 blocks: 64 px images become 16×16×4 latents) and set its latent scaling factor to
    1 / std of the latents, as SD's 0.18215 was chosen.
-4. Train the UNet and the text encoders together on the latents (DDPM, SD's noise schedule, ε target,
-   10 % empty captions for classifier-free guidance, EMA weights), checking every so often how well the
-   vision model recognises the named identity in samples.
+4. Train the UNet and the text encoders together on the latents (DDPM, SD's noise schedule, ε target; SD3:
+   flow matching with logit-normal timesteps; 10 % empty captions for classifier-free guidance, EMA weights),
+   checking every so often how well the vision model recognises the named identity in samples.
 5. Save the EMA pipeline as a diffusers folder in fp16, the vision model, and a JSON record of the run.
 
 A family other than SD1 (`architectures.py`) skips steps 2 and 3: it reuses the SD1 world's vision model and
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..config import CONTEXT_TOKENS, PretrainSettings, SamplingSettings
-from .architectures import ARCHITECTURES, VAE_CONFIG, encoders_of
+from .architectures import ARCHITECTURES, VAE_CONFIG, denoiser_of, encoders_of, tokenizers_of
 from .vision import HEADS, accuracy, load_vision, to_tensor, train_vision
 from .world import IDENTITY_ATTRIBUTES, identities, sample
 
@@ -121,22 +121,23 @@ def _token_ids(captions, tokenizers) -> list[torch.Tensor]:
 def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
     """The UNet and text encoders trained together on the latents, conditioned exactly as titk conditions the
     family when it trains a TI and samples (the family adapter's `encode` and `unet_kwargs`)."""
-    from diffusers import DDPMScheduler
-
     from ..models.bundle import TextEncoderSlot
     from ..models.families import Family, adapter_for
-    from ..models.tokenizer import clip_tokenizer
+    from ..models.objectives import objective_for
 
     arch = ARCHITECTURES[settings.family]
     family = Family(settings.family)
-    unet, encoders = start if start is not None else arch.build(settings.seed)
+    if start is not None:
+        unet, encoders, tokenizers = start
+    else:
+        tokenizers = arch.tokenizers(captions)
+        unet, encoders = arch.build(settings.seed, len(tokenizers[-1]))
     adapter = adapter_for(family)
-    tokenizers = [clip_tokenizer(pad) for pad in arch.pads]
     slots = [TextEncoderSlot(spec.key, tok, enc) for spec, tok, enc in zip(family.spec.encoders, tokenizers, encoders)]
     ids = _token_ids(captions, tokenizers)
     empty = [i[-1] for i in ids]
     ids = [i[:-1] for i in ids]
-    noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    objective = objective_for(family, arch.scheduler().config, "epsilon")
     modules = [unet, *encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)
@@ -170,10 +171,10 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         else:
             cond = adapter.encode(slots, [torch.where(drop[:, None], e, i[idx]) for i, e in zip(ids, empty)])
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, 1000, (settings.batch_size,), generator=gen)
-        noisy = noise_schedule.add_noise(latents, noise, t)
-        pred = unet(noisy, t, **adapter.unet_kwargs(cond, size, size)).sample
-        loss = (pred - noise).pow(2).mean()
+        t = objective.draw(settings.batch_size, gen)
+        noisy = objective.noisy(latents, noise, t)
+        pred = unet(noisy, timestep=t, **adapter.unet_kwargs(cond, size, size)).sample
+        loss = (pred - objective.target(latents, noise, t)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,13 +188,13 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         if step % 50 == 0:
             log(f"unet step {step}: loss {loss.item():.4f}  ({time.monotonic() - started:.0f} s)")
         if (step + 1) % settings.eval_every == 0 or step == last - 1:
-            pipe = arch.pipeline(vae, emas[0], emas[1:])
+            pipe = arch.pipeline(vae, emas[0], emas[1:], tokenizers)
             acc = identity_accuracy(pipe, vision, eval_people)
             history.append({"step": step + 1, "loss": loss.item(), "identity_attribute_accuracy": acc, "seconds": time.monotonic() - started})
             log(f"unet step {step + 1}: identity attributes read correctly in samples: {acc:.2%}")
             if checkpoint:
                 checkpoint(pipe, history)
-    return arch.pipeline(vae, emas[0], emas[1:]), history
+    return arch.pipeline(vae, emas[0], emas[1:], tokenizers), history
 
 
 def save_vision(vision, path: Path) -> None:
@@ -231,9 +232,9 @@ def _continue(folder: Path, pixels, out: Path, record: dict, settings: PretrainS
         vision_file = _shared_world(record["shared_from"]) / "vision.safetensors"
     means, stds = _latents_of(pipe.vae, pixels)
     encoders = encoders_of(pipe)
-    for module in (pipe.unet, *encoders):
+    for module in (denoiser_of(pipe), *encoders):
         module.requires_grad_(True)
-    return pipe.vae, load_vision(vision_file), (pipe.unet, encoders), means, stds
+    return pipe.vae, load_vision(vision_file), (denoiser_of(pipe), encoders, tokenizers_of(pipe)), means, stds
 
 
 def _shared_world(folder: str | None) -> Path:

@@ -16,12 +16,13 @@ def step_generator(seed: int, step: int, micro_batch: int) -> torch.Generator:
 
 
 class Examples:
-    def __init__(self, dataset, latents: list[CachedLatent], prompts: PromptBuilder, sampling: str, scaling: float, seed: int):
+    def __init__(self, dataset, latents: list[CachedLatent], prompts: PromptBuilder, sampling: str, scaling: float, seed: int,
+                 shift: float = 0.0):
         self.records = dataset.records
         self.latents = latents
         self.prompts = prompts
         self.sampling = sampling
-        self.scaling = scaling
+        self.scaling, self.shift = scaling, shift
         self.seed = seed
         self.fixed_prompts = None
         if prompts.fixed_per_image:
@@ -38,7 +39,7 @@ class Examples:
         """(scaled latents [B,4,h,w], alpha weights [B,h,w] or None, prompts, SDXL's size ids [B,6]) for these images."""
         rng = random.Random(f"titk:{self.seed}:{step}:{micro_batch}")
         latents = torch.stack([
-            sample_latent(self.latents[i], self.sampling, self.scaling, self.seed, self.records[i].sha256, generator)
+            sample_latent(self.latents[i], self.sampling, self.scaling, self.seed, self.records[i].sha256, generator, self.shift)
             for i in indices
         ])
         weights = None

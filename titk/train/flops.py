@@ -22,15 +22,19 @@ def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: i
 @lru_cache(maxsize=64)
 def _count(config_json: str, lat_w: int, lat_h: int) -> float:
     import torch
-    from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    config = {k: v for k, v in json.loads(config_json).items() if not k.startswith("_")}
+    raw = json.loads(config_json)
+    config = {k: v for k, v in raw.items() if not k.startswith("_")}
+    meta = dict(device="meta")
+    x = torch.empty(1, config.get("in_channels", 4), lat_h, lat_w, **meta)
+    if raw.get("_class_name") == "SD3Transformer2DModel" or "joint_attention_dim" in config:
+        return _count_mmdit(config, x)
+    from diffusers import UNet2DConditionModel
+
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     unet.requires_grad_(False)
-    meta = dict(device="meta")
-    x = torch.empty(1, config.get("in_channels", 4), lat_h, lat_w, **meta)
     cond = torch.empty(1, CONTEXT_TOKENS, unet.config.cross_attention_dim, requires_grad=True, **meta)
     extra = {}
     if unet.config.addition_embed_type == "text_time":
@@ -38,5 +42,22 @@ def _count(config_json: str, lat_w: int, lat_h: int) -> float:
         extra["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, **meta), "time_ids": torch.empty(1, 6, **meta)}
     with FlopCounterMode(display=False) as counter:
         out = unet(x, torch.tensor([500], **meta), encoder_hidden_states=cond, **extra).sample
+        out.float().pow(2).mean().backward()
+    return float(counter.get_total_flops())
+
+
+def _count_mmdit(config: dict, x) -> float:
+    """SD3's MMDiT at one view: 77 CLIP and 77 T5 tokens (titk's SD3 prompt), forward and backward to them."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel.from_config(config)
+    model.requires_grad_(False)
+    cond = torch.empty(1, 2 * CONTEXT_TOKENS, model.config.joint_attention_dim, requires_grad=True, device="meta")
+    pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, timestep=torch.tensor([500.0], device="meta"), encoder_hidden_states=cond, pooled_projections=pooled).sample
         out.float().pow(2).mean().backward()
     return float(counter.get_total_flops())

@@ -21,13 +21,14 @@ class LossInputs:
 
 
 def draw_noise(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None, generator: torch.Generator) -> LossInputs:
-    """Fresh noise (no offset noise) and a uniform random timestep per image, from the micro-batch's generator.
+    """Fresh noise (no offset noise) and a random timestep per image (as the model's objective draws them:
+    objectives.py), from the micro-batch's generator.
 
-    The loss is then the MSE between the UNet's prediction and its target, averaged over everything: the
-    target is the noise (eps models) or the velocity (v models); with alpha weights the element-wise error is
-    multiplied by the weight map before the mean."""
+    The loss is then the MSE between the denoiser's prediction and its target, averaged over everything: the
+    target is the noise (eps models), the velocity (v models) or the flow (SD3); with alpha weights the
+    element-wise error is multiplied by the weight map before the mean."""
     noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
-    timesteps = torch.randint(0, bundle.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    timesteps = bundle.objective.draw(latents.shape[0], generator)
     return LossInputs(latents, cond, weights, noise, timesteps.to(bundle.device))
 
 
@@ -39,7 +40,7 @@ def denoising_loss(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | 
 def denoising_losses(bundle, parts: list[LossInputs]) -> list[torch.Tensor]:
     """Each part's loss, from one UNet call over all parts of one shape (packed trials: the UNet is frozen
     and treats every image on its own, so a part's loss is what a call of its own would give, within rounding)."""
-    schedule, losses = bundle.noise_scheduler, [None] * len(parts)
+    objective, losses = bundle.objective, [None] * len(parts)
     shapes: dict[tuple, list[int]] = {}
     for i, part in enumerate(parts):
         pooled = None if part.cond.pooled is None else tuple(part.cond.pooled.shape[1:])
@@ -47,15 +48,12 @@ def denoising_losses(bundle, parts: list[LossInputs]) -> list[torch.Tensor]:
     for members in shapes.values():
         group = [parts[i] for i in members]
         latents = [p.latents.to(bundle.device) for p in group]
-        noisy = [schedule.add_noise(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
-        if bundle.prediction_type == "epsilon":
-            targets = [p.noise for p in group]
-        else:
-            targets = [schedule.get_velocity(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
+        noisy = [objective.noisy(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
+        targets = [objective.target(z, p.noise, p.timesteps) for z, p in zip(latents, group)]
         cond, timesteps = Conditioning.cat([p.cond for p in group]), torch.cat([p.timesteps for p in group])
         height, width = latents[0].shape[-2] * bundle.vae_scale_factor, latents[0].shape[-1] * bundle.vae_scale_factor
         noisy = noisy[0] if len(group) == 1 else torch.cat(noisy)
-        pred = bundle.unet(noisy.to(bundle.dtype), timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample
+        pred = bundle.unet(noisy.to(bundle.dtype), timestep=timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample
         for i, p, target, out in zip(members, group, targets, pred.split([len(z) for z in latents])):
             error = (out.float() - target.float()) ** 2
             if p.weights is not None:

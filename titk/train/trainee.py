@@ -124,6 +124,8 @@ class Trainee:
     def prepare(self, bundle, progress) -> None:
         """Steps 3 and 4: the latent cache, and the N trainable rows per text encoder (nothing else trains)."""
         config, plan, t, state = self.config, self.plan, self.t, self.state
+        if t.semantics == "kohya" and bundle.family.spec.flow_matching:
+            raise TitkError(f"train.semantics: kohya has no textual inversion for {bundle.family.spec.label}; use a1111")
         self.bundle, self.progress = bundle, progress
         cache = LatentCache(self.job.latent_cache or cache_dir() / "latents", bundle)
         latents = cache.load_or_encode(
@@ -131,7 +133,8 @@ class Trainee:
         )
         for latent, record in zip(latents, self.dataset.records):
             latent.size_ids = size_ids(record, latent.size, config.resize, t.semantics)
-        self.examples = Examples(self.dataset, latents, self.prompts, config.latent_sampling, bundle.latent_scaling, t.seed)
+        self.examples = Examples(self.dataset, latents, self.prompts, config.latent_sampling, bundle.latent_scaling, t.seed,
+                                 bundle.latent_shift)
         self.validation = ValidationLoss(
             bundle, self.dataset.records, latents, self.prompts, bundle.latent_scaling, self.name, self.n_vectors, syntax=self.syntax
         ) if self.job.validate_every else None
@@ -142,13 +145,16 @@ class Trainee:
         else:
             initial = init_text_vectors(config, bundle, self.n_vectors)
         self.vectors = {k: torch.nn.Parameter(v.to(bundle.device, torch.float32).clone()) for k, v in initial.items()}
+        if not config.embedding.train_t5 and "t5" in self.vectors:  # SD3 trains its CLIP vectors by default
+            self.vectors["t5"].requires_grad_(False)
+        trained = [v for v in self.vectors.values() if v.requires_grad]
         # embedding.norm vocab: only the direction learns; every vector is held at its vocabulary's median norm
         # from the start and after each update (norm_control.py). free (A1111, kohya): nothing is held.
         self.held = norm_targets(bundle) if config.embedding.norm == "vocab" else None
         if self.held:
             hold_norms(self.vectors, self.held)
         self.optimizer = torch.optim.AdamW(
-            list(self.vectors.values()), lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
+            trained, lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
         )
         self.scaler = torch.amp.GradScaler(bundle.device.type, enabled=bundle.dtype == torch.float16)
         if state:
@@ -270,6 +276,8 @@ def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, 
     `embedding.cross_init`, the text encoder's output at those tokens instead (what the UNet sees for the
     init text: the last layer as the model's conditioning takes it), mapped to the vectors the same way."""
     text, mode = config.embedding.init_text, config.init_mode
+    if config.embedding.cross_init and bundle.family.spec.one_chunk:
+        raise TitkError(f"embedding.cross_init: not available for {bundle.family.spec.label} models yet; train from init_text's rows")
     if not (config.embedding.cross_init and text):
         return {enc.key: init_vectors(enc.tokenizer, enc.table, text, n_vectors, mode, enc.truncates_init_text) for enc in bundle.encoders}
     with torch.no_grad():

@@ -29,21 +29,16 @@ def validation_generator(sha: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(sha[:15], 16))
 
 
-def fixed_timesteps(total: int, k: int = TIMESTEPS) -> torch.Tensor:
-    """k timesteps at the centres of k equal parts of [0, total)."""
-    return torch.tensor([int((i + 0.5) * total / k) for i in range(k)], dtype=torch.long)
-
-
 class ValidationLoss:
     """Computes the loss of the vectors set on `bundle` over `records` (a dataset's) and their cached latents."""
 
     def __init__(self, bundle, records, latents: list[CachedLatent], prompts: PromptBuilder, scaling: float, name: str,
                  n_vectors: int, syntax: bool, timesteps: int = TIMESTEPS):
         self.bundle, self.name, self.n_vectors, self.syntax = bundle, name, n_vectors, syntax
-        self.timesteps = fixed_timesteps(bundle.noise_scheduler.config.num_train_timesteps, timesteps)
+        self.timesteps = bundle.objective.fixed(timesteps)
         self.items = []
         for record, latent in zip(records, latents):
-            z = latent.mean * scaling
+            z = (latent.mean - bundle.latent_shift) * scaling
             noise = torch.randn((len(self.timesteps), *z.shape), generator=validation_generator(record.sha256))
             text = prompts.build(record.caption, random.Random(f"titk:validation:{record.sha256}"))
             self.items.append((z, latent.weight, noise, text, torch.tensor([latent.size_ids], dtype=torch.float32)))

@@ -1,0 +1,202 @@
+"""SD3 on a tiny random-weight pipeline: its conditioning is its pipeline's, training follows flow matching
+with its own timestep density, the T5 vectors are frozen unless asked, and sampling, files and planning work.
+(That a TI learns on SD3 is proven in the toy world: test_toyworld_sd3.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_images
+from test_train import cfg
+from titk.config import SamplingSettings
+from titk.errors import TitkError
+from titk.models import load_model
+from titk.models.objectives import FlowMatchObjective
+from titk.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    from titk.models.fixtures import build_tiny_pipeline
+    from titk.models.loading import quiet_libraries
+
+    folder = tmp_path_factory.mktemp("sd3") / "tiny-sd3"
+    with quiet_libraries():
+        build_tiny_pipeline("sd3").save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd3(sd3_folder):
+    return load_model(sd3_folder, dtype="fp32")
+
+
+def test_a_folder_loads_as_sd3_with_three_encoders_and_flow_matching(sd3):
+    assert sd3.family.value == "sd3" and sd3.prediction_type == "flow"
+    assert [e.key for e in sd3.encoders] == ["clip_l", "clip_g", "t5"] and sd3.widths == (32, 64, 128)
+    assert sd3.latent_shift == pytest.approx(0.0609) and sd3.default_size == 64
+    assert isinstance(sd3.objective, FlowMatchObjective) and sd3.objective.weighting == "logit_normal"
+
+
+def test_conditioning_equals_the_sd3_pipelines_own_encoding(sd3):
+    """Without a TI in the prompt, titk's SD3 conditioning is what StableDiffusion3Pipeline.encode_prompt gives
+    (77 T5 tokens): the CLIP penultimate states side by side, padded to T5's width, T5's after them; the
+    pooled input both CLIP projections."""
+    prompts = ["a photo of a person", "an old man with grey hair and a beard, outdoors"]
+    cond = sd3.encode_prompts(prompts)
+    embeds, _, pooled, _ = sd3.pipeline.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=77)
+    assert cond.hidden.shape == (2, 154, 128) and cond.pooled.shape == (2, 64)
+    torch.testing.assert_close(cond.hidden, embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_the_name_becomes_placeholders_in_every_encoder_t5_included(sd3):
+    tokens = sd3.tokenize(["a photo of ohwx"], "ohwx", 3)
+    for enc, ids in zip(sd3.encoders, tokens.ids):
+        vocab = enc.spliced.vocab_size
+        assert (ids[0] >= vocab).sum() == 3, enc.key
+        assert ids.shape == (1, 77)
+    t5 = tokens.ids[2][0].tolist()
+    assert t5[0] != sd3.encoders[2].tokenizer.eos_token_id  # T5 has no start token
+    assert t5.index(sd3.encoders[2].tokenizer.eos_token_id) == t5.index(0) - 1  # its end token, then padding
+
+
+def test_flow_matching_noises_towards_the_noise_and_targets_the_flow():
+    """x_σ = (1 − σ)·x₀ + σ·ε with t = 1000·σ and the target ε − x₀; logit-normal timesteps bunch in the
+    middle of the schedule (shift 1), uniform ones do not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = FlowMatchEulerDiscreteScheduler(shift=1.0).config
+    objective = FlowMatchObjective(config, "logit_normal")
+    x, eps = torch.full((1, 4, 2, 2), 2.0), torch.full((1, 4, 2, 2), -1.0)
+    t = torch.tensor([250.0])
+    torch.testing.assert_close(objective.noisy(x, eps, t), torch.full_like(x, 0.75 * 2 - 0.25))
+    torch.testing.assert_close(objective.target(x, eps, t), eps - x)
+    draws = objective.draw(4000, torch.Generator().manual_seed(0))
+    middle = ((draws > 250) & (draws < 750)).float().mean()
+    uniform = FlowMatchObjective(config, "none").draw(4000, torch.Generator().manual_seed(0))
+    assert middle > 0.6 and 0.45 < ((uniform > 250) & (uniform < 750)).float().mean() < 0.55
+    # the model's shift moves σ up: SD3's 3.0 gives more noise than the toy's 1.0 at the same draws
+    shifted = FlowMatchObjective(FlowMatchEulerDiscreteScheduler(shift=3.0).config, "logit_normal")
+    assert shifted.draw(4000, torch.Generator().manual_seed(0)).mean() > draws.mean() + 100
+    assert objective.fixed(4).tolist() == pytest.approx([875.0, 625.0, 375.0, 125.0], abs=1.0)
+
+
+def test_training_calls_the_transformer_with_flow_inputs_and_trains_clip_vectors_only(tmp_path, sd3, monkeypatch):
+    """A TI on SD3 trains its CLIP-L and CLIP-G vectors; the T5 vectors keep init_text's rows (train_t5 off).
+    The transformer sees (1 − σ)·x₀ + σ·ε of the shifted latents, the pooled projections and t = 1000·σ."""
+    images = make_images(tmp_path / "img", 4, captions="ohwx, photo {i}")
+    seen, forward = [], sd3.unet.forward
+
+    def spy(hidden_states, timestep=None, encoder_hidden_states=None, pooled_projections=None, **kw):
+        seen.append((timestep.clone(), encoder_hidden_states.shape, pooled_projections.shape))
+        return forward(hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled_projections, **kw)
+
+    monkeypatch.setattr(sd3.unet, "forward", spy)
+    config = cfg(tmp_path, images, train__max_steps=6, train__grad_accum=1, output__formats=["safetensors"])
+    result = train(config, bundle=sd3, show_progress=False, latent_cache=tmp_path / "cache")
+    monkeypatch.undo()
+    assert len(seen) == 6 and all(shape == (2, 154, 128) and pooled == (2, 64) for _, shape, pooled in seen)
+    timesteps = torch.cat([t for t, _, _ in seen])
+    assert timesteps.dtype == torch.float32 and not torch.equal(timesteps, timesteps.round())  # σ·1000, not DDPM's integers
+    from titk.embeddings.placeholder import init_vectors
+
+    t5 = sd3.encoders[2]
+    torch.testing.assert_close(result.embedding.vectors["t5"], init_vectors(t5.tokenizer, t5.table, "person", 2, "stretch", False))
+    for key in ("clip_l", "clip_g"):
+        enc = next(e for e in sd3.encoders if e.key == key)
+        assert not torch.allclose(result.embedding.vectors[key], init_vectors(enc.tokenizer, enc.table, "person", 2, "stretch", enc.truncates_init_text))
+    from titk.embeddings.formats import read_embedding
+
+    saved = read_embedding(tmp_path / "run" / "ohwx.safetensors")
+    assert set(saved.vectors) == {"clip_l", "clip_g", "t5"} and saved.vectors["t5"].shape == (2, 128)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "ohwx.safetensors"), "pt") as f:  # T5 under OneTrainer's key and ComfyUI's
+        assert set(f.keys()) == {"clip_l", "clip_g", "t5", "t5xxl"}
+
+
+def test_train_t5_trains_the_t5_vectors_too(tmp_path, sd3):
+    images = make_images(tmp_path / "img", 2, captions="ohwx")
+    config = cfg(tmp_path, images, train__max_steps=3, train__grad_accum=1, embedding__train_t5=True)
+    result = train(config, bundle=sd3, show_progress=False, latent_cache=tmp_path / "cache")
+    from titk.embeddings.placeholder import init_vectors
+
+    t5 = sd3.encoders[2]
+    assert not torch.allclose(result.embedding.vectors["t5"], init_vectors(t5.tokenizer, t5.table, "person", 2, "stretch", False))
+
+
+def test_kohya_semantics_and_ddpm_samplers_are_refused_on_sd3_in_one_line(tmp_path, sd3):
+    from titk.models.sampling import generate
+
+    images = make_images(tmp_path / "img", 2, captions="ohwx")
+    with pytest.raises(TitkError, match="kohya has no textual inversion for SD3"):
+        train(cfg(tmp_path, images, train__semantics="kohya", data__caption_extension=".txt"), bundle=sd3, show_progress=False, latent_cache=tmp_path / "c")
+    with pytest.raises(TitkError, match="euler_a does not sample SD3.*choose euler, dpm\\+\\+2m, unipc"):
+        generate(sd3, ["a photo"], [1], SamplingSettings(steps=2, sampler="euler_a"))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm++2m", "unipc"])
+def test_flow_samplers_draw_the_same_picture_at_many_steps(sd3, sampler):
+    """Each flow sampler solves the same flow: at 40 steps they agree with Euler's image closely."""
+    from titk.models.sampling import generate
+
+    def image(name):
+        out = generate(sd3, ["a photo of a person"], [7], SamplingSettings(steps=40, cfg=3.0, width=64, height=64, sampler=name))
+        return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
+
+    assert (image(sampler) - image("euler")).abs().mean() < 4.0
+
+
+def test_plan_of_the_sd3_recipe_counts_the_mmdit_of_sd3_medium(tmp_path, run_cli):
+    """The SD3 recipe before its model is set: SD3 medium's MMDiT (24 joint blocks) at 1024 px, 4096 image
+    tokens and 154 text tokens per view, forward and backward to the conditioning; 896 × 1152 for portraits."""
+    import json
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "experiments/recipes/sd3-bs4-400steps.yaml"
+    data = make_images(tmp_path / "photos", 5, size=(48, 64))
+    code, out, err = run_cli("plan", recipe, "-d", data, "--family", "sd3", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["tflops_per_view"] == {"896x1152": pytest.approx(19.2, abs=0.3)}
+    assert "planned with the sd3 family's standard architecture" in plan["notes"][0]
+    from titk.models.families import Family
+    from titk.models.loading import shipped_architecture
+    from titk.train.flops import unet_flops_per_view
+
+    arch = shipped_architecture(Family.SD3)
+    assert arch.default_size == 1024
+    assert unet_flops_per_view(arch.unet, 1024, 1024, arch.vae_scale) / 1e12 == pytest.approx(19.54, abs=0.01)
+    assert unet_flops_per_view(arch.unet, 512, 512, arch.vae_scale) / 1e12 == pytest.approx(3.81, abs=0.01)
+
+
+def test_an_embedding_of_another_family_or_a_t5_of_the_wrong_width_is_one_line(sd3):
+    from titk.embeddings import Embedding
+    from titk.embeddings.fit import vectors_for
+
+    sdxl_like = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64)})
+    with pytest.raises(TitkError, match=r"clip_l 32, clip_g 64\) does not fit .*needs clip_l \(32\) and clip_g \(64\) and t5 \(128\)"):
+        vectors_for(sdxl_like, sd3)
+    wrong_t5 = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64), "t5": torch.zeros(2, 96)})
+    with pytest.raises(TitkError, match=r"t5 96\) does not fit"):
+        vectors_for(wrong_t5, sd3)
+
+
+def test_training_subtracts_the_vaes_shift_before_scaling(tmp_path, sd3, monkeypatch):
+    """SD3's VAE has a shift factor: the latents a TI trains on are (posterior mean − 0.0609) × scale, as the
+    SD3 pipeline decodes latents / scale + shift."""
+    from PIL import Image
+
+    images = make_images(tmp_path / "img", 1, captions="ohwx")
+    pixels = torch.from_numpy(np.asarray(Image.open(images / "000.png"), dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    with torch.no_grad():
+        mean = sd3.vae.encode(pixels).latent_dist.mean
+    expected = (mean - 0.0609) * sd3.vae.config.scaling_factor
+    seen, noisy = [], sd3.objective.noisy
+    monkeypatch.setattr(sd3.objective, "noisy", lambda latents, noise, t: seen.append(latents) or noisy(latents, noise, t))
+    config = cfg(tmp_path, images, train__max_steps=1, train__batch_size=1, train__grad_accum=1, data__latent_sampling="deterministic")
+    train(config, bundle=sd3, show_progress=False, latent_cache=tmp_path / "cache")
+    torch.testing.assert_close(seen[0], expected, atol=1e-4, rtol=1e-4)
