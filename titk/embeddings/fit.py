@@ -36,7 +36,9 @@ def vectors_for(emb: Embedding, bundle, where: str = "") -> dict[str, torch.Tens
         if tensor is None or tensor.shape[1] != enc.width:
             raise TitkError(f"{label}: embedding ({_widths(emb)}) does not fit {bundle.name}, which needs {needs}")
         out[enc.key] = tensor
-    if len(emb.vectors) > len(out):
+    # A model without an optional encoder (SD3 without T5) reads the file's other tensors and leaves that one.
+    absent = set(bundle.family.spec.optional_encoders) - set(widths)
+    if len(set(emb.vectors) - absent) > len(out):
         # An SD3 file holds SDXL's two CLIP tensors and a T5 one: trained for another denoiser, and half-used here.
         made = f", made for {emb.family}" if emb.family else ""
         raise TitkError(f"{label}: embedding ({_widths(emb)}{made}) holds more than {bundle.name} has encoders for; it needs {needs}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..config import CONTEXT_TOKENS
+from ..config import COMMA_BACKTRACK, CONTEXT_TOKENS
 from ..embeddings.placeholder import (
     FROZEN_BASE,
     name_token_ids,
@@ -148,7 +148,9 @@ class ModelBundle:
             vocab = enc.spliced.vocab_size
             if syntax:
                 names = self._names(enc, name, n_vectors)
-                enc_ids, enc_weights = batch_tensors(enc.tokenizer, [prompt_chunks(enc.tokenizer, p, names) for p in prompts])
+                # SD3 reads one chunk: its first 75 tokens, with no comma backtrack moving its end earlier
+                backtrack = 0 if self.family.spec.one_chunk else COMMA_BACKTRACK
+                enc_ids, enc_weights = batch_tensors(enc.tokenizer, [prompt_chunks(enc.tokenizer, p, names, backtrack) for p in prompts])
             else:
                 enc_ids = tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, vocab)
                 enc_weights = torch.ones(enc_ids.shape)

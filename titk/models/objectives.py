@@ -49,7 +49,8 @@ class FlowMatchObjective:
     def __init__(self, scheduler_config, weighting: str):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        # Static shift from the model's config: the training scripts' timesteps (Flux's dynamic shift is for sampling).
+        # The static shift of the model's config, as diffusers' SD3 scripts train (Flux's scripts differ: to check
+        # when Flux is added).
         config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
         config["use_dynamic_shifting"] = False
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)

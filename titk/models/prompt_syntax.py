@@ -189,6 +189,8 @@ def prompt_chunks(tokenizer, prompt: str, names: list[Name] = (), backtrack: int
 
 
 def _ids(tokenizer, text: str) -> list[int]:
+    # Stripped: CLIP ignores the spaces around a run anyway, and SentencePiece (T5) would make one a "▁" token.
+    text = text.strip()
     return tokenizer(text, add_special_tokens=False, verbose=False).input_ids if text else []
 
 

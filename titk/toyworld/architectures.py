@@ -117,6 +117,8 @@ class ToyArchitecture:
 
         from ..models.fixtures import shipped_scheduler
 
+        if tokenizers is None and self.t5 is not None:
+            raise ValueError("an SD3 toy pipeline needs its trained T5 tokenizer (tokenizers=)")
         tokenizers = tokenizers or self.tokenizers()
         if self.family == "sd3":
             if vae.config.get("shift_factor") is None:  # the pipeline decodes latents / scale + shift

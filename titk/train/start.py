@@ -61,7 +61,8 @@ def check_fits(emb: Embedding, path: Path, arch) -> None:
     (the encoders' widths side by side): no weights are needed to refuse an SD1 file on SD2 or SDXL."""
     spec, width = arch.family.spec, int(arch.unet.get("cross_attention_dim") or 0)
     widths = emb.widths
-    keys_fit = len(widths) == len(spec.encoders) and (len(widths) == 1 or set(widths) == set(spec.encoder_keys))
+    required = set(spec.encoder_keys) - set(spec.optional_encoders)  # an SD3 TI of a model without T5 has no t5
+    keys_fit = len(widths) == 1 == len(spec.encoders) or set(spec.encoder_keys) >= set(widths) >= required
     if keys_fit and (not width or sum(widths.values()) == width):
         return
     have = " + ".join(f"{k} {w}" for k, w in widths.items())

@@ -105,6 +105,8 @@ class Trainee:
         self.index, self.job, self.config, self.t, self.name = index, job, config, config.train, config.embedding.name
         self.start = read_start(config)
         self.n_vectors = self.start.n_vectors
+        if bundle is not None:  # before any file is written
+            check_family_settings(config, bundle)
         self.dataset = job.dataset or load_dataset(config)
         plan = job.plan
         if plan is None:
@@ -124,8 +126,6 @@ class Trainee:
     def prepare(self, bundle, progress) -> None:
         """Steps 3 and 4: the latent cache, and the N trainable rows per text encoder (nothing else trains)."""
         config, plan, t, state = self.config, self.plan, self.t, self.state
-        if t.semantics == "kohya" and bundle.family.spec.flow_matching:
-            raise TitkError(f"train.semantics: kohya has no textual inversion for {bundle.family.spec.label}; use a1111")
         self.bundle, self.progress = bundle, progress
         cache = LatentCache(self.job.latent_cache or cache_dir() / "latents", bundle)
         latents = cache.load_or_encode(
@@ -147,14 +147,14 @@ class Trainee:
         self.vectors = {k: torch.nn.Parameter(v.to(bundle.device, torch.float32).clone()) for k, v in initial.items()}
         if not config.embedding.train_t5 and "t5" in self.vectors:  # SD3 trains its CLIP vectors by default
             self.vectors["t5"].requires_grad_(False)
-        trained = [v for v in self.vectors.values() if v.requires_grad]
+        self.trained = {k: v for k, v in self.vectors.items() if v.requires_grad}  # what the optimizer and norm holding touch
         # embedding.norm vocab: only the direction learns; every vector is held at its vocabulary's median norm
         # from the start and after each update (norm_control.py). free (A1111, kohya): nothing is held.
         self.held = norm_targets(bundle) if config.embedding.norm == "vocab" else None
         if self.held:
-            hold_norms(self.vectors, self.held)
+            hold_norms(self.trained, self.held)
         self.optimizer = torch.optim.AdamW(
-            trained, lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
+            list(self.trained.values()), lr=plan.lr_pairs[0][0], betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=plan.weight_decay
         )
         self.scaler = torch.amp.GradScaler(bundle.device.type, enabled=bundle.dtype == torch.float16)
         if state:
@@ -227,7 +227,7 @@ class Trainee:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.held:
-            hold_norms(self.vectors, self.held)
+            hold_norms(self.trained, self.held)
         self.optimizer.zero_grad(set_to_none=True)
         step = self.step = step + 1
         self.views += self.update.views
@@ -276,8 +276,6 @@ def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, 
     `embedding.cross_init`, the text encoder's output at those tokens instead (what the UNet sees for the
     init text: the last layer as the model's conditioning takes it), mapped to the vectors the same way."""
     text, mode = config.embedding.init_text, config.init_mode
-    if config.embedding.cross_init and bundle.family.spec.one_chunk:
-        raise TitkError(f"embedding.cross_init: not available for {bundle.family.spec.label} models yet; train from init_text's rows")
     if not (config.embedding.cross_init and text):
         return {enc.key: init_vectors(enc.tokenizer, enc.table, text, n_vectors, mode, enc.truncates_init_text) for enc in bundle.encoders}
     with torch.no_grad():
@@ -288,6 +286,21 @@ def init_text_vectors(config: TrainConfig, bundle, n_vectors: int) -> dict[str, 
         out[enc.key] = init_vectors(enc.tokenizer, outputs, text, n_vectors, mode, enc.truncates_init_text, positions=True)
         offset += enc.width
     return out
+
+
+def check_family_settings(config: TrainConfig, bundle) -> None:
+    """Settings the model's family cannot honour, refused in one line before anything is trained or written."""
+    spec = bundle.family.spec
+    if config.train.semantics == "kohya" and spec.flow_matching:
+        raise TitkError(f"train.semantics: kohya has no textual inversion for {spec.label}; use a1111")
+    if config.embedding.cross_init and spec.one_chunk:
+        raise TitkError(f"embedding.cross_init: not available for {spec.label} models yet; train from init_text's rows")
+    if config.embedding.train_t5 and "t5" not in [e.key for e in bundle.encoders]:
+        raise TitkError(f"embedding.train_t5: {bundle.name} has no T5 encoder ({', '.join(e.key for e in bundle.encoders)})")
+    if config.output.preview.every:
+        from ..models.sampling import make_scheduler
+
+        make_scheduler(bundle, config.output.preview.sampler)  # a sampler the family cannot use: said now, not at the first preview
 
 
 def _checked(loss: float, step: int, micro: int) -> float:
@@ -313,7 +326,8 @@ def _kohya_metadata(config: TrainConfig, bundle) -> dict[str, str]:
     width, height = config.data.width or bundle.default_size, config.data.height or bundle.default_size
     return {
         "modelspec.resolution": f"{width}x{height}",
-        "modelspec.prediction_type": "v" if bundle.prediction_type == "v_prediction" else "epsilon",
+        **({} if bundle.family.spec.flow_matching else  # kohya's modelspec names only epsilon and v
+           {"modelspec.prediction_type": "v" if bundle.prediction_type == "v_prediction" else "epsilon"}),
     }
 
 
