@@ -150,6 +150,11 @@ def test_flow_samplers_draw_the_same_picture_at_many_steps(sd3, sampler):
         return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
 
     assert (image(sampler) - image("euler")).abs().mean() < 4.0
+    from titk.models.sampling import FLOW_SAMPLERS, make_scheduler
+
+    scheduler = make_scheduler(sd3, sampler)  # the solver asked for, not Euler under its name
+    assert type(scheduler).__name__ == FLOW_SAMPLERS[sampler]
+    assert sampler == "euler" or (scheduler.config.use_flow_sigmas and scheduler.config.flow_shift == 3.0)
     # what 4 levels mean: another seed's picture is far further off
     if sampler == "euler":
         other = generate(sd3, ["a photo of a person"], [8], SamplingSettings(steps=40, cfg=3.0, width=64, height=64, sampler="euler"))

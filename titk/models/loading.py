@@ -91,8 +91,8 @@ def bundle_from_pipeline(
         prediction = "flow"
     else:
         prediction = prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon")
-    if not family.spec.flow_matching and pipe.scheduler.config.get("prediction_type") != prediction:
-        pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction)
+        if pipe.scheduler.config.get("prediction_type") != prediction:
+            pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type=prediction)
     encoders = [
         TextEncoderSlot(e.key, getattr(pipe, e.tokenizer_attr), getattr(pipe, e.model_attr), e.truncates_init_text)
         for e in family.spec.encoders

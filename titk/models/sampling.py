@@ -29,12 +29,7 @@ SAMPLERS = {
 
 # Flow-matching models (SD3) sample along the flow: Euler as their pipelines ship, or the multistep solvers
 # on flow sigmas with the model's shift.
-_FLOW = {"flow_prediction": True}
-FLOW_SAMPLERS = {
-    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", _FLOW),
-    "unipc": ("UniPCMultistepScheduler", _FLOW),
-}
+FLOW_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "dpm++2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
 
 
 def make_scheduler(bundle, name: str):
@@ -49,10 +44,9 @@ def make_scheduler(bundle, name: str):
                 f"sampler: {name} does not sample {bundle.family.spec.label} models, which are trained by flow "
                 f"matching; choose {', '.join(FLOW_SAMPLERS)}"
             )
-        cls_name, flow = FLOW_SAMPLERS[name]
-        if not flow:
-            return getattr(diffusers, cls_name).from_config(config)
-        return getattr(diffusers, cls_name)(
+        if name == "euler":
+            return diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
+        return getattr(diffusers, FLOW_SAMPLERS[name])(
             num_train_timesteps=config.num_train_timesteps, prediction_type="flow_prediction", use_flow_sigmas=True,
             flow_shift=config.shift,
         )

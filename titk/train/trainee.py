@@ -136,7 +136,7 @@ class Trainee:
         self.examples = Examples(self.dataset, latents, self.prompts, config.latent_sampling, bundle.latent_scaling, t.seed,
                                  bundle.latent_shift)
         self.validation = ValidationLoss(
-            bundle, self.dataset.records, latents, self.prompts, bundle.latent_scaling, self.name, self.n_vectors, syntax=self.syntax
+            bundle, self.dataset.records, latents, self.prompts, self.name, self.n_vectors, syntax=self.syntax
         ) if self.job.validate_every else None
         if state:
             initial = state["vectors"]

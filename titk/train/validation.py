@@ -32,13 +32,13 @@ def validation_generator(sha: str) -> torch.Generator:
 class ValidationLoss:
     """Computes the loss of the vectors set on `bundle` over `records` (a dataset's) and their cached latents."""
 
-    def __init__(self, bundle, records, latents: list[CachedLatent], prompts: PromptBuilder, scaling: float, name: str,
+    def __init__(self, bundle, records, latents: list[CachedLatent], prompts: PromptBuilder, name: str,
                  n_vectors: int, syntax: bool, timesteps: int = TIMESTEPS):
         self.bundle, self.name, self.n_vectors, self.syntax = bundle, name, n_vectors, syntax
         self.timesteps = bundle.objective.fixed(timesteps)
         self.items = []
         for record, latent in zip(records, latents):
-            z = (latent.mean - bundle.latent_shift) * scaling
+            z = (latent.mean - bundle.latent_shift) * bundle.latent_scaling
             noise = torch.randn((len(self.timesteps), *z.shape), generator=validation_generator(record.sha256))
             text = prompts.build(record.caption, random.Random(f"titk:validation:{record.sha256}"))
             self.items.append((z, latent.weight, noise, text, torch.tensor([latent.size_ids], dtype=torch.float32)))
