@@ -39,6 +39,9 @@ class FamilySpec:
     denoiser_attr: str = "unet"  # the pipeline's denoiser: a UNet, or SD3's and Flux's transformer
     optional_encoders: tuple[str, ...] = ()  # encoders a model may lack (SD3 without T5 is legal)
     one_chunk: bool = False  # each encoder reads the prompt's first 77 tokens (SD3's pipeline), not A1111's chunks
+    default_size: int | None = None  # pixels, for denoisers whose config names no sample size (Flux)
+    samplers: tuple[str, ...] | None = None  # the samplers its pipeline can run, when not every one of titk's
+    size_multiple: int | None = None  # image sides must be multiples of this (Flux: its transformer reads 2×2 latent patches)
 
     @property
     def encoder_keys(self) -> tuple[str, ...]:
@@ -88,7 +91,15 @@ FAMILIES: dict[str, FamilySpec] = {
             "StableDiffusion3Pipeline", ("sd3",), "stable-diffusion-3",
             flow_matching="logit_normal", denoiser_attr="transformer", optional_encoders=("t5",), one_chunk=True,
         ),
-        FamilySpec("flux", "Flux.1 (768 + 4096)", (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096)), None, kohya_arch="flux-1-dev"),
+        FamilySpec(
+            "flux", "Flux.1 (768 + 4096)",
+            (EncoderSpec("clip_l", 768), EncoderSpec("t5", 4096, PAD_T5, "tokenizer_2", "text_encoder_2")),
+            "FluxPipeline", ("flux",), "flux-1-dev",
+            # uniform timesteps on the unshifted schedule, as diffusers' Flux training scripts draw them
+            flow_matching="none", denoiser_attr="transformer", one_chunk=True, default_size=1024,
+            samplers=("euler",),  # its pipeline shifts the schedule per resolution (mu), which only Euler takes
+            size_multiple=16,
+        ),
     )
 }
 

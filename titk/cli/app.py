@@ -90,6 +90,7 @@ class FamilyName(str, Enum):
     sd2 = "sd2"
     sdxl = "sdxl"
     sd3 = "sd3"
+    flux = "flux"
 
 
 def scorer_list(value: str | None) -> str | None:

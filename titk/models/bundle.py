@@ -67,7 +67,7 @@ class ModelBundle:
 
     @property
     def unet(self):
-        """The denoiser: a UNet, or SD3's MMDiT (`pipeline.transformer`); called as `unet(x, timestep=t, **kwargs)`."""
+        """The denoiser: a UNet, or SD3's or Flux's transformer (`pipeline.transformer`); the adapter's `predict` calls it."""
         return getattr(self.pipeline, self.family.spec.denoiser_attr)
 
     @property
@@ -76,7 +76,7 @@ class ModelBundle:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.vae.config.latent_channels)  # Flux's transformer reads them in 2×2 patches: 4× as many
 
     @property
     def vae(self):
@@ -110,8 +110,9 @@ class ModelBundle:
 
     @property
     def default_size(self) -> int:
-        """The resolution the model was trained at (UNet sample size × VAE factor)."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        """The resolution the model was trained at (UNet sample size × VAE factor; Flux's from the family table)."""
+        sample_size = self.unet.config.get("sample_size")
+        return int(sample_size) * self.vae_scale_factor if sample_size else int(self.family.spec.default_size)
 
     def set_vectors(self, vectors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         """Make `vectors` (per encoder key, [N, width]) the rows behind the placeholder ids; None clears them.

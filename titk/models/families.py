@@ -4,8 +4,9 @@ What a family is (encoders, widths, pipeline class, shipped configs, file keys) 
 this module adds what needs torch: recognising a model and the conditioning adapter. SD1 has CLIP ViT-L
 (768), SD2 OpenCLIP ViT-H (1024, usually v-prediction at 768 px), SDXL CLIP-L + OpenCLIP bigG (768 + 1280)
 with a pooled embedding and size/crop time ids, SD3 CLIP-L + CLIP-G + T5 (768 + 1280 + 4096) conditioning an
-MMDiT. The training loop and the sampler only call `encode` and `unet_kwargs`, so adding a family does not
-touch them.
+MMDiT, Flux CLIP-L's pooled output + T5 (768 + 4096) conditioning its transformer on packed latents. The
+training loop and the sampler only call `encode`, `predict` and `pipeline_kwargs`, so adding a family does
+not touch them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import FLUX_T5_TOKENS
 from ..errors import TitkError, UnknownArchitecture
 from ..families import FAMILIES, FamilySpec
 from .prompt_syntax import emphasize
@@ -29,6 +31,7 @@ class Family(str, Enum):
     SD2 = "sd2"
     SDXL = "sdxl"
     SD3 = "sd3"
+    FLUX = "flux"
 
     @property
     def spec(self) -> FamilySpec:
@@ -41,7 +44,7 @@ class Family(str, Enum):
 
 _UNSUPPORTED_MARKERS = {
     "joint_blocks.": "an SD3/SD3.5 single file (load its diffusers folder instead)",
-    "double_blocks.": "Flux",
+    "double_blocks.": "a Flux single file (load its diffusers folder instead)",
     "control_model.": "a ControlNet",
     "lora_unet_": "a LoRA",
     "lora_te_": "a LoRA",
@@ -49,8 +52,8 @@ _UNSUPPORTED_MARKERS = {
 
 
 def family_of_pipeline(pipe) -> Family:
-    if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
-        return Family.SD3
+    if hasattr(pipe, "transformer"):
+        return Family.SD3 if hasattr(pipe, "text_encoder_3") else Family.FLUX
     if hasattr(pipe, "text_encoder_2"):
         return Family.SDXL
     return Family.SD2 if pipe.text_encoder.config.hidden_act == "gelu" else Family.SD1
@@ -70,12 +73,14 @@ def detect_folder(folder: Path) -> Family:
         family = Family.SDXL
     elif cls == "StableDiffusion3Pipeline":
         return Family.SD3
+    elif cls == "FluxPipeline":
+        return Family.FLUX
     elif cls == "StableDiffusionPipeline":
         te_config = _read_json(folder / "text_encoder" / "config.json")
         family = Family.SD2 if te_config.get("hidden_act") == "gelu" else Family.SD1
     else:
         raise UnknownArchitecture(
-            f"{folder}: a {cls}, which titk does not support (it trains SD1, SD2, SDXL and SD3 pipelines)"
+            f"{folder}: a {cls}, which titk does not support (it trains SD1, SD2, SDXL, SD3 and Flux pipelines)"
         )
     unet_config = _read_json(folder / "unet" / "config.json")
     if unet_config.get("in_channels", 4) != 4:
@@ -139,8 +144,9 @@ def _read_json(path: Path) -> dict:
 class Conditioning:
     """What the UNet is conditioned on for a batch of prompts."""
 
-    hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim] (SD3: [B, 77 + 77, T5 width])
-    pooled: torch.Tensor | None = None  # SDXL: projected pooled output of CLIP-G, [B, 1280]; SD3: CLIP-L's and CLIP-G's [B, 2048]
+    hidden: torch.Tensor  # [B, chunks × 77, cross_attention_dim] (SD3: [B, 77 + 77, T5 width]; Flux: [B, T5 length, T5 width])
+    # SDXL: projected pooled output of CLIP-G, [B, 1280]; SD3: CLIP-L's and CLIP-G's [B, 2048]; Flux: CLIP-L's unprojected [B, 768]
+    pooled: torch.Tensor | None = None
     # SDXL: each image's original size, crop and target size [B, 6] (training); None: the size generated at, uncropped
     time_ids: torch.Tensor | None = None
 
@@ -178,6 +184,14 @@ class FamilyAdapter:
 
     def unet_kwargs(self, cond: Conditioning, height: int, width: int) -> dict:
         return {"encoder_hidden_states": cond.hidden}
+
+    def predict(self, unet, x: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, height: int, width: int) -> torch.Tensor:
+        """The denoiser's output for latents `x` [B, C, h, w] at `timesteps` (the objective's), in x's layout."""
+        return unet(x, timestep=timesteps, **self.unet_kwargs(cond, height, width)).sample
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Starting latents [B, C, h, w] in the layout the family's pipeline takes them."""
+        return latents
 
     def pipeline_kwargs(self, cond: Conditioning, negative: Conditioning) -> dict:
         """Conditioning passed to a diffusers pipeline call in place of prompt strings."""
@@ -278,7 +292,65 @@ class SD3Adapter(FamilyAdapter):
         return SDXLAdapter.pipeline_kwargs(self, cond, negative)
 
 
+# Flux dev is guidance-distilled: its transformer is told the guidance it should imitate, in training too.
+# diffusers' Flux training scripts tell it 3.5, the guidance it is sampled at.
+FLUX_TRAINING_GUIDANCE = 3.5
+
+
+def t5_length(tokenizer) -> int:
+    """How many tokens Flux's T5 reads: its tokenizer's model_max_length, at most what Flux dev's pipeline pads to."""
+    return int(min(tokenizer.model_max_length, FLUX_T5_TOKENS))
+
+
+class FluxAdapter(FamilyAdapter):
+    """Flux, as its pipeline conditions the transformer: CLIP-L's pooled output (its final-norm state at the end
+    token, no projection) and T5's last hidden state over `t5_length` tokens, the prompt's run padded with
+    <pad>. The transformer reads 2×2 patches of the latents as a sequence, with position ids for both."""
+
+    family = Family.FLUX
+
+    def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
+        hidden = pooled = None
+        for i, (enc, enc_ids) in enumerate(zip(encoders, ids)):
+            if enc.key == "t5":
+                extra = t5_length(enc.tokenizer) - enc_ids.shape[1]
+                enc_ids = torch.nn.functional.pad(enc_ids, (0, extra), value=enc.tokenizer.pad_token_id)
+                w = None if weights is None else torch.nn.functional.pad(weights[i], (0, extra), value=1.0)
+                hidden = _emphasize(enc.model(enc_ids).last_hidden_state, None if w is None else [w], 0, per_prompt)
+            else:
+                # CLIPTextModel's pooler_output, taken at the first end token: placeholder ids are above the
+                # vocabulary, where the pooler's legacy argmax would look for the end
+                out = enc.model(enc_ids)
+                pooled = out.last_hidden_state[torch.arange(len(enc_ids)), _eos_positions(enc_ids, enc.tokenizer.eos_token_id)]
+        return Conditioning(hidden, pooled)
+
+    def predict(self, unet, x, timesteps, cond, height, width):
+        from diffusers import FluxPipeline
+
+        b, c, h, w = x.shape
+        if h % 2 or w % 2:
+            raise TitkError(f"an image of {width}×{height} px: {self.family.spec.label} needs sides in multiples of 16 px")
+        packed = FluxPipeline._pack_latents(x, b, c, h, w)
+        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
+        text_ids = torch.zeros(cond.hidden.shape[1], 3, device=x.device, dtype=x.dtype)
+        guidance = torch.full((b,), FLUX_TRAINING_GUIDANCE, device=x.device) if unet.config.guidance_embeds else None
+        out = unet(packed, timestep=timesteps / 1000, guidance=guidance, pooled_projections=cond.pooled,
+                   encoder_hidden_states=cond.hidden, txt_ids=text_ids, img_ids=image_ids).sample
+        return FluxPipeline._unpack_latents(out, h * 8, w * 8, 8)
+
+    def pipeline_latents(self, latents):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._pack_latents(latents, *latents.shape)
+
+    def pipeline_kwargs(self, cond, negative):
+        # The pipeline's guidance_scale is Flux dev's distilled guidance; no negative prompt is run
+        return {"prompt_embeds": cond.hidden, "pooled_prompt_embeds": cond.pooled}
+
+
 def adapter_for(family: Family, joint_width: int | None = None) -> FamilyAdapter:
+    if family is Family.FLUX:
+        return FluxAdapter()
     if family is Family.SD3:
         return SD3Adapter(joint_width)
     return SDXLAdapter() if family is Family.SDXL else SDAdapter(family)

@@ -75,6 +75,8 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
     vae = AutoencoderKL(**TINY_VAE)
     if family is Family.SD3:
         return _tiny_sd3(vae, seed)
+    if family is Family.FLUX:
+        return _tiny_flux(vae, seed)
     if family is Family.SDXL:
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(**TINY_UNET_SDXL)
@@ -125,6 +127,35 @@ def _tiny_sd3(vae, seed: int):
         text_encoder=te, tokenizer=clip_tokenizer(PAD_END), text_encoder_2=te2, tokenizer_2=clip_tokenizer(PAD_EXCLAMATION),
         text_encoder_3=te3, tokenizer_3=tokenizer_3,
     )
+
+
+TINY_FLUX = dict(
+    patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+    joint_attention_dim=128, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+)
+TINY_FLUX_T5_TOKENS = 96  # more than one CLIP chunk, so the fixture tests the padding to T5's length
+
+
+def _tiny_flux(vae, seed: int):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from .tokenizer import t5_tokenizer
+
+    vae.register_to_config(shift_factor=0.1159)  # Flux's VAE subtracts a shift before scaling
+    torch.manual_seed(seed + 1)
+    transformer = FluxTransformer2DModel(**TINY_FLUX)
+    transformer.register_to_config(sample_size=8)  # Flux's names no size (1024 px); the fixture's is 64 px
+    torch.manual_seed(seed + 2)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=32, hidden_act="quick_gelu", projection_dim=32, **TINY_CLIP))
+    tokenizer_2 = t5_tokenizer(TINY_T5_CORPUS, 120, TINY_FLUX_T5_TOKENS)
+    torch.manual_seed(seed + 3)
+    te2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), **TINY_T5))
+    # Flux dev's scheduler: shifted per resolution when sampling, between 0.5 and 1.15 (mu)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=clip_tokenizer(PAD_END),
+                        text_encoder_2=te2, tokenizer_2=tokenizer_2, transformer=transformer)
 
 
 @dataclass

@@ -147,7 +147,7 @@ def _pipeline_class(family: Family):
 
 
 def _sd_only_kwargs(family: Family) -> dict:
-    if family in (Family.SDXL, Family.SD3):
+    if family.spec.pipeline_class != "StableDiffusionPipeline":
         return {}
     return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
@@ -342,7 +342,8 @@ class Architecture:
 
     @property
     def default_size(self) -> int:
-        return int(self.unet.get("sample_size", 64)) * self.vae_scale
+        sample_size = self.unet.get("sample_size")
+        return int(sample_size) * self.vae_scale if sample_size else int(self.family.spec.default_size or 64 * self.vae_scale)
 
 
 def read_architecture(config: ModelConfig) -> Architecture | None:

@@ -8,7 +8,8 @@ timesteps given to the denoiser are each model's own:
   schedule, and the noise (ε models) or the velocity (v models) as target, as A1111, kohya and diffusers'
   textual-inversion scripts do.
 - Flow matching (`FlowMatchObjective`): x_σ = (1 − σ)·x₀ + σ·ε with the target ε − x₀, the denoiser told
-  t = 1000·σ. σ comes from the model's own `FlowMatchEulerDiscreteScheduler` (its `shift`) at an index drawn as
+  t = 1000·σ (Flux's transformer σ itself). σ comes from the model's own `FlowMatchEulerDiscreteScheduler` (SD3
+  shifted by its `shift`, Flux unshifted) at an index drawn as
   diffusers' SD3 and Flux training scripts draw it (`compute_density_for_timestep_sampling`): logit-normal
   for SD3 (mean 0, std 1, as the SD3 paper trains), uniform for Flux.
 """
@@ -49,10 +50,10 @@ class FlowMatchObjective:
     def __init__(self, scheduler_config, weighting: str):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        # The static shift of the model's config, as diffusers' SD3 scripts train (Flux's scripts differ: to check
-        # when Flux is added).
+        # The model's own schedule, as diffusers' training scripts build it: SD3's shifted by its static `shift`;
+        # Flux's unshifted, as a config with dynamic shifting leaves it (its pipeline shifts per resolution when
+        # sampling; its training scripts draw from the unshifted schedule).
         config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
-        config["use_dynamic_shifting"] = False
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
         self.weighting = weighting  # "logit_normal" (SD3) or "none" (uniform; Flux)
         self.total = self.scheduler.config.num_train_timesteps

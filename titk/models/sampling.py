@@ -27,8 +27,8 @@ SAMPLERS = {
 }
 
 
-# Flow-matching models (SD3) sample along the flow: Euler as their pipelines ship, or the multistep solvers
-# on flow sigmas with the model's shift.
+# Flow-matching models (SD3, Flux) sample along the flow: Euler as their pipelines ship, or (SD3) the multistep
+# solvers on flow sigmas with the model's shift.
 FLOW_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "dpm++2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
 
 
@@ -39,10 +39,11 @@ def make_scheduler(bundle, name: str):
         raise TitkError(f"sampler: unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
     config = bundle.pipeline.scheduler.config
     if bundle.family.spec.flow_matching:
-        if name not in FLOW_SAMPLERS:
+        usable = bundle.family.spec.samplers or tuple(FLOW_SAMPLERS)
+        if name not in usable:
             raise TitkError(
                 f"sampler: {name} does not sample {bundle.family.spec.label} models, which are trained by flow "
-                f"matching; choose {', '.join(FLOW_SAMPLERS)}"
+                f"matching; choose {', '.join(usable)}"
             )
         if name == "euler":
             return diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
@@ -96,6 +97,7 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
             torch.randn((bundle.latent_channels, height // bundle.vae_scale_factor, width // bundle.vae_scale_factor), generator=g)
             for g in generators
         ]).to(bundle.device, bundle.dtype)
+        latents = bundle.adapter.pipeline_latents(latents)
         out = pipe(
             **bundle.adapter.pipeline_kwargs(cond, negative), num_inference_steps=s.steps, guidance_scale=s.cfg,
             height=height, width=width, latents=latents, output_type="pil",

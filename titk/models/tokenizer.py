@@ -66,9 +66,10 @@ def clip_tokenizer(pad_token: str = PAD_END):
     )
 
 
-def t5_tokenizer(captions: list[str], vocab_size: int):
+def t5_tokenizer(captions: list[str], vocab_size: int, max_length: int = CONTEXT_TOKENS):
     """A T5-style tokenizer (the toy world's, the tiny SD3 fixture's) trained on `captions` with the `tokenizers` library: SentencePiece's "▁" word marker,
-    no start token, </s> at the end, <pad> as id 0; deterministic for the same captions.
+    no start token, </s> at the end, <pad> as id 0; deterministic for the same captions. `max_length` is its
+    model_max_length (how many tokens Flux's T5 reads).
 
     Subwords by BPE: the library's Unigram trainer (T5's own model) keeps little more than single characters
     on a corpus this repetitive, which would make every word a dozen tokens."""
@@ -87,5 +88,5 @@ def t5_tokenizer(captions: list[str], vocab_size: int):
     tok.train_from_iterator(captions, trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=CONTEXT_TOKENS
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=max_length
     )

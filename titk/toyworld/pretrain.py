@@ -120,7 +120,7 @@ def _token_ids(captions, tokenizers) -> list[torch.Tensor]:
 
 def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, vision, eval_people, log, checkpoint=None, start=None):
     """The UNet and text encoders trained together on the latents, conditioned exactly as titk conditions the
-    family when it trains a TI and samples (the family adapter's `encode` and `unet_kwargs`)."""
+    family when it trains a TI and samples (the family adapter's `encode` and `predict`)."""
     from ..models.bundle import TextEncoderSlot
     from ..models.families import Family, adapter_for
     from ..models.objectives import objective_for
@@ -173,7 +173,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
         noise = torch.randn(latents.shape, generator=gen)
         t = objective.draw(settings.batch_size, gen)
         noisy = objective.noisy(latents, noise, t)
-        pred = unet(noisy, timestep=t, **adapter.unet_kwargs(cond, size, size)).sample
+        pred = adapter.predict(unet, noisy, t, cond, size, size)
         loss = (pred - objective.target(latents, noise, t)).pow(2).mean()
         opt.zero_grad()
         loss.backward()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from ..config import CONTEXT_TOKENS
+from ..config import CONTEXT_TOKENS, FLUX_T5_TOKENS
 
 
 def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: int = 8) -> float:
@@ -27,6 +27,8 @@ def _count(config_json: str, lat_w: int, lat_h: int) -> float:
     raw = json.loads(config_json)
     config = {k: v for k, v in raw.items() if not k.startswith("_")}
     meta = dict(device="meta")
+    if raw.get("_class_name") == "FluxTransformer2DModel" or "guidance_embeds" in config:
+        return _count_flux(config, lat_w, lat_h)
     x = torch.empty(1, config.get("in_channels", 4), lat_h, lat_w, **meta)
     if raw.get("_class_name") == "SD3Transformer2DModel" or "joint_attention_dim" in config:
         return _count_mmdit(config, x)
@@ -59,5 +61,28 @@ def _count_mmdit(config: dict, x) -> float:
     pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(x, timestep=torch.tensor([500.0], device="meta"), encoder_hidden_states=cond, pooled_projections=pooled).sample
+        out.float().pow(2).mean().backward()
+    return float(counter.get_total_flops())
+
+
+def _count_flux(config: dict, lat_w: int, lat_h: int) -> float:
+    """Flux's transformer at one view: 2×2 latent patches and 512 T5 tokens, forward and backward to them."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config(config)
+    model.requires_grad_(False)
+    meta = dict(device="meta")
+    seq = (lat_h // 2) * (lat_w // 2)
+    x = torch.empty(1, seq, model.config.in_channels, **meta)
+    cond = torch.empty(1, FLUX_T5_TOKENS, model.config.joint_attention_dim, requires_grad=True, **meta)
+    pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, **meta)
+    image_ids = FluxPipeline._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, "meta", torch.float32)
+    guidance = torch.empty(1, **meta) if model.config.guidance_embeds else None
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, timestep=torch.empty(1, **meta), guidance=guidance, pooled_projections=pooled, encoder_hidden_states=cond,
+                    txt_ids=torch.empty(FLUX_T5_TOKENS, 3, **meta), img_ids=image_ids).sample
         out.float().pow(2).mean().backward()
     return float(counter.get_total_flops())

@@ -25,7 +25,7 @@ def draw_noise(bundle, latents: torch.Tensor, cond, weights: torch.Tensor | None
     objectives.py), from the micro-batch's generator.
 
     The loss is then the MSE between the denoiser's prediction and its target, averaged over everything: the
-    target is the noise (eps models), the velocity (v models) or the flow (SD3); with alpha weights the
+    target is the noise (eps models), the velocity (v models) or the flow (SD3, Flux); with alpha weights the
     element-wise error is multiplied by the weight map before the mean."""
     noise = torch.randn(latents.shape, generator=generator).to(bundle.device)
     timesteps = bundle.objective.draw(latents.shape[0], generator)
@@ -53,7 +53,7 @@ def denoising_losses(bundle, parts: list[LossInputs]) -> list[torch.Tensor]:
         cond, timesteps = Conditioning.cat([p.cond for p in group]), torch.cat([p.timesteps for p in group])
         height, width = latents[0].shape[-2] * bundle.vae_scale_factor, latents[0].shape[-1] * bundle.vae_scale_factor
         noisy = noisy[0] if len(group) == 1 else torch.cat(noisy)
-        pred = bundle.unet(noisy.to(bundle.dtype), timestep=timesteps, **bundle.adapter.unet_kwargs(cond, height, width)).sample
+        pred = bundle.adapter.predict(bundle.unet, noisy.to(bundle.dtype), timesteps, cond, height, width)
         for i, p, target, out in zip(members, group, targets, pred.split([len(z) for z in latents])):
             error = (out.float() - target.float()) ** 2
             if p.weights is not None:

@@ -1,0 +1,202 @@
+"""Flux on a tiny random-weight pipeline: its conditioning and its sampling are its pipeline's, training follows
+flow matching on the unshifted schedule with uniform timesteps and the transformer reads packed latents, the T5
+vectors are frozen unless asked, and files, diffusers' loader and planning work. (No Flux toy world yet: that a
+TI learns on Flux is not proven here.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_images
+from test_train import cfg
+from titk.config import SamplingSettings
+from titk.errors import TitkError
+from titk.models import load_model
+from titk.models.objectives import FlowMatchObjective
+from titk.train.loop import train
+
+PROMPTS = ["a photo of a person", "an old man with grey hair and a beard, outdoors"]
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from titk.models.fixtures import build_tiny_pipeline
+    from titk.models.loading import quiet_libraries
+
+    folder = tmp_path_factory.mktemp("flux") / "tiny-flux"
+    with quiet_libraries():
+        build_tiny_pipeline("flux").save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flux(flux_folder):
+    return load_model(flux_folder, dtype="fp32")
+
+
+def test_a_folder_loads_as_flux_with_clip_l_and_t5_and_uniform_flow_matching(flux):
+    assert flux.family.value == "flux" and flux.prediction_type == "flow"
+    assert [e.key for e in flux.encoders] == ["clip_l", "t5"] and flux.widths == (32, 128)
+    assert flux.latent_shift == pytest.approx(0.1159) and flux.latent_channels == 4 and flux.default_size == 64
+    assert isinstance(flux.objective, FlowMatchObjective) and flux.objective.weighting == "none"
+
+
+def test_conditioning_equals_the_flux_pipelines_own_encoding(flux):
+    """Without a TI in the prompt, titk's Flux conditioning is what FluxPipeline.encode_prompt gives: T5's last
+    hidden state over the T5 tokenizer's length (96 here, 512 for Flux dev) and CLIP-L's pooled output."""
+    cond = flux.encode_prompts(PROMPTS)
+    embeds, pooled, _ = flux.pipeline.encode_prompt(PROMPTS, PROMPTS, max_sequence_length=96)
+    assert cond.hidden.shape == (2, 96, 128) and cond.pooled.shape == (2, 32)
+    torch.testing.assert_close(cond.hidden, embeds, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_the_name_becomes_placeholders_in_both_encoders_and_the_pooled_output_sees_them(flux):
+    tokens = flux.tokenize(["a photo of ohwx"], "ohwx", 3)
+    for enc, ids in zip(flux.encoders, tokens.ids):
+        assert (ids[0] >= enc.spliced.vocab_size).sum() == 3, enc.key
+    # CLIP's pooled output is read at the end token, not at the highest id (a placeholder): a TI moves it
+    from titk.models.sampling import embedding_active
+
+    def encoded(clip_l, t5):
+        with embedding_active(flux, {"clip_l": clip_l, "t5": t5}):
+            return flux.encode_prompts(["a photo of ohwx"], "ohwx", 3)
+
+    clip_l, t5 = torch.randn(3, 32), torch.randn(3, 128)
+    plain, moved = encoded(clip_l, t5), encoded(clip_l + 1, t5 + 1)
+    assert not torch.allclose(plain.pooled, moved.pooled) and not torch.allclose(plain.hidden, moved.hidden)
+
+
+def test_flux_timesteps_are_uniform_on_the_unshifted_schedule():
+    """Flux's scheduler config shifts per resolution when sampling (use_dynamic_shifting); training draws from
+    the unshifted schedule, as diffusers' Flux scripts do, where SD3's static shift moves σ up."""
+    import json
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from titk.models.loading import shipped_config
+
+    config = json.loads((shipped_config("flux") / "scheduler" / "scheduler_config.json").read_text())
+    flux = FlowMatchObjective(FlowMatchEulerDiscreteScheduler.from_config(config).config, "none")
+    draws = flux.draw(4000, torch.Generator().manual_seed(0))
+    assert 480 < draws.mean() < 520 and 0.45 < ((draws > 250) & (draws < 750)).float().mean() < 0.55
+    static = FlowMatchObjective(FlowMatchEulerDiscreteScheduler(shift=3.0).config, "none")
+    assert static.draw(4000, torch.Generator().manual_seed(0)).mean() > draws.mean() + 100
+
+
+def test_predict_packs_the_latents_for_the_transformer_and_unpacks_its_output(flux):
+    """The transformer reads 2×2 patches as a sequence with their positions, σ in [0, 1] and the distilled
+    guidance; its output comes back in the latents' layout (a transformer returning its input gives x back)."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def echo(hidden_states, **kw):
+        seen.update(kw, shape=hidden_states.shape)
+        return SimpleNamespace(sample=hidden_states)
+
+    echo.config = flux.unet.config
+    x = torch.randn(2, 4, 8, 6)
+    cond = flux.encode_prompts(PROMPTS)
+    out = flux.adapter.predict(echo, x, torch.tensor([250.0, 750.0]), cond, 64, 48)
+    torch.testing.assert_close(out, x)
+    assert seen["shape"] == (2, 12, 16) and seen["img_ids"].shape == (12, 3) and seen["txt_ids"].shape == (96, 3)
+    assert seen["timestep"].tolist() == [0.25, 0.75] and seen["guidance"].tolist() == [3.5, 3.5]
+    assert seen["img_ids"][:, 1].max() == 3 and seen["img_ids"][:, 2].max() == 2  # rows and columns of patches
+    with pytest.raises(TitkError, match="needs sides in multiples of 16 px"):
+        flux.adapter.predict(echo, torch.randn(1, 4, 9, 8), torch.tensor([1.0]), flux.encode_prompts(["a"]), 72, 64)
+
+
+def test_training_trains_clip_l_and_keeps_t5_and_writes_both_keys(tmp_path, flux):
+    images = make_images(tmp_path / "img", 4, captions="ohwx, photo {i}")
+    config = cfg(tmp_path, images, train__max_steps=4, train__grad_accum=1, output__formats=["safetensors"])
+    result = train(config, bundle=flux, show_progress=False, latent_cache=tmp_path / "cache")
+    from titk.embeddings.placeholder import init_vectors
+
+    clip_l, t5 = flux.encoders
+    torch.testing.assert_close(result.embedding.vectors["t5"], init_vectors(t5.tokenizer, t5.table, "person", 2, "stretch", False))
+    assert not torch.allclose(result.embedding.vectors["clip_l"], init_vectors(clip_l.tokenizer, clip_l.table, "person", 2, "stretch", False))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "ohwx.safetensors"), "pt") as f:  # T5 under OneTrainer's key and ComfyUI's
+        assert set(f.keys()) == {"clip_l", "t5", "t5xxl"}
+    trained_t5 = train(cfg(tmp_path / "t5", images, train__max_steps=2, train__grad_accum=1, embedding__train_t5=True),
+                       bundle=flux, show_progress=False, latent_cache=tmp_path / "cache")
+    assert not torch.allclose(trained_t5.embedding.vectors["t5"], result.embedding.vectors["t5"])
+
+
+def test_sampling_with_a_ti_draws_what_the_flux_pipeline_draws_with_diffusers_loader(tmp_path, flux, flux_folder):
+    """titk's image of a prompt with its TI equals FluxPipeline's own, given the same starting latents, when
+    the pipeline loads the file's clip_l part with load_textual_inversion and titk's T5 vectors are those of
+    the tokens it stands for (the pipeline's T5 knows no TI)."""
+    from diffusers import FluxPipeline
+
+    from titk.embeddings import Embedding
+    from titk.embeddings.formats import read_embedding, write_embedding
+    from titk.embeddings.placeholder import init_vectors
+    from titk.models.loading import quiet_libraries
+    from titk.models.sampling import embedding_active, generate
+
+    t5 = flux.encoders[1]
+    vectors = {"clip_l": torch.randn(1, 32) * 0.02, "t5": init_vectors(t5.tokenizer, t5.table, "photo", 1, "stretch", False)}
+    assert t5.tokenizer.tokenize("photo") == ["▁photo"]  # one T5 token, so the pipeline's T5 prompt can spell the vector out
+    [path] = write_embedding(Embedding("ohwx", vectors), tmp_path / "ohwx.safetensors")
+    settings = SamplingSettings(sampler="euler", steps=6, cfg=3.5, width=64, height=64)
+    with embedding_active(flux, read_embedding(path).vectors):
+        ours = generate(flux, ["a photo of ohwx"], [7], settings, name="ohwx", n_vectors=1)[0]
+    with quiet_libraries():
+        pipe = FluxPipeline.from_pretrained(flux_folder)
+    state = read_embedding(path).vectors
+    pipe.load_textual_inversion(state["clip_l"], token="ohwx", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    latents = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(7))[None]
+    theirs = pipe(prompt="a photo of ohwx", prompt_2="a photo of photo", num_inference_steps=6, guidance_scale=3.5,
+                  height=64, width=64, latents=FluxPipeline._pack_latents(latents, 1, 4, 8, 8), max_sequence_length=96).images[0]
+    assert np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max() <= 1
+
+
+def test_flux_refuses_what_it_cannot_do_in_one_line(tmp_path, flux):
+    from titk.embeddings import Embedding
+    from titk.embeddings.fit import vectors_for
+    from titk.models.sampling import generate
+
+    with pytest.raises(TitkError, match="dpm\\+\\+2m does not sample Flux.*choose euler$"):
+        generate(flux, ["a photo"], [1], SamplingSettings(steps=2, sampler="dpm++2m"))
+    sd3_file = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64), "t5": torch.zeros(2, 128)})
+    with pytest.raises(TitkError, match="holds more than tiny-flux has encoders for; it needs clip_l \\(32\\) and t5 \\(128\\)"):
+        vectors_for(sd3_file, flux)
+    images = make_images(tmp_path / "img", 2, captions="ohwx")
+    for over, message in ((dict(data__width=72), "data.width: 72 px; Flux.1 .* needs multiples of 16 px"),
+                          (dict(train__semantics="kohya", data__caption_extension=".txt"), "kohya has no textual inversion for Flux")):
+        with pytest.raises(TitkError, match=message):
+            train(cfg(tmp_path, images, **over), bundle=flux, show_progress=False, latent_cache=tmp_path / "c")
+        assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+def test_plan_counts_the_flux_dev_transformer():
+    """Flux dev's transformer (19 double and 38 single blocks) at 1024 px: 4096 image patches and 512 T5 tokens
+    per view, forward and backward to the conditioning."""
+    from titk.models.families import Family
+    from titk.models.loading import shipped_architecture
+    from titk.train.flops import unet_flops_per_view
+
+    arch = shipped_architecture(Family.FLUX)
+    assert arch.default_size == 1024
+    assert unet_flops_per_view(arch.unet, 1024, 1024, arch.vae_scale) / 1e12 == pytest.approx(163.64, abs=0.01)
+    assert unet_flops_per_view(arch.unet, 512, 512, arch.vae_scale) / 1e12 == pytest.approx(44.66, abs=0.01)
+
+
+def test_plan_of_the_flux_recipe_before_its_model_is_set(tmp_path, run_cli):
+    """`titk plan --family flux` on the shipped recipe: Flux dev's transformer at 1024 px, one view per step of
+    accumulation, and a 1024 px bucket for square photos."""
+    import json
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "experiments/recipes/flux-bs1-ga4-400steps.yaml"
+    data = make_images(tmp_path / "photos", 15)
+    code, out, err = run_cli("plan", recipe, "-d", data, "--family", "flux", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["image_views"] == 1600 and plan["tflops_per_view"] == {"1024x1024": pytest.approx(163.64, abs=0.01)}
+    assert "planned with the flux family's standard architecture" in plan["notes"][0]
