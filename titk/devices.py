@@ -54,3 +54,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+def release_gpu_memory() -> None:
+    """Between trials: free tensors held only by reference cycles and hand cached GPU memory back. Only where
+    there is a GPU: on a CPU, freed memory goes back by itself, and a full collection in a process holding a
+    model, MLflow and pandas takes half a second per trial."""
+    if torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -15,7 +15,6 @@ storages while they run, and each is told complete, pruned or failed, then passe
 
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import ExitStack
 
@@ -23,6 +22,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread  # what `optimize` keeps for each running trial
 from optuna.trial import TrialState
 
+from ..devices import release_gpu_memory
 from ..train import loop as training
 
 
@@ -45,7 +45,7 @@ def optimize_packed(study: optuna.Study, objective, pack: int, *, wanted, callba
             frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
             for callback in callbacks:
                 callback(study, frozen)
-        gc.collect()
+        release_gpu_memory()
         raised = [value for state, value in outcomes if state == TrialState.FAIL and not isinstance(value, catch)]
         if raised:
             raise raised[0]

@@ -7,7 +7,6 @@ and in MLflow, and the study goes on; a pruned trial is recorded as pruned.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import traceback
@@ -20,6 +19,7 @@ import torch
 
 from ..config import SweepConfig, TrainConfig
 from ..data.dataset import Dataset
+from ..devices import release_gpu_memory
 from ..errors import DiskFull, TitkError, disk_full
 from ..hashing import sha256_bytes
 from ..tracking.manifest import manifest
@@ -149,9 +149,7 @@ class TrialObjective:
             self._close(trial, run_id, "FAIL", reason)
             raise TrialFailed(reason) from None
         finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_gpu_memory()
 
     # ------------------------------------------------------------------------------------------ parts
 
