@@ -101,7 +101,7 @@ def test_unknown_architectures(run_cli, tmp_path):
     sd3 = tmp_path / "sd3.safetensors"
     save_file({"model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight": torch.zeros(2, 2)}, str(sd3))
     code, _, err = run_cli("inspect", sd3)
-    assert_one_line_error(code, err, "sd3.safetensors", "SD3")
+    assert_one_line_error(code, err, "sd3.safetensors", "an SD3 single file needs its clip_l and clip_g text encoders; it holds none")
     other = tmp_path / "vae.safetensors"
     save_file({f"encoder.down.{i}.conv.weight": torch.zeros(2, 2) for i in range(3)}, str(other))
     code, _, err = run_cli("inspect", other)
@@ -110,11 +110,14 @@ def test_unknown_architectures(run_cli, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3)}, str(inpaint))
     code, _, err = run_cli("inspect", inpaint)
     assert_one_line_error(code, err, "inpaint.safetensors", "9 input channels")
-    flux = tmp_path / "flux"
-    flux.mkdir()
-    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    code, _, err = run_cli("inspect", flux)
-    assert_one_line_error(code, err, "FluxPipeline", "does not support")
+    pixart = tmp_path / "pixart"
+    pixart.mkdir()
+    (pixart / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    code, _, err = run_cli("inspect", pixart)
+    assert_one_line_error(code, err, "PixArtAlphaPipeline", "does not support")
+    (pixart / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))  # a Flux folder without its parts
+    code, _, err = run_cli("inspect", pixart)
+    assert_one_line_error(code, err, "pixart: could not load the pipeline")
 
 
 def test_non_standard_single_file_without_config_names_the_mismatch(run_cli, fixtures):

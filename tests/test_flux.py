@@ -200,3 +200,39 @@ def test_plan_of_the_flux_recipe_before_its_model_is_set(tmp_path, run_cli):
     plan = json.loads(out)
     assert plan["image_views"] == 1600 and plan["tflops_per_view"] == {"1024x1024": pytest.approx(163.64, abs=0.01)}
     assert "planned with the flux family's standard architecture" in plan["notes"][0]
+
+
+def test_a_transformer_in_shards_gets_a_short_hash_of_its_shards(tmp_path, flux_folder):
+    """FLUX.1 dev's transformer comes in shards with an index; the model still gets a short hash, from the
+    shards' contents: changed by any shard, the same wherever the folder is."""
+    import hashlib
+    import shutil
+
+    from titk.hashing import sha256_file
+    from titk.models.fixtures import build_tiny_pipeline
+    from titk.models.loading import _folder_hash, quiet_libraries
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(flux_folder, sharded)
+    shutil.rmtree(sharded / "transformer")
+    with quiet_libraries():
+        build_tiny_pipeline("flux").transformer.save_pretrained(sharded / "transformer", max_shard_size="20KB")
+    shards = sorted((sharded / "transformer").glob("diffusion_pytorch_model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    expected = hashlib.sha256("".join(sha256_file(s) for s in shards).encode()).hexdigest()[:10]
+    assert load_model(sharded, dtype="fp32").short_hash == expected
+    moved = tmp_path / "moved"
+    shutil.move(sharded, moved)
+    assert _folder_hash(moved) == expected
+    last = sorted((moved / "transformer").glob("diffusion_pytorch_model-*.safetensors"))[-1]
+    last.write_bytes(last.read_bytes()[:-1] + b" ")
+    assert _folder_hash(moved) != expected
+
+
+def test_resuming_with_train_t5_switched_is_refused_in_one_line(tmp_path, flux):
+    """The saved optimizer holds the trained vectors only: turning train_t5 on (or off) cannot continue it."""
+    images = make_images(tmp_path / "img", 2, captions="ohwx")
+    train(cfg(tmp_path, images, train__max_steps=2, train__grad_accum=1), bundle=flux, show_progress=False, latent_cache=tmp_path / "c")
+    with pytest.raises(TitkError, match=r"state-2.pt: cannot resume: the config or dataset changed since \(embedding.train_t5\)"):
+        train(cfg(tmp_path, images, train__max_steps=4, train__grad_accum=1, embedding__train_t5=True), bundle=flux,
+              resume=True, show_progress=False, latent_cache=tmp_path / "c")

@@ -256,3 +256,73 @@ def test_settings_the_family_cannot_honour_are_refused_before_anything_is_writte
         with pytest.raises(TitkError, match=message):
             train(cfg(tmp_path, images, **over), bundle=model, show_progress=False, latent_cache=tmp_path / "c")
         assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def sd3_single(tmp_path_factory):
+    """A tiny SD3 as a diffusers folder and as Stability's single files: with all three encoders, without T5,
+    and the transformer alone. Its CLIP-L projection is the identity: diffusers reads CLIP-L from these
+    files with one (SD3's original code does not project CLIP-L's pooled output)."""
+    from safetensors.torch import save_file
+
+    from titk.models.fixtures import build_tiny_pipeline
+    from titk.models.ldm import pipeline_to_ldm
+    from titk.models.loading import quiet_libraries
+
+    root = tmp_path_factory.mktemp("sd3-single")
+    pipe = build_tiny_pipeline("sd3", seed=3)
+    with torch.no_grad():
+        pipe.text_encoder.text_projection.weight.copy_(torch.eye(32))
+    with quiet_libraries():
+        pipe.save_pretrained(root / "folder", safe_serialization=True)
+    state = pipeline_to_ldm(pipe)
+    files = {"all": root / "sd3_incl_clips_t5.safetensors", "no-t5": root / "sd3_incl_clips.safetensors",
+             "bare": root / "sd3_transformer.safetensors"}
+    save_file(state, str(files["all"]))
+    save_file({k: v for k, v in state.items() if not k.startswith("text_encoders.t5xxl.")}, str(files["no-t5"]))
+    save_file({k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}, str(files["bare"]))
+    return root / "folder", files
+
+
+def test_an_sd3_single_file_loads_as_its_diffusers_folder_does(sd3_single):
+    """Stability's layout (`model.diffusion_model.joint_blocks.*`, `text_encoders.{clip_l,clip_g,t5xxl}.*`)
+    read offline with diffusers' converter: the same transformer, VAE and encoders, the same conditioning."""
+    folder, files = sd3_single
+    reference = load_model(folder, dtype="fp32")
+    single = load_model(files["all"], dtype="fp32", config_dir=str(folder))
+    assert single.family.value == "sd3" and [e.key for e in single.encoders] == ["clip_l", "clip_g", "t5"]
+    assert single.short_hash != reference.short_hash and single.name == "sd3_incl_clips_t5"
+    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        ours, theirs = getattr(reference.pipeline, part).state_dict(), getattr(single.pipeline, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    prompts = ["a photo of a person", "an old man, outdoors"]
+    a, b = reference.encode_prompts(prompts), single.encode_prompts(prompts)
+    torch.testing.assert_close(a.hidden, b.hidden)
+    torch.testing.assert_close(a.pooled, b.pooled)
+
+
+def test_an_sd3_single_file_without_t5_loads_with_the_shipped_tokenizers_and_no_t5(sd3_single, tmp_path):
+    """SD3 without T5 is legal (sd3_medium_incl_clips): two encoders, T5's place left to zeros. The CLIP
+    tokenizers are built offline when the config folder has none."""
+    import shutil
+
+    folder, files = sd3_single
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer*"))
+    bundle = load_model(files["no-t5"], dtype="fp32", config_dir=str(configs))
+    assert [e.key for e in bundle.encoders] == ["clip_l", "clip_g"] and bundle.pipeline.text_encoder_3 is None
+    reference = load_model(folder, dtype="fp32")
+    torch.testing.assert_close(bundle.encode_prompts(["a photo"]).pooled, reference.encode_prompts(["a photo"]).pooled)
+
+
+def test_an_sd3_single_file_that_cannot_load_says_why_in_one_line(sd3_single, tmp_path, run_cli):
+    from helpers import assert_one_line_error
+
+    folder, files = sd3_single
+    code, _, err = run_cli("inspect", files["bare"])  # the transformer alone
+    assert_one_line_error(code, err, "sd3_transformer.safetensors", "needs its clip_l and clip_g text encoders; it holds none")
+    code, _, err = run_cli("inspect", files["all"])  # T5 in the file, and the shipped configs have no T5 tokenizer
+    assert_one_line_error(code, err, "holds a T5 encoder, whose tokenizer titk cannot build offline", "--model-config")
+    code, _, err = run_cli("inspect", files["no-t5"])  # the shipped configs are SD3 medium's, not this size
+    assert_one_line_error(code, err, "sd3_incl_clips.safetensors", "transformer width is 32, SD3 medium (titk's shipped config) has 1536",
+                          "--model-config")

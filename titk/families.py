@@ -84,9 +84,10 @@ FAMILIES: dict[str, FamilySpec] = {
         FamilySpec(
             "sd3", "SD3/SD3.5 (768 + 1280 + 4096)",
             (
-                EncoderSpec("clip_l", 768),
-                EncoderSpec("clip_g", 1280, PAD_EXCLAMATION, "tokenizer_2", "text_encoder_2"),
-                EncoderSpec("t5", 4096, PAD_T5, "tokenizer_3", "text_encoder_3"),
+                # Stability's single files hold each encoder in Hugging Face's layout under text_encoders.*
+                EncoderSpec("clip_l", 768, checkpoint_prefix="text_encoders.clip_l.transformer.text_model."),
+                EncoderSpec("clip_g", 1280, PAD_EXCLAMATION, "tokenizer_2", "text_encoder_2", "text_encoders.clip_g.transformer.text_model."),
+                EncoderSpec("t5", 4096, PAD_T5, "tokenizer_3", "text_encoder_3", "text_encoders.t5xxl.transformer."),
             ),
             "StableDiffusion3Pipeline", ("sd3",), "stable-diffusion-3",
             flow_matching="logit_normal", denoiser_attr="transformer", optional_encoders=("t5",), one_chunk=True,

@@ -44,5 +44,13 @@ def short_hash(path: str | Path) -> str:
     return sha256_file(path)[:10]
 
 
+def sharded_short_hash(index: str | Path) -> str:
+    """A short hash for weights split into shards (a `*.safetensors.index.json` beside them), which A1111 never
+    sees as one file: the first 10 hex digits of the sha256 of the shards' sha256s, in file-name order."""
+    index = Path(index)
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return sha256_bytes("".join(sha256_file(index.parent / shard) for shard in shards).encode())[:10]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -43,7 +43,6 @@ class Family(str, Enum):
         return self.spec.encoder_keys
 
 _UNSUPPORTED_MARKERS = {
-    "joint_blocks.": "an SD3/SD3.5 single file (load its diffusers folder instead)",
     "double_blocks.": "a Flux single file (load its diffusers folder instead)",
     "control_model.": "a ControlNet",
     "lora_unet_": "a LoRA",
@@ -96,6 +95,8 @@ def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
 
     `shape(key)` returns a tensor's shape without loading the others.
     """
+    if any(k.startswith(("joint_blocks.", UNET_PREFIX + "joint_blocks.")) for k in keys):
+        return Family.SD3  # Stability's MMDiT layout; which encoders it holds is checked when it loads
     has_unet = any(k.startswith(UNET_PREFIX) for k in keys)
     for marker, what in _UNSUPPORTED_MARKERS.items():
         if any(k.startswith(marker) or k.startswith(UNET_PREFIX + marker) for k in keys):

@@ -5,7 +5,8 @@ pipeline a user wants as one file) in the layout A1111, ComfyUI and kohya load: 
 for the UNet, `first_stage_model.*` for the VAE, the HF CLIP layout under
 `cond_stage_model.transformer.text_model.*` (SD1) or `conditioner.embedders.0.transformer.text_model.*`
 (SDXL's CLIP-L), and the OpenCLIP layout under `cond_stage_model.model.*` (SD2) or
-`conditioner.embedders.1.model.*` (SDXL's CLIP-G).
+`conditioner.embedders.1.model.*` (SDXL's CLIP-G); SD3 in Stability's layout (`joint_blocks`, q/k/v fused, the
+text encoders in Hugging Face's layout under `text_encoders.*`).
 """
 
 from __future__ import annotations
@@ -158,9 +159,81 @@ def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[s
     return out
 
 
+_MMDIT_TOP = {
+    "pos_embed.pos_embed": "pos_embed",
+    "pos_embed.proj.": "x_embedder.proj.",
+    "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+    "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+    "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+    "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+    "context_embedder.": "context_embedder.",
+    "proj_out.": "final_layer.linear.",
+    "norm_out.linear.": "final_layer.adaLN_modulation.1.",
+}
+_MMDIT_BLOCK = {  # diffusers' name in transformer_blocks.i → SD3's in joint_blocks.i
+    "attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
+    "attn.norm_q.": "x_block.attn.ln_q.", "attn.norm_k.": "x_block.attn.ln_k.",
+    "attn.norm_added_q.": "context_block.attn.ln_q.", "attn.norm_added_k.": "context_block.attn.ln_k.",
+    "attn2.to_out.0.": "x_block.attn2.proj.", "attn2.norm_q.": "x_block.attn2.ln_q.", "attn2.norm_k.": "x_block.attn2.ln_k.",
+    "norm1.linear.": "x_block.adaLN_modulation.1.", "norm1_context.linear.": "context_block.adaLN_modulation.1.",
+    "ff.net.0.proj.": "x_block.mlp.fc1.", "ff.net.2.": "x_block.mlp.fc2.",
+    "ff_context.net.0.proj.": "context_block.mlp.fc1.", "ff_context.net.2.": "context_block.mlp.fc2.",
+}
+_MMDIT_QKV = {  # SD3 fuses q, k and v into one projection
+    ("attn.to_q.", "attn.to_k.", "attn.to_v."): "x_block.attn.qkv.",
+    ("attn.add_q_proj.", "attn.add_k_proj.", "attn.add_v_proj."): "context_block.attn.qkv.",
+    ("attn2.to_q.", "attn2.to_k.", "attn2.to_v."): "x_block.attn2.qkv.",
+}
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    # SD3's final modulations are (shift, scale); diffusers' AdaLayerNormContinuous reads (scale, shift)
+    first, second = t.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def mmdit_to_original(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """SD3's MMDiT in the layout of Stability's single files (`model.diffusion_model.joint_blocks.*`): q, k
+    and v fused, and the modulations that diffusers reorders put back."""
+    sd, out, last = dict(state_dict), {}, config.num_layers - 1
+    for i in range(config.num_layers):
+        src, dst = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        for parts, theirs in _MMDIT_QKV.items():
+            for kind in ("weight", "bias"):
+                if f"{src}{parts[0]}{kind}" in sd:
+                    out[f"{dst}{theirs}{kind}"] = torch.cat([sd.pop(f"{src}{part}{kind}") for part in parts], dim=0)
+        for key in [k for k in sd if k.startswith(src)]:
+            rest = key[len(src):]
+            prefix = next(p for p in _MMDIT_BLOCK if rest.startswith(p))
+            value = sd.pop(key)
+            if i == last and prefix == "norm1_context.linear.":
+                value = _swap_halves(value)
+            out[dst + _MMDIT_BLOCK[prefix] + rest[len(prefix):]] = value
+    for key in list(sd):
+        prefix = next(p for p in _MMDIT_TOP if key.startswith(p))
+        value = sd.pop(key)
+        out[_MMDIT_TOP[prefix] + key[len(prefix):]] = _swap_halves(value) if prefix == "norm_out.linear." else value
+    return {UNET_PREFIX + k: v for k, v in out.items()}
+
+
+def sd3_to_original(pipe) -> dict[str, torch.Tensor]:
+    """An SD3 pipeline as one of Stability's single files: the MMDiT, the VAE and each text encoder present
+    under `text_encoders.<clip_l|clip_g|t5xxl>.transformer.` in Hugging Face's layout."""
+    sd = mmdit_to_original(pipe.transformer.state_dict(), pipe.transformer.config)
+    sd.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
+    for enc in family_of_pipeline(pipe).spec.encoders:
+        model = getattr(pipe, enc.model_attr, None)
+        if model is not None:
+            root = enc.checkpoint_prefix.removesuffix("text_model.")
+            sd.update({root + key: value.clone() for key, value in model.state_dict().items()})  # T5's tied tables as two
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
 def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
-    """The whole pipeline as one original-layout state dict (SD1, SD2 or SDXL)."""
+    """The whole pipeline as one original-layout state dict (SD1, SD2, SDXL or SD3)."""
     family = family_of_pipeline(pipe)
+    if family.value == "sd3":
+        return sd3_to_original(pipe)
     sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     sd.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
     for enc in family.spec.encoders:

@@ -22,7 +22,7 @@ from ..devices import resolve_device, resolve_dtype
 from ..embeddings.library import read_library
 from ..embeddings.placeholder import splice
 from ..errors import TitkError, UnknownArchitecture
-from ..hashing import short_hash
+from ..hashing import sharded_short_hash, short_hash
 from ..paths import TOY_SOURCES, toyworld_model
 from .bundle import ModelBundle, TextEncoderSlot
 from .families import UNET_PREFIX, Family, detect_checkpoint, detect_folder, family_of_pipeline, token_table_key
@@ -131,12 +131,15 @@ def _resolve_source(source: str | Path) -> tuple[str, Path | str]:
 
 
 def _folder_hash(folder: Path) -> str | None:
-    # A diffusers folder has no single checkpoint file; its UNet weights identify the model.
-    for candidate in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        for denoiser in ("unet", "transformer"):
-            path = folder / denoiser / candidate
+    # A diffusers folder has no single checkpoint file; its denoiser's weights identify the model (SD3.5 large's
+    # and Flux's come in shards, hashed together).
+    for denoiser in ("unet", "transformer"):
+        for suffix in ("safetensors", "bin"):
+            path = folder / denoiser / f"diffusion_pytorch_model.{suffix}"
             if path.is_file():
                 return short_hash(path)
+            if path.with_name(path.name + ".index.json").is_file():
+                return sharded_short_hash(path.with_name(path.name + ".index.json"))
     return None
 
 
@@ -237,16 +240,18 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_typ
             raise TitkError(f"{config}: not a diffusers config folder (no model_index.json)")
     else:
         config = shipped_config(family.spec.configs[0])
-        _check_shapes(path, family, config, keys, shape)
-
+    parts = _sd3_encoders(path, keys, config) if family is Family.SD3 else {}
+    if config_dir is None:
+        (_check_mmdit_shapes if family is Family.SD3 else _check_shapes)(path, family, config, keys, shape)
     tokenizers = {
-        e.tokenizer_attr: clip_tokenizer(e.pad) for e in family.spec.encoders if not (config / e.tokenizer_attr).is_dir()
+        e.tokenizer_attr: clip_tokenizer(e.pad) for e in family.spec.encoders
+        if e.tokenizer_attr not in parts and not (config / e.tokenizer_attr).is_dir()
     }
     cls = _pipeline_class(family)
     try:
         pipe = cls.from_single_file(
             str(path), config=str(config), dtype=dtype, local_files_only=True,
-            **tokenizers, **_sd_only_kwargs(family),
+            **tokenizers, **parts, **_sd_only_kwargs(family),
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise TitkError(f"{path}: could not build the pipeline: {_first_line(exc)}") from None
@@ -280,6 +285,45 @@ def _check_shapes(path: Path, family: Family, config: Path, keys: set[str], shap
             raise UnknownArchitecture(
                 f"{path}: {what} is {shape(key)[dim]}, the standard {family.value} architecture has {expected}; "
                 "for a non-standard model pass --model-config DIR (a diffusers folder holding its configs)"
+            )
+
+
+def _sd3_encoders(path: Path, keys: set[str], config: Path) -> dict:
+    """Which of SD3's encoders the file holds: CLIP-L and CLIP-G it must, T5 it may (SD3 without T5 is legal:
+    the pipeline gets none). T5's tokenizer is not in the file and cannot be built offline, so a file with T5
+    needs a config folder that has one."""
+    found = [e.key for e in Family.SD3.spec.encoders if any(k.startswith(e.checkpoint_prefix) for k in keys)]
+    if not {"clip_l", "clip_g"} <= set(found):
+        raise TitkError(
+            f"{path}: an SD3 single file needs its clip_l and clip_g text encoders; it holds {', '.join(found) or 'none'}. "
+            "Use a file that includes them (such as sd3_medium_incl_clips) or the model's diffusers folder"
+        )
+    if "t5" not in found:
+        return {"text_encoder_3": None, "tokenizer_3": None}
+    if not (config / "tokenizer_3").is_dir():
+        raise TitkError(
+            f"{path}: holds a T5 encoder, whose tokenizer titk cannot build offline; pass --model-config DIR "
+            "(a diffusers SD3 folder with tokenizer_3/), or use the file without T5"
+        )
+    return {}
+
+
+def _check_mmdit_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:
+    """SD3 medium is the shipped architecture; SD3.5 and others differ in width or depth and need their configs."""
+    mmdit = json.loads((config / "transformer" / "config.json").read_text())
+    prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
+    if prefix + "x_embedder.proj.weight" not in keys:
+        raise UnknownArchitecture(f"{path}: SD3 text encoders but no complete SD3 transformer (no x_embedder)")
+    blocks = 1 + max(int(k[len(prefix):].split(".")[1]) for k in keys if k.startswith(prefix + "joint_blocks."))
+    checks = [
+        (shape(prefix + "x_embedder.proj.weight")[0], mmdit["num_attention_heads"] * mmdit["attention_head_dim"], "transformer width"),
+        (blocks, mmdit["num_layers"], "number of joint blocks"),
+    ]
+    for got, expected, what in checks:
+        if got != expected:
+            raise UnknownArchitecture(
+                f"{path}: {what} is {got}, SD3 medium (titk's shipped config) has {expected}; for SD3.5 or another "
+                "model pass --model-config DIR (a diffusers folder holding its configs)"
             )
 
 
