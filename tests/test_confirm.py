@@ -121,6 +121,25 @@ def test_a_sweep_measures_seed_noise_and_confirms_on_fresh_seeds(tmp_path, fixtu
     assert "decision:" in out
 
 
+def test_packed_confirmation_gives_each_seed_what_it_gives_alone(tmp_path, fixtures):
+    """With `pack`, confirmation trains a setting's seeds together (one UNet call per micro-batch step); each
+    seed's result is what training it alone gives, within rounding."""
+    from helpers import write_sweep_config
+
+    from titk.config import load_sweep_config
+    from titk.sweep.runner import run_sweep
+
+    records = {}
+    for pack in (1, 3):
+        path = write_sweep_config(tmp_path / f"pack-{pack}", fixtures, n_trials=3, pack=pack, confirm={"top": 1, "seeds": 3})
+        records[pack] = run_sweep(load_sweep_config(path), workdir=tmp_path / f"pack-{pack}" / "work", show_progress=False).confirmation
+    alone, packed = records[1], records[3]
+    assert len(alone["baseline"]["values"]) == 3 and alone["candidates"][0]["trial"] == packed["candidates"][0]["trial"]
+    assert packed["baseline"]["values"] == pytest.approx(alone["baseline"]["values"], rel=1e-4)
+    assert packed["candidates"][0]["values"] == pytest.approx(alone["candidates"][0]["values"], rel=1e-4)
+    assert len(set(alone["baseline"]["values"])) == 3  # the seeds differ: packing kept each its own
+
+
 def test_confirm_on_a_folder_that_is_no_study_is_one_line(tmp_path, run_cli):
     from helpers import assert_one_line_error
 
@@ -168,7 +187,7 @@ def test_confirmation_in_the_toy_world_finds_the_planted_better_and_worse_settin
         "objective": {"metrics": {"identity.similarity": 1.0}, "floors": {}, "pruner": "none", "eval_every": 0},
         "evaluation": {"world": "toyworld", "suite": str(suite), "scorers": ["identity"]},
         "references": str(tmp_path / "refs"),
-        "confirm": {"top": 2, "seeds": 5},
+        "confirm": {"top": 2, "seeds": 5}, "pack": 5,  # each setting's five seeds trained together
     }, "planted")
     result = run_sweep(config, workdir=tmp_path / "work", show_progress=False)
     record = result.confirmation

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from titk.toyworld.proofs import generate, train_ti, untrained, write_skewed
+from titk.toyworld.proofs import generate, train_tis, untrained, write_skewed
 from titk.toyworld.world import (
     CLOTHING, FRAMINGS, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
 )
@@ -127,12 +127,10 @@ def wardrobes(toy_model, tmp_path_factory, skews):
     and 3 of the four kinds of clothing), and in 50 % and 80 % tank tops and full-body shots (8 and 12 of 15,
     dealt exactly): {name: (dataset folder, embedding)}. The proofs below read them, so each is trained once."""
     tmp = tmp_path_factory.mktemp("wardrobes")
-    trained = {}
     for name, share in skews.items():
-        labels = {"clothing": "tank top", "framing": "full-body"} if share else {}
-        write_skewed(tmp / name, labels, share)
-        trained[name] = tmp / name, train_ti(toy_model, tmp / name, tmp / f"run-{name}", tmp / "cache")
-    return trained
+        write_skewed(tmp / name, {"clothing": "tank top", "framing": "full-body"} if share else {}, share)
+    trained = train_tis(toy_model, {name: (tmp / name, tmp / f"run-{name}") for name in skews}, tmp / "cache")
+    return {name: (tmp / name, embedding) for name, embedding in trained.items()}
 
 
 def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrobes):

@@ -121,7 +121,7 @@ def _stub_bundle(pred: torch.Tensor):
     unet = lambda noisy, timestep, **kw: SimpleNamespace(sample=pred.expand_as(noisy).clone())  # noqa: E731
     return SimpleNamespace(
         objective=objective, device=torch.device("cpu"), prediction_type="v_prediction", dtype=torch.float32,
-        vae_scale_factor=8, unet=unet, adapter=SimpleNamespace(unet_kwargs=lambda cond, h, w: {}),
+        vae_scale_factor=8, unet=unet, adapter=SimpleNamespace(predict=lambda unet, x, t, cond, h, w: unet(x, timestep=t).sample),
     )
 
 

@@ -120,7 +120,7 @@ class SweepConfig(Strict):
     timeout_minutes: float | None = None
     sampler: Literal["tpe", "random", "gp"] = "tpe"
     seed: int = 0
-    pack: int = Field(1, ge=1, le=64, description="trials a worker trains at once, one UNet call for all their micro-batches "
+    pack: int = Field(1, ge=1, le=64, description="trials a worker trains at once (and seeds confirmation trains at once), one UNet call for all their micro-batches "
                       "(packed trials: the same results, more trials per hour where one trial leaves the GPU idle)")
     enqueue: list[dict | str] = Field(default_factory=list, description="first trials: parameter mappings or recipe files")
     bs_ga_within_dataset: bool = Field(True, description="constraint: batch size × GA ≤ number of images")

@@ -167,33 +167,50 @@ class Confirmation:
         return json.dumps([setting.params, setting.subset, seed, self.evaluator.suite.sha256,
                            self.config.base.model_dump(mode="json"), self.config.objective.model_dump(mode="json")], sort_keys=True, default=str)
 
-    def run(self, setting: Setting, seed: int) -> dict:
+    def run_seeds(self, setting: Setting, seeds: list[int]) -> list[dict]:
+        """Each seed's result for `setting`: stored ones reused, the others trained `pack` at a time (packed
+        trials: each as it would be alone) and each kept as soon as its group is scored."""
         from ..train import loop as training
         from ..train.plan import make_plan
 
-        name = f"{setting.key}/seed-{seed}"
-        identity = self._identity(setting, seed)
-        stored = self.results.get(name)
-        if stored is not None and stored.get("identity") == identity:
-            return stored
-        if self.on_run:
-            self.on_run(setting, seed)
+        entries = {seed: self._stored(setting, seed) for seed in seeds}
+        todo = [seed for seed in seeds if entries[seed] is None]
         names = [r.path.name for r in self.dataset.records]
         chosen = [names.index(n) for n in setting.subset if n in names] if setting.subset else list(range(len(names)))
         subset = self.dataset.subset(chosen)
-        out = self.folder / setting.key / f"seed-{seed}"
-        config = apply_settings(self.config.base, {**setting.params, "train.seed": seed},
-                                output={"dir": str(out), "preview": {"every": 0}, "save_every": 0})
-        plan = make_plan(config, subset, self.arch)
-        result = training.train(config, plan, dataset=subset, bundle=self.bundle, show_progress=self.show_progress,
-                                latent_cache=self.workdir / "cache" / "latents")
+        pack = max(1, self.config.pack)
+        for group in (todo[i:i + pack] for i in range(0, len(todo), pack)):
+            jobs = []
+            for seed in group:
+                if self.on_run:
+                    self.on_run(setting, seed)
+                config = apply_settings(self.config.base, {**setting.params, "train.seed": seed},
+                                        output={"dir": str(self._folder(setting, seed)), "preview": {"every": 0}, "save_every": 0})
+                jobs.append(training.Job(config, make_plan(config, subset, self.arch), subset,
+                                         latent_cache=self.workdir / "cache" / "latents"))
+            results = training.train_together(jobs, bundle=self.bundle, show_progress=self.show_progress)
+            for seed, job, result in zip(group, jobs, results):
+                if isinstance(result, BaseException):
+                    raise result
+                entries[seed] = self._score(setting, seed, job.config, subset, result)
+        return [entries[seed] for seed in seeds]
+
+    def _folder(self, setting: Setting, seed: int) -> Path:
+        return self.folder / setting.key / f"seed-{seed}"
+
+    def _stored(self, setting: Setting, seed: int) -> dict | None:
+        stored = self.results.get(f"{setting.key}/seed-{seed}")
+        return stored if stored is not None and stored.get("identity") == self._identity(setting, seed) else None
+
+    def _score(self, setting: Setting, seed: int, config, subset, result) -> dict:
+        out = self._folder(setting, seed)
         card = self.evaluator.evaluate(result.embedding, name=config.embedding.name, trained_on=[r.path.name for r in subset.records])
         card.grid.save(out / "samples.png")
         summary = {k: float(v) for k, v in card.summary.items() if isinstance(v, (int, float)) and v == v}
         value = objective_value(card.summary, self.config.objective)
-        entry = {"identity": identity, "objective": value, "summary": summary, "files": [str(f) for f in result.files],
-                 "grid": str(out / "samples.png")}
-        self.results[name] = entry
+        entry = {"identity": self._identity(setting, seed), "objective": value, "summary": summary,
+                 "files": [str(f) for f in result.files], "grid": str(out / "samples.png")}
+        self.results[f"{setting.key}/seed-{seed}"] = entry
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.results_path) as tmp:
             tmp.write_text(json.dumps(self.results, indent=1))
@@ -212,7 +229,7 @@ def confirm(config: SweepConfig, study: optuna.Study, *, workdir: Path, bundle, 
     n = seeds or settings.seeds or default_seeds(noise, settings.min_effect, level)
     seed_list = [config.base.train.seed + SEED_OFFSET + i for i in range(n)]
     runner = Confirmation(config, workdir, bundle, dataset, evaluator, arch, show_progress, on_run)
-    base_values = [runner.run(baseline, s)["objective"] for s in seed_list] if candidates else []  # nothing to compare: nothing trained
+    base_values = [e["objective"] for e in runner.run_seeds(baseline, seed_list)] if candidates else []  # nothing to compare: nothing trained
     record = {
         "objective": objective_names(config)[0], "level": level, "seeds": seed_list, "suite": evaluator.suite.name,
         "min_effect": settings.min_effect, "seed_noise_sd": noise.sd if noise is not None else None,
@@ -220,7 +237,7 @@ def confirm(config: SweepConfig, study: optuna.Study, *, workdir: Path, bundle, 
         "candidates": [],
     }
     for cand in candidates:
-        values = [runner.run(cand, s)["objective"] for s in seed_list]
+        values = [e["objective"] for e in runner.run_seeds(cand, seed_list)]
         record["candidates"].append({"trial": cand.trial, "label": cand.label, "params": cand.params, "subset": cand.subset,
                                      **compare(base_values, values, level)})
     better = [c for c in record["candidates"] if c["verdict"] == "better"]

@@ -21,8 +21,10 @@ BAD = ["003.png", "008.png", "013.png"]
 IMAGES = [f"{i:03d}.png" for i in range(15)]
 
 
-def write_planted_study(root: Path, trials: int, *, seeds: int = 8, steps: int = 50, learning_rate: str = "0.06") -> Path:
-    """Writes the dataset, references, suite and sweep config under `root`; returns the config's path."""
+def write_planted_study(root: Path, trials: int, *, seeds: int = 8, steps: int = 50, learning_rate: str = "0.06",
+                        pack: int = 4) -> Path:
+    """Writes the dataset, references, suite and sweep config under `root`; returns the config's path. Trials
+    are trained `pack` at a time (each as it would be alone; a third less time on a CPU than one by one)."""
     close_up = {"framing": {"close-up": 1.0}}
     write_dataset(root / "person", heldout(0), len(IMAGES), seed=0, weights=close_up)
     write_dataset(root / "other", heldout(5), len(BAD), seed=0, weights=close_up)
@@ -43,7 +45,7 @@ def write_planted_study(root: Path, trials: int, *, seeds: int = 8, steps: int =
                  "train": {"semantics": "a1111", "batch_size": 2, "max_steps": steps, "learning_rate": learning_rate},
                  "output": {"save_every": 0}},
         "space": {}, "subset": {"size": 2}, "sampler": "random", "repeats": 1, "n_trials": trials,
-        "retrain_duplicates": True,
+        "retrain_duplicates": True, "pack": pack,
         "references": str(root / "references"), "confirm": {"top": 0},
         "objective": {"metrics": {"identity.similarity": 1.0}, "floors": {}, "pruner": "none", "eval_every": 0},
         "evaluation": {"world": "toyworld", "suite": str(suite), "scorers": ["identity"]},

@@ -51,6 +51,19 @@ def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
     return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
 
 
+def train_tis(bundle, runs: dict[str, tuple[Path, Path]], cache: Path | None = None, **train) -> dict:
+    """The proofs' TIs of several datasets ({name: (data, out)}) trained side by side on the one model (packed:
+    each as it would be alone, within rounding; about a third less time on a CPU): {name: embedding}."""
+    from ..train.loop import Job, train_together
+
+    jobs = [Job(proof_config(data, out, source=toy_source(bundle), **train), latent_cache=cache) for data, out in runs.values()]
+    results = train_together(jobs, bundle=bundle, show_progress=False)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return {name: result.embedding for name, result in zip(runs, results)}
+
+
 def untrained(bundle):
     """What the proofs' TI starts from, as the training loop sets it: "person" over 4 vectors."""
     from ..train.loop import starting_embedding
