@@ -239,3 +239,26 @@ def test_kohya_keeps_partial_batches_and_forces_an_update_at_pass_end():
     assert sorted(len(x) for x in batches) == [1, 3, 3]
     assert len(b.update(0).batches) == 2 and len(b.update(1).batches) == 1  # the short, forced update
     assert b.update(1).divisor == 2
+
+
+def test_flop_counts_are_kept_in_the_cache_and_a_damaged_cache_is_counted_again(monkeypatch, tmp_path):
+    """Counting a full-size model takes seconds: a second plan (another process) reads the count from titk's
+    cache; a damaged cache file is counted again, never an error."""
+    from titk.models.families import Family
+    from titk.models.loading import shipped_architecture
+    from titk.train import flops
+
+    monkeypatch.setenv("TITK_CACHE", str(tmp_path))
+    unet = shipped_architecture(Family.SD1).unet
+    flops._remembered.cache_clear()
+    first = flops.unet_flops_per_view(unet, 256, 256)
+    assert first / 1e12 == pytest.approx(0.361, abs=0.001) and (tmp_path / "flops.json").is_file()
+    flops._remembered.cache_clear()  # as a new process would start
+    monkeypatch.setattr(flops, "_count", lambda *a: pytest.fail("counted again although the cache holds it"))
+    assert flops.unet_flops_per_view(unet, 256, 256) == first
+    (tmp_path / "flops.json").write_text("{not json")
+    flops._remembered.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("TITK_CACHE", str(tmp_path))
+    assert flops.unet_flops_per_view(unet, 256, 256) == first
+    flops._remembered.cache_clear()
