@@ -86,3 +86,13 @@ def plain_ids(tokenizer, prompts: list[str], name: str, first_extra: int, n_vect
         out = [tokenizer.bos_token_id] + out[:75] + [tokenizer.eos_token_id]
         rows.append(out + [tokenizer.pad_token_id] * (77 - len(out)))
     return torch.tensor(rows)
+
+
+def save_tiny_pipeline(family: str, folder: Path, seed: int = 0) -> Path:
+    """The tiny random-weight pipeline of `family` (titk.models.fixtures) saved as a diffusers folder."""
+    from titk.models.fixtures import build_tiny_pipeline
+    from titk.models.loading import quiet_libraries
+
+    with quiet_libraries():
+        build_tiny_pipeline(family, seed=seed).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_images
+from helpers import make_images, save_tiny_pipeline
 from test_train import cfg
 from titk.config import SamplingSettings
 from titk.errors import TitkError
@@ -22,13 +22,7 @@ PROMPTS = ["a photo of a person", "an old man with grey hair and a beard, outdoo
 
 @pytest.fixture(scope="module")
 def flux_folder(tmp_path_factory):
-    from titk.models.fixtures import build_tiny_pipeline
-    from titk.models.loading import quiet_libraries
-
-    folder = tmp_path_factory.mktemp("flux") / "tiny-flux"
-    with quiet_libraries():
-        build_tiny_pipeline("flux").save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_pipeline("flux", tmp_path_factory.mktemp("flux") / "tiny-flux")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_images
+from helpers import make_images, save_tiny_pipeline
 from test_train import cfg
 from titk.config import SamplingSettings
 from titk.errors import TitkError
@@ -19,13 +19,7 @@ from titk.train.loop import train
 
 @pytest.fixture(scope="module")
 def sd3_folder(tmp_path_factory):
-    from titk.models.fixtures import build_tiny_pipeline
-    from titk.models.loading import quiet_libraries
-
-    folder = tmp_path_factory.mktemp("sd3") / "tiny-sd3"
-    with quiet_libraries():
-        build_tiny_pipeline("sd3").save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_pipeline("sd3", tmp_path_factory.mktemp("sd3") / "tiny-sd3")
 
 
 @pytest.fixture(scope="module")
