@@ -198,3 +198,29 @@ def test_confirmation_in_the_toy_world_finds_the_planted_better_and_worse_settin
     assert record["best"]["params"] == planted["better"]
     assert "beats the baseline (lr 0.0005, 20 steps)" in record["sentence"] and "5 seeds" in record["sentence"]
     assert record["level"] == pytest.approx(0.975)  # two candidates: Bonferroni
+
+
+def test_a_seed_that_fails_in_a_packed_group_keeps_the_others_results(tmp_path, fixtures, monkeypatch):
+    """One seed of a packed group fails: the seeds trained beside it are scored and kept (a rerun reuses them)
+    before the failure is raised."""
+    from helpers import write_sweep_config
+
+    from titk.config import load_sweep_config
+    from titk.errors import TitkError
+    from titk.sweep.runner import run_sweep
+    from titk.train import loop
+
+    real = loop.train_together
+
+    def second_fails(jobs, **kw):
+        results = real(jobs, **kw)
+        if "confirm" in str(jobs[0].config.output_dir) and len(jobs) == 3:
+            results[1] = TitkError("training stopped: the loss became nan")
+        return results
+
+    monkeypatch.setattr(loop, "train_together", second_fails)
+    path = write_sweep_config(tmp_path, fixtures, n_trials=3, pack=3, confirm={"top": 1, "seeds": 3})
+    with pytest.raises(TitkError, match="the loss became nan"):
+        run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
+    stored = json.loads((tmp_path / "work" / "confirm" / "results.json").read_text())
+    assert sorted(stored) == ["baseline/seed-1000", "baseline/seed-1002"]

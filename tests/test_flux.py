@@ -162,6 +162,7 @@ def test_flux_refuses_what_it_cannot_do_in_one_line(tmp_path, flux):
         vectors_for(sd3_file, flux)
     images = make_images(tmp_path / "img", 2, captions="ohwx")
     for over, message in ((dict(data__width=72), "data.width: 72 px; Flux.1 .* needs multiples of 16 px"),
+                          (dict(output__preview={"every": 1, "sampler": "euler", "width": 72}), "output.preview: width 72 px"),
                           (dict(train__semantics="kohya", data__caption_extension=".txt"), "kohya has no textual inversion for Flux")):
         with pytest.raises(TitkError, match=message):
             train(cfg(tmp_path, images, **over), bundle=flux, show_progress=False, latent_cache=tmp_path / "c")
@@ -230,3 +231,26 @@ def test_resuming_with_train_t5_switched_is_refused_in_one_line(tmp_path, flux):
     with pytest.raises(TitkError, match=r"state-2.pt: cannot resume: the config or dataset changed since \(embedding.train_t5\)"):
         train(cfg(tmp_path, images, train__max_steps=4, train__grad_accum=1, embedding__train_t5=True), bundle=flux,
               resume=True, show_progress=False, latent_cache=tmp_path / "c")
+
+
+def test_a_suite_flux_cannot_sample_is_refused_when_the_evaluator_is_built(tmp_path, flux):
+    """The person suite samples with DPM++ 2M: on Flux that is one line before any trial trains; the shipped
+    person-flux suite (the same prompts and seeds, Euler at guidance 3.5) is what the Flux sweep uses."""
+    import yaml
+
+    from titk.config import EvalSettings, parse
+    from titk.evaluate.evaluator import build_evaluator, load_references
+    from titk.evaluate.suite import find_prompt_file, load_suite
+
+    references = load_references(make_images(tmp_path / "refs", 2), 64)
+    with pytest.raises(TitkError, match="^suite person: sampler: dpm\\+\\+2m does not sample Flux"):
+        build_evaluator(flux, parse(EvalSettings, {"suite": "person", "scorers": ["norms"]}, "t"), references)
+    evaluator = build_evaluator(flux, parse(EvalSettings, {"suite": "person-flux", "scorers": ["norms"]}, "t"), references)
+    assert (evaluator.suite.spec.sampler, evaluator.suite.spec.cfg) == ("euler", 3.5)
+    person, flux_suite = (yaml.safe_load(find_prompt_file(n).read_text()) for n in ("person", "person-flux"))
+    assert flux_suite["prompts"] == person["prompts"] and flux_suite["seeds"] == person["seeds"]
+    assert len(load_suite("person-flux").items) == len(load_suite("person").items)
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(yaml.safe_dump({"sampler": "euler", "width": 72, "prompts": [{"text": "a photo of [name]"}]}))
+    with pytest.raises(TitkError, match="^suite odd: width 72 px; Flux.1 .* needs multiples of 16 px"):
+        build_evaluator(flux, parse(EvalSettings, {"suite": str(odd), "scorers": ["norms"]}, "t"), references)

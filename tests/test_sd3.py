@@ -320,3 +320,24 @@ def test_an_sd3_single_file_that_cannot_load_says_why_in_one_line(sd3_single, tm
     code, _, err = run_cli("inspect", files["no-t5"])  # the shipped configs are SD3 medium's, not this size
     assert_one_line_error(code, err, "sd3_incl_clips.safetensors", "transformer width is 32, SD3 medium (titk's shipped config) has 1536",
                           "--model-config")
+
+
+def test_an_sd35_medium_file_is_told_from_sd3_medium_and_asks_for_its_configs(tmp_path, run_cli):
+    """SD3.5 medium has SD3 medium's width and depth; its dual attention (and larger position table) tell it
+    apart before a load that would fail on shapes. Only names and shapes are read: tensors of one row do."""
+    from safetensors.torch import save_file
+
+    from helpers import assert_one_line_error
+
+    p = "model.diffusion_model."
+    keys = {p + "x_embedder.proj.weight": torch.zeros(1536, 1, 1, 1), p + "pos_embed": torch.zeros(1, 36864, 1),
+            "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(1, 1),
+            "text_encoders.clip_g.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(1, 1)}
+    keys |= {f"{p}joint_blocks.{i}.x_block.attn.qkv.weight": torch.zeros(1, 1) for i in range(24)}
+    save_file(keys, str(tmp_path / "sd3_medium.safetensors"))
+    save_file(keys | {p + "joint_blocks.0.x_block.attn2.qkv.weight": torch.zeros(1, 1)}, str(tmp_path / "sd3.5_medium.safetensors"))
+    code, _, err = run_cli("inspect", tmp_path / "sd3.5_medium.safetensors")
+    assert_one_line_error(code, err, "sd3.5_medium.safetensors: has dual attention, which SD3 medium (titk's shipped config) has not",
+                          "--model-config")
+    code, _, err = run_cli("inspect", tmp_path / "sd3_medium.safetensors")  # past the checks: the load itself says what is wrong
+    assert code != 0 and "dual attention" not in err and "Traceback" not in err

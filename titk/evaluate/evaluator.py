@@ -22,7 +22,7 @@ from ..drawing import image_grid
 from ..embeddings import Embedding
 from ..embeddings.fit import vectors_for
 from ..errors import TitkError
-from ..models.sampling import embedding_active, generate
+from ..models.sampling import check_sampling, embedding_active, generate
 from .registry import HEADLINES
 from .scorecard import Scorecard
 from .scorers import References, Sample, Scorer
@@ -145,6 +145,8 @@ class Evaluator:
         # Personality on its own neutral probes when given: the identity suite's prompts name framing and
         # clothing, and its few seeds leave a histogram's interval wide.
         self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
+        for suite in filter(None, (self.suite, self.probe_suite)):  # said now, not after the first trial's training
+            check_sampling(bundle, suite.spec, f"suite {suite.name}")
         self.references = references
         self._reference_cache: dict = {}
         self.scorers = scorers

@@ -329,8 +329,7 @@ class FluxAdapter(FamilyAdapter):
         from diffusers import FluxPipeline
 
         b, c, h, w = x.shape
-        if h % 2 or w % 2:
-            raise TitkError(f"an image of {width}×{height} px: {self.family.spec.label} needs sides in multiples of 16 px")
+        self._check_sides(h, w)
         packed = FluxPipeline._pack_latents(x, b, c, h, w)
         image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
         text_ids = torch.zeros(cond.hidden.shape[1], 3, device=x.device, dtype=x.dtype)
@@ -342,7 +341,13 @@ class FluxAdapter(FamilyAdapter):
     def pipeline_latents(self, latents):
         from diffusers import FluxPipeline
 
+        self._check_sides(*latents.shape[-2:])
         return FluxPipeline._pack_latents(latents, *latents.shape)
+
+    def _check_sides(self, h: int, w: int) -> None:
+        # the transformer reads 2×2 latent patches: 16 px
+        if h % 2 or w % 2:
+            raise TitkError(f"an image of {w * 8}×{h * 8} px: {Family.FLUX.spec.label} needs sides in multiples of 16 px")
 
     def pipeline_kwargs(self, cond, negative):
         # The pipeline's guidance_scale is Flux dev's distilled guidance; no negative prompt is run

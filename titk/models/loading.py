@@ -248,12 +248,14 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir, prediction_typ
         if e.tokenizer_attr not in parts and not (config / e.tokenizer_attr).is_dir()
     }
     cls = _pipeline_class(family)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError  # a part whose weights the file lacks
+
     try:
         pipe = cls.from_single_file(
             str(path), config=str(config), dtype=dtype, local_files_only=True,
             **tokenizers, **parts, **_sd_only_kwargs(family),
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SingleFileComponentError) as exc:
         raise TitkError(f"{path}: could not build the pipeline: {_first_line(exc)}") from None
     _keep_vae_safe(pipe, family, dtype)
     if family is Family.SD2 and prediction_type is None and config_dir is None:
@@ -318,12 +320,17 @@ def _check_mmdit_shapes(path: Path, family: Family, config: Path, keys: set[str]
     checks = [
         (shape(prefix + "x_embedder.proj.weight")[0], mmdit["num_attention_heads"] * mmdit["attention_head_dim"], "transformer width"),
         (blocks, mmdit["num_layers"], "number of joint blocks"),
+        (shape(prefix + "pos_embed")[1] if prefix + "pos_embed" in keys else None, mmdit["pos_embed_max_size"] ** 2, "position table"),
+        # SD3.5 medium: SD3 medium's width and depth, but a larger position table, dual attention and q/k norms
+        (any(".attn2." in k for k in keys), bool(mmdit.get("dual_attention_layers")), "dual attention"),
+        (any(".ln_q." in k for k in keys), mmdit.get("qk_norm") is not None, "q/k normalisation"),
     ]
     for got, expected, what in checks:
         if got != expected:
+            found = (f"{'has' if got else 'lacks'} {what}, which" if isinstance(got, bool) else f"{what} is {got},")
             raise UnknownArchitecture(
-                f"{path}: {what} is {got}, SD3 medium (titk's shipped config) has {expected}; for SD3.5 or another "
-                "model pass --model-config DIR (a diffusers folder holding its configs)"
+                f"{path}: {found} SD3 medium (titk's shipped config) {'has ' + str(expected) if not isinstance(got, bool) else ('has' if expected else 'has not')}; "
+                "for SD3.5 or another model pass --model-config DIR (a diffusers folder holding its configs)"
             )
 
 

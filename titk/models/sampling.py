@@ -55,6 +55,20 @@ def make_scheduler(bundle, name: str):
     return getattr(diffusers, cls_name).from_config(config, **extra)
 
 
+def check_sampling(bundle, settings, what: str) -> None:
+    """Sampling settings the model cannot honour (a sampler its family cannot run, a side its denoiser cannot
+    read), refused in one line naming `what` they belong to, before anything is trained or drawn."""
+    try:
+        make_scheduler(bundle, settings.sampler)
+    except TitkError as exc:
+        raise TitkError(f"{what}: {exc}") from None
+    multiple = bundle.family.spec.size_multiple
+    for side in ("width", "height"):
+        value = getattr(settings, side)
+        if multiple and value is not None and value % multiple:
+            raise TitkError(f"{what}: {side} {value} px; {bundle.family.spec.label} needs multiples of {multiple} px")
+
+
 @contextmanager
 def embedding_active(bundle, vectors: dict[str, torch.Tensor] | None):
     """Set an embedding's vectors on the model for the duration of the block, then restore the previous ones

@@ -189,10 +189,12 @@ class Confirmation:
                 jobs.append(training.Job(config, make_plan(config, subset, self.arch), subset,
                                          latent_cache=self.workdir / "cache" / "latents"))
             results = training.train_together(jobs, bundle=self.bundle, show_progress=self.show_progress)
-            for seed, job, result in zip(group, jobs, results):
-                if isinstance(result, BaseException):
-                    raise result
-                entries[seed] = self._score(setting, seed, job.config, subset, result)
+            for seed, job, result in zip(group, jobs, results):  # every finished seed kept before a failure is raised
+                if not isinstance(result, BaseException):
+                    entries[seed] = self._score(setting, seed, job.config, subset, result)
+            failed = [result for result in results if isinstance(result, BaseException)]
+            if failed:
+                raise failed[0]
         return [entries[seed] for seed in seeds]
 
     def _folder(self, setting: Setting, seed: int) -> Path:

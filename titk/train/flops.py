@@ -26,22 +26,27 @@ def _remembered(config_json: str, lat_w: int, lat_h: int) -> float:
     """A count from titk's cache, else counted and kept there: counting runs every op of the model in Python
     (6 s for SDXL's UNet, 16 s for a `titk plan` of two SDXL buckets), and the figure depends only on the
     config, the latent size, torch's counter and this file, which the key holds."""
+    import diffusers
     import torch
 
     from ..hashing import sha256_bytes
     from ..paths import cache_dir
 
-    key = sha256_bytes(f"{config_json}|{lat_w}x{lat_h}|{torch.__version__}|".encode() + Path(__file__).read_bytes())
+    versions = f"{torch.__version__}|{diffusers.__version__}|"
+    key = sha256_bytes(f"{config_json}|{lat_w}x{lat_h}|{versions}".encode() + Path(__file__).read_bytes())
     path = cache_dir() / "flops.json"
-    known = _read(path)
-    if key not in known:
-        value = _count(config_json, lat_w, lat_h)
-        known = {**_read(path), key: value}  # what another process added meanwhile is kept
+    known = _read(path).get(key)
+    if isinstance(known, (int, float)):
+        return float(known)
+    value = _count(config_json, lat_w, lat_h)
+    try:  # what another process added meanwhile is kept; a cache that cannot be written only costs the next plan
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
+        tmp.write_text(json.dumps({**_read(path), key: value}))
         os.replace(tmp, path)
-    return float(known[key])
+    except OSError:
+        pass
+    return value
 
 
 def _read(path: Path) -> dict:

@@ -302,9 +302,9 @@ def check_family_settings(config: TrainConfig, bundle) -> None:
         if spec.size_multiple and value is not None and value % spec.size_multiple:
             raise TitkError(f"{name}: {value} px; {spec.label} needs multiples of {spec.size_multiple} px")
     if config.output.preview.every:
-        from ..models.sampling import make_scheduler
+        from ..models.sampling import check_sampling
 
-        make_scheduler(bundle, config.output.preview.sampler)  # a sampler the family cannot use: said now, not at the first preview
+        check_sampling(bundle, config.output.preview, "output.preview")  # said now, not at the first preview
 
 
 def _checked(loss: float, step: int, micro: int) -> float:
