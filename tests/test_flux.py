@@ -254,3 +254,13 @@ def test_a_suite_flux_cannot_sample_is_refused_when_the_evaluator_is_built(tmp_p
     odd.write_text(yaml.safe_dump({"sampler": "euler", "width": 72, "prompts": [{"text": "a photo of [name]"}]}))
     with pytest.raises(TitkError, match="^suite odd: width 72 px; Flux.1 .* needs multiples of 16 px"):
         build_evaluator(flux, parse(EvalSettings, {"suite": str(odd), "scorers": ["norms"]}, "t"), references)
+
+
+def test_flux_sampling_encodes_no_negative_prompt(flux, monkeypatch):
+    """FLUX.1 dev's distilled guidance runs no negative prompt: encoding one (a T5-XXL pass a batch) is skipped."""
+    from titk.models.sampling import generate
+
+    seen, real = [], flux.encode_prompts
+    monkeypatch.setattr(flux, "encode_prompts", lambda prompts, *a, **k: seen.append(list(prompts)) or real(prompts, *a, **k))
+    generate(flux, ["a photo"], [1], SamplingSettings(steps=1, sampler="euler", negative_prompt="blurry", width=64, height=64))
+    assert seen == [["a photo"]]

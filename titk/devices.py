@@ -60,8 +60,9 @@ def release_gpu_memory() -> None:
     """Between trials: free tensors held only by reference cycles and hand cached GPU memory back. Only where
     there is a GPU: on a CPU, freed memory goes back by itself, and a full collection in a process holding a
     model, MLflow and pandas takes half a second per trial."""
-    if torch.cuda.is_available():
+    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if cuda or mps:
         import gc
 
         gc.collect()
-        torch.cuda.empty_cache()
+        (torch.cuda if cuda else torch.mps).empty_cache()

@@ -177,6 +177,7 @@ def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 class FamilyAdapter:
     family: Family
+    runs_negative = True  # whether its pipeline samples with a negative prompt (Flux dev's distilled guidance does not)
 
     def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1, weights=None, per_prompt: bool = True) -> Conditioning:
         """One 77-token chunk per prompt; `weights` (per encoder, [B, 77]) are the prompt's emphasis,
@@ -309,6 +310,7 @@ class FluxAdapter(FamilyAdapter):
     <pad>. The transformer reads 2×2 patches of the latents as a sequence, with position ids for both."""
 
     family = Family.FLUX
+    runs_negative = False
 
     def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
         hidden = pooled = None

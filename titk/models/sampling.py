@@ -100,12 +100,13 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
     images: list[Image.Image] = []
     for start in range(0, len(prompts), s.batch_size):
         chunk, chunk_seeds = prompts[start : start + s.batch_size], seeds[start : start + s.batch_size]
-        cond = bundle.encode_prompts(chunk, name, n_vectors)
-        negative = bundle.encode_prompts([negative_prompt] * len(chunk))
-        cond, negative = _same_length(bundle, cond, negative)
-        if bundle.family.spec.zero_empty_negative and not negative_prompt:
-            # SDXL's convention: an empty negative prompt means zero conditioning.
-            negative.hidden, negative.pooled = torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled)
+        cond, negative = bundle.encode_prompts(chunk, name, n_vectors), None
+        if bundle.adapter.runs_negative:
+            negative = bundle.encode_prompts([negative_prompt] * len(chunk))
+            cond, negative = _same_length(bundle, cond, negative)
+            if bundle.family.spec.zero_empty_negative and not negative_prompt:
+                # SDXL's convention: an empty negative prompt means zero conditioning.
+                negative.hidden, negative.pooled = torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in chunk_seeds]
         latents = torch.stack([
             torch.randn((bundle.latent_channels, height // bundle.vae_scale_factor, width // bundle.vae_scale_factor), generator=g)
