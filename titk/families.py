@@ -47,6 +47,12 @@ class FamilySpec:
     def encoder_keys(self) -> tuple[str, ...]:
         return tuple(e.key for e in self.encoders)
 
+    def side_problem(self, name: str, value: int | None) -> str | None:
+        """What is wrong with an image side of `value` px set by `name`, or None (no rule, or a side it keeps)."""
+        if self.size_multiple and value is not None and value % self.size_multiple:
+            return f"{name} {value} px; {self.label} needs multiples of {self.size_multiple} px"
+        return None
+
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(e.width for e in self.encoders)

@@ -347,9 +347,10 @@ class FluxAdapter(FamilyAdapter):
         return FluxPipeline._pack_latents(latents, *latents.shape)
 
     def _check_sides(self, h: int, w: int) -> None:
-        # the transformer reads 2×2 latent patches: 16 px
-        if h % 2 or w % 2:
-            raise TitkError(f"an image of {w * 8}×{h * 8} px: {Family.FLUX.spec.label} needs sides in multiples of 16 px")
+        # the transformer reads 2×2 latent patches: 16 px (spec.size_multiple), what the settings checks also hold to
+        spec = self.family.spec
+        if (h * 8) % spec.size_multiple or (w * 8) % spec.size_multiple:
+            raise TitkError(f"an image of {w * 8}×{h * 8} px: {spec.label} needs sides in multiples of {spec.size_multiple} px")
 
     def pipeline_kwargs(self, cond, negative):
         # The pipeline's guidance_scale is Flux dev's distilled guidance; no negative prompt is run

@@ -326,12 +326,15 @@ def _check_mmdit_shapes(path: Path, family: Family, config: Path, keys: set[str]
         (any(".ln_q." in k for k in keys), mmdit.get("qk_norm") is not None, "q/k normalisation"),
     ]
     for got, expected, what in checks:
-        if got != expected:
-            found = (f"{'has' if got else 'lacks'} {what}, which" if isinstance(got, bool) else f"{what} is {got},")
-            raise UnknownArchitecture(
-                f"{path}: {found} SD3 medium (titk's shipped config) {'has ' + str(expected) if not isinstance(got, bool) else ('has' if expected else 'has not')}; "
-                "for SD3.5 or another model pass --model-config DIR (a diffusers folder holding its configs)"
-            )
+        if got == expected:
+            continue
+        if isinstance(got, bool):  # a part the file has and SD3 medium has not, or the other way round
+            differs = f"{'has' if got else 'lacks'} {what}, which SD3 medium (titk's shipped config) {'has' if expected else 'has not'}"
+        else:
+            differs = f"{what} is {got}, SD3 medium (titk's shipped config) has {expected}"
+        raise UnknownArchitecture(
+            f"{path}: {differs}; for SD3.5 or another model pass --model-config DIR (a diffusers folder holding its configs)"
+        )
 
 
 def sd2_prediction_type(path: Path, pipe) -> str:

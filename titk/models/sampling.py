@@ -62,11 +62,9 @@ def check_sampling(bundle, settings, what: str) -> None:
         make_scheduler(bundle, settings.sampler)
     except TitkError as exc:
         raise TitkError(f"{what}: {exc}") from None
-    multiple = bundle.family.spec.size_multiple
     for side in ("width", "height"):
-        value = getattr(settings, side)
-        if multiple and value is not None and value % multiple:
-            raise TitkError(f"{what}: {side} {value} px; {bundle.family.spec.label} needs multiples of {multiple} px")
+        if problem := bundle.family.spec.side_problem(f"{what}: {side}", getattr(settings, side)):
+            raise TitkError(problem)
 
 
 @contextmanager

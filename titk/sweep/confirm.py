@@ -197,11 +197,16 @@ class Confirmation:
                 raise failed[0]
         return [entries[seed] for seed in seeds]
 
+    @staticmethod
+    def _name(setting: Setting, seed: int) -> str:
+        """Its entry in results.json and its folder under confirm/."""
+        return f"{setting.key}/seed-{seed}"
+
     def _folder(self, setting: Setting, seed: int) -> Path:
-        return self.folder / setting.key / f"seed-{seed}"
+        return self.folder / self._name(setting, seed)
 
     def _stored(self, setting: Setting, seed: int) -> dict | None:
-        stored = self.results.get(f"{setting.key}/seed-{seed}")
+        stored = self.results.get(self._name(setting, seed))
         return stored if stored is not None and stored.get("identity") == self._identity(setting, seed) else None
 
     def _score(self, setting: Setting, seed: int, config, subset, result) -> dict:
@@ -212,7 +217,7 @@ class Confirmation:
         value = objective_value(card.summary, self.config.objective)
         entry = {"identity": self._identity(setting, seed), "objective": value, "summary": summary,
                  "files": [str(f) for f in result.files], "grid": str(out / "samples.png")}
-        self.results[f"{setting.key}/seed-{seed}"] = entry
+        self.results[self._name(setting, seed)] = entry
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.results_path) as tmp:
             tmp.write_text(json.dumps(self.results, indent=1))

@@ -26,13 +26,12 @@ def _remembered(config_json: str, lat_w: int, lat_h: int) -> float:
     """A count from titk's cache, else counted and kept there: counting runs every op of the model in Python
     (6 s for SDXL's UNet, 16 s for a `titk plan` of two SDXL buckets), and the figure depends only on the
     config, the latent size, torch's counter and this file, which the key holds."""
-    import diffusers
-    import torch
+    from importlib.metadata import version
 
     from ..hashing import sha256_bytes
     from ..paths import cache_dir
 
-    versions = f"{torch.__version__}|{diffusers.__version__}|"
+    versions = f"{version('torch')}|{version('diffusers')}|"  # read without importing either: a cached count needs neither
     key = sha256_bytes(f"{config_json}|{lat_w}x{lat_h}|{versions}".encode() + Path(__file__).read_bytes())
     path = cache_dir() / "flops.json"
     known = _read(path).get(key)

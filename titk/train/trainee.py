@@ -297,10 +297,9 @@ def check_family_settings(config: TrainConfig, bundle) -> None:
         raise TitkError(f"embedding.cross_init: not available for {spec.label} models yet; train from init_text's rows")
     if config.embedding.train_t5 and "t5" not in [e.key for e in bundle.encoders]:
         raise TitkError(f"embedding.train_t5: {bundle.name} has no T5 encoder ({', '.join(e.key for e in bundle.encoders)})")
-    sides = {"data.width": config.data.width, "data.height": config.data.height, "data.bucket_step": config.data.bucket_step}
-    for name, value in sides.items():
-        if spec.size_multiple and value is not None and value % spec.size_multiple:
-            raise TitkError(f"{name}: {value} px; {spec.label} needs multiples of {spec.size_multiple} px")
+    for name in ("width", "height", "bucket_step"):
+        if problem := spec.side_problem(f"data.{name}:", getattr(config.data, name)):
+            raise TitkError(problem)
     if config.output.preview.every:
         from ..models.sampling import check_sampling
 
