@@ -12,10 +12,11 @@ Why pairs: the toy TI learns the majority identity of its images, so an image is
 its share of a trial's images (docs/metrics.md, "Which images help"); single images are no better, since a
 TI of one image varies with that image far more than with the person in it.
 
-About 7 s a trial on one CPU thread (48 trials: about 6 minutes). The test suite runs the same study for
-30 trials (tests/test_attribution.py). Usage:
+Trials are trained `--pack` at a time (4, as the test suite runs the same study for 30 trials in
+tests/test_attribution.py; `--pack 1` one at a time, with the same values): the minutes printed at the end
+compare the two. Usage:
 
-    .venv/bin/python benchmarks/attribution_toy.py [--trials 48] [--seeds 8] [--steps 50] [--lr 0.06] [--json out.json]
+    .venv/bin/python benchmarks/attribution_toy.py [--trials 48] [--seeds 8] [--steps 50] [--lr 0.06] [--pack 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8, help="sampling seeds per trial's evaluation")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--lr", default="0.06")
+    parser.add_argument("--pack", type=int, default=4, help="trials trained at once (packed trials)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -47,7 +49,8 @@ def main() -> None:
 
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_sweep_config(write_planted_study(Path(tmp), args.trials, seeds=args.seeds, steps=args.steps, learning_rate=args.lr))
+        config = load_sweep_config(write_planted_study(Path(tmp), args.trials, seeds=args.seeds, steps=args.steps, learning_rate=args.lr,
+                                                                 pack=args.pack))
         result = run_sweep(config, workdir=Path(tmp) / "work", show_progress=False)
     done = measured(result.table).sort_values("trial")
     rows = []

@@ -53,7 +53,7 @@ def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
 
 def train_tis(bundle, runs: dict[str, tuple[Path, Path]], cache: Path | None = None, **train) -> dict:
     """The proofs' TIs of several datasets ({name: (data, out)}) trained side by side on the one model (packed:
-    each as it would be alone, within rounding; about a third less time on a CPU): {name: embedding}."""
+    each as it would be alone, within rounding; what packing saves on a CPU: benchmarks/attribution_toy.py): {name: embedding}."""
     from ..train.loop import Job, train_together
 
     jobs = [Job(proof_config(data, out, source=toy_source(bundle), **train), latent_cache=cache) for data, out in runs.values()]
