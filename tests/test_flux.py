@@ -182,6 +182,27 @@ def test_plan_counts_the_flux_dev_transformer():
     assert unet_flops_per_view(arch.unet, 512, 512, arch.vae_scale) / 1e12 == pytest.approx(44.66, abs=0.01)
 
 
+SCHNELL_TFLOP_512 = 36.52  # 1024 image patches and 256 T5 tokens, against dev's 44.66
+
+
+def test_flux_schnell_reads_256_t5_tokens_where_dev_reads_512(flux, monkeypatch):
+    """A Flux transformer without a guidance embedding is FLUX.1 schnell, whose model card samples with 256 T5
+    tokens: training, sampling and the plan read 256, where dev (guidance-distilled) reads 512."""
+    from titk.models.families import Family, adapter_for
+    from titk.models.loading import shipped_architecture
+    from titk.train.flops import unet_flops_per_view
+
+    t5 = flux.encoders[1]
+    monkeypatch.setattr(t5.tokenizer, "model_max_length", 512)  # as T5-XXL's tokenizer says
+    ids = flux.tokenize(["a photo of a person"]).ids
+    for guidance_embeds, length in ((True, 512), (False, 256)):
+        cond = adapter_for(Family.FLUX, guidance_embeds=guidance_embeds).encode(flux.encoders, ids)
+        assert cond.hidden.shape[1] == length
+    dev = shipped_architecture(Family.FLUX).unet
+    schnell = unet_flops_per_view({**dev, "guidance_embeds": False}, 512, 512)
+    assert schnell / 1e12 == pytest.approx(SCHNELL_TFLOP_512, abs=0.01) and schnell < unet_flops_per_view(dev, 512, 512)
+
+
 def test_plan_of_the_flux_recipe_before_its_model_is_set(tmp_path, run_cli):
     """`titk plan --family flux` on the shipped recipe: Flux dev's transformer at 1024 px, one view per step of
     accumulation, and a 1024 px bucket for square photos."""
@@ -250,6 +271,11 @@ def test_a_suite_flux_cannot_sample_is_refused_when_the_evaluator_is_built(tmp_p
     person, flux_suite = (yaml.safe_load(find_prompt_file(n).read_text()) for n in ("person", "person-flux"))
     assert flux_suite["prompts"] == person["prompts"] and flux_suite["seeds"] == person["seeds"]
     assert len(load_suite("person-flux").items) == len(load_suite("person").items)
+    # evaluation.sampler runs any suite with a sampler Flux can run (the toy suites, on the toy Flux model)
+    given = build_evaluator(flux, parse(EvalSettings, {"suite": "person", "sampler": "euler", "scorers": ["norms"]}, "t"), references)
+    assert given.sampling(given.suite).sampler == "euler" and given.suite.spec.sampler == "dpm++2m"
+    with pytest.raises(TitkError, match="^suite person with evaluation.sampler: sampler: ddim does not sample Flux"):
+        build_evaluator(flux, parse(EvalSettings, {"suite": "person", "sampler": "ddim", "scorers": ["norms"]}, "t"), references)
     odd = tmp_path / "odd.yaml"
     odd.write_text(yaml.safe_dump({"sampler": "euler", "width": 72, "prompts": [{"text": "a photo of [name]"}]}))
     with pytest.raises(TitkError, match="^suite odd: width 72 px; Flux.1 .* needs multiples of 16 px"):

@@ -45,6 +45,7 @@ from .training import (  # noqa: F401
     ADAM_EPS,
     COMMA_BACKTRACK,
     CONTEXT_TOKENS,
+    FLUX_SCHNELL_T5_TOKENS,
     FLUX_T5_TOKENS,
     DEFAULT_VECTORS,
     RESOLUTION,

@@ -86,6 +86,8 @@ class EvalSettings(Strict):
         "default: the personality prompts of `suite`")
     labels: str = Field("personality-labels", description="label sets for personality: experiments/prompts/<name>.yaml or a path")
     batch_size: int | None = Field(None, ge=1, description="images generated per batch; default: the suite's")
+    sampler: str | None = Field(None, description="sample every suite with this sampler instead of the suite's (e.g. euler, "
+                                "the one Flux runs, for the toy suites); default: the suite's")
     max_references: int = Field(64, ge=1, description="reference images used at most (the first, in name order)")
 
 

@@ -12,6 +12,7 @@ from ..settings_files import apply_overrides, merge, parse, read_yaml
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CONTEXT_TOKENS = 77  # one CLIP prompt chunk: start, 75 tokens, end
 FLUX_T5_TOKENS = 512  # the most tokens Flux's T5 reads (FLUX.1 dev's pipeline pads to 512)
+FLUX_SCHNELL_T5_TOKENS = 256  # FLUX.1 schnell's (no guidance embedding): its model card samples with max_sequence_length=256
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk ending within 20 tokens of a comma breaks there
 RESOLUTION = 512  # SD1's training size; used where no model says otherwise (a plan without a model, dataset check)
 

@@ -146,13 +146,20 @@ class Evaluator:
         # clothing, and its few seeds leave a histogram's interval wide.
         self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
         for suite in filter(None, (self.suite, self.probe_suite)):  # said now, not after the first trial's training
-            check_sampling(bundle, suite.spec, f"suite {suite.name}")
+            what = f"suite {suite.name}" if settings.sampler is None else f"suite {suite.name} with evaluation.sampler"
+            check_sampling(bundle, self.sampling(suite), what)
         self.references = references
         self._reference_cache: dict = {}
         self.scorers = scorers
         ctx = EvalContext(self._reference_cache)
         for scorer in self.scorers:
             scorer.prepare(references, ctx)
+
+    def sampling(self, suite: Suite):
+        """The suite's sampling settings with the evaluation's overrides (batch size, sampler)."""
+        given = {"batch_size": self.settings.batch_size, "sampler": self.settings.sampler}
+        update = {k: v for k, v in given.items() if v is not None}
+        return suite.spec.model_copy(update=update) if update else suite.spec
 
     @property
     def personality_probes(self) -> Suite:
@@ -163,7 +170,7 @@ class Evaluator:
         """Generate the suite's (prompt, seed) images with `embedding` set on the loaded model."""
         suite = suite or self.suite
         name = name or embedding.name
-        sampling = suite.spec if self.settings.batch_size is None else suite.spec.model_copy(update={"batch_size": self.settings.batch_size})
+        sampling = self.sampling(suite)
         vectors = vectors_for(embedding, self.bundle)
         prompts = [text.replace("[name]", name) for _, text, _, _ in suite.items]
         seeds = [seed for *_, seed in suite.items]
@@ -275,7 +282,7 @@ class Evaluator:
                           title=f"{name}   " + "   ".join(head))
 
     def protocol(self, suite: Suite, embedding: Embedding) -> dict:
-        spec = suite.spec
+        spec = self.sampling(suite)  # what the images were drawn with
         protocol = {
             "suite": suite.name, "suite_sha256": suite.sha256, "seeds": suite.seeds, "sampler": spec.sampler,
             "steps": spec.steps, "cfg": spec.cfg, "negative_prompt": spec.negative_prompt,

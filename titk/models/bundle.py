@@ -62,7 +62,8 @@ class ModelBundle:
     def __post_init__(self):
         from .objectives import objective_for
 
-        self.adapter = adapter_for(self.family, self.unet.config.get("joint_attention_dim"))
+        config = self.unet.config
+        self.adapter = adapter_for(self.family, config.get("joint_attention_dim"), config.get("guidance_embeds", True))
         self.objective = objective_for(self.family, self.pipeline.scheduler.config, self.prediction_type)
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import FLUX_T5_TOKENS
+from ..config import FLUX_SCHNELL_T5_TOKENS, FLUX_T5_TOKENS
 from ..errors import TitkError, UnknownArchitecture
 from ..families import FAMILIES, FamilySpec
 from .prompt_syntax import emphasize
@@ -299,9 +299,15 @@ class SD3Adapter(FamilyAdapter):
 FLUX_TRAINING_GUIDANCE = 3.5
 
 
-def t5_length(tokenizer) -> int:
-    """How many tokens Flux's T5 reads: its tokenizer's model_max_length, at most what Flux dev's pipeline pads to."""
-    return int(min(tokenizer.model_max_length, FLUX_T5_TOKENS))
+def flux_t5_tokens(guidance_embeds: bool) -> int:
+    """How many T5 tokens a Flux transformer was trained to read: FLUX.1 dev (guidance-distilled) 512, schnell
+    (no guidance embedding) 256."""
+    return FLUX_T5_TOKENS if guidance_embeds else FLUX_SCHNELL_T5_TOKENS
+
+
+def t5_length(tokenizer, most: int = FLUX_T5_TOKENS) -> int:
+    """How many tokens Flux's T5 reads: its tokenizer's model_max_length, at most `most` (the transformer's)."""
+    return int(min(tokenizer.model_max_length, most))
 
 
 class FluxAdapter(FamilyAdapter):
@@ -312,11 +318,14 @@ class FluxAdapter(FamilyAdapter):
     family = Family.FLUX
     runs_negative = False
 
+    def __init__(self, t5_tokens: int = FLUX_T5_TOKENS):
+        self.t5_tokens = t5_tokens  # flux_t5_tokens: 512 for dev, 256 for schnell
+
     def encode(self, encoders, ids, clip_skip=1, weights=None, per_prompt=True):
         hidden = pooled = None
         for i, (enc, enc_ids) in enumerate(zip(encoders, ids)):
             if enc.key == "t5":
-                extra = t5_length(enc.tokenizer) - enc_ids.shape[1]
+                extra = t5_length(enc.tokenizer, self.t5_tokens) - enc_ids.shape[1]
                 enc_ids = torch.nn.functional.pad(enc_ids, (0, extra), value=enc.tokenizer.pad_token_id)
                 w = None if weights is None else torch.nn.functional.pad(weights[i], (0, extra), value=1.0)
                 hidden = _emphasize(enc.model(enc_ids).last_hidden_state, None if w is None else [w], 0, per_prompt)
@@ -357,9 +366,10 @@ class FluxAdapter(FamilyAdapter):
         return {"prompt_embeds": cond.hidden, "pooled_prompt_embeds": cond.pooled}
 
 
-def adapter_for(family: Family, joint_width: int | None = None) -> FamilyAdapter:
+def adapter_for(family: Family, joint_width: int | None = None, guidance_embeds: bool = True) -> FamilyAdapter:
+    """`joint_width`: an SD3 transformer's joint_attention_dim; `guidance_embeds`: a Flux transformer's (dev or schnell)."""
     if family is Family.FLUX:
-        return FluxAdapter()
+        return FluxAdapter(flux_t5_tokens(guidance_embeds))
     if family is Family.SD3:
         return SD3Adapter(joint_width)
     return SDXLAdapter() if family is Family.SDXL else SDAdapter(family)

@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import CONTEXT_TOKENS, FLUX_T5_TOKENS
+from ..config import CONTEXT_TOKENS
 
 
 def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: int = 8) -> float:
@@ -102,10 +102,13 @@ def _count_mmdit(config: dict, x) -> float:
 
 
 def _count_flux(config: dict, lat_w: int, lat_h: int) -> float:
-    """Flux's transformer at one view: 2×2 latent patches and 512 T5 tokens, forward and backward to them."""
+    """Flux's transformer at one view: 2×2 latent patches and its T5 tokens (dev 512, schnell 256), forward and
+    backward to them."""
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models.families import flux_t5_tokens
 
     with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(config)
@@ -113,12 +116,13 @@ def _count_flux(config: dict, lat_w: int, lat_h: int) -> float:
     meta = dict(device="meta")
     seq = (lat_h // 2) * (lat_w // 2)
     x = torch.empty(1, seq, model.config.in_channels, **meta)
-    cond = torch.empty(1, FLUX_T5_TOKENS, model.config.joint_attention_dim, requires_grad=True, **meta)
+    tokens = flux_t5_tokens(model.config.guidance_embeds)
+    cond = torch.empty(1, tokens, model.config.joint_attention_dim, requires_grad=True, **meta)
     pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, **meta)
     image_ids = FluxPipeline._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, "meta", torch.float32)
     guidance = torch.empty(1, **meta) if model.config.guidance_embeds else None
     with FlopCounterMode(display=False) as counter:
         out = model(x, timestep=torch.empty(1, **meta), guidance=guidance, pooled_projections=pooled, encoder_hidden_states=cond,
-                    txt_ids=torch.empty(FLUX_T5_TOKENS, 3, **meta), img_ids=image_ids).sample
+                    txt_ids=torch.empty(tokens, 3, **meta), img_ids=image_ids).sample
         out.float().pow(2).mean().backward()
     return float(counter.get_total_flops())
