@@ -122,14 +122,22 @@ def skews():
 
 
 @pytest.fixture(scope="module")
-def wardrobes(toy_model, tmp_path_factory, skews):
+def proof_training():
+    """The proofs' TI settings where a family's differ from titk/toyworld/proofs.py's ({"embedding": ..., "train": ...}:
+    test_toyworld_sd3.py trains longer, as its flow matching needs)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def wardrobes(toy_model, tmp_path_factory, skews, proof_training):
     """TIs of one held-out person trained on 15 images: in a wardrobe and framing drawn uniformly (here 4, 4, 4
     and 3 of the four kinds of clothing), and in 50 % and 80 % tank tops and full-body shots (8 and 12 of 15,
     dealt exactly): {name: (dataset folder, embedding)}. The proofs below read them, so each is trained once."""
     tmp = tmp_path_factory.mktemp("wardrobes")
     for name, share in skews.items():
         write_skewed(tmp / name, {"clothing": "tank top", "framing": "full-body"} if share else {}, share)
-    trained = train_tis(toy_model, {name: (tmp / name, tmp / f"run-{name}") for name in skews}, tmp / "cache")
+    trained = train_tis(toy_model, {name: (tmp / name, tmp / f"run-{name}") for name in skews}, tmp / "cache",
+                        proof_training.get("embedding"), **proof_training.get("train", {}))
     return {name: (tmp / name, embedding) for name, embedding in trained.items()}
 
 
@@ -162,8 +170,9 @@ def probed(toy_model, wardrobes):
     from titk.config import EvalSettings, parse
     from titk.evaluate.evaluator import build_evaluator, image_files, load_references
 
+    samplers = toy_model.family.spec.samplers  # Flux runs Euler only; the toy suites sample with DPM++ 2M
     settings = parse(EvalSettings, {"world": "toyworld", "suite": "toy-quick", "personality_suite": "toy-personality",
-                                    "scorers": ["personality"]}, "proof")
+                                    "scorers": ["personality"], "sampler": samplers[0] if samplers else None}, "proof")
     folder, _ = wardrobes["balanced"]
     evaluator = build_evaluator(toy_model, settings, load_references(folder, 64))
     assert len(evaluator.personality_probes.items) == 48 and len(image_files(folder)) == 15

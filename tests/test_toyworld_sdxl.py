@@ -73,12 +73,13 @@ def test_a_sweep_and_the_file_commands_work_on_the_sdxl_toy_model(tmp_path, run_
     assert "identity" in out
 
 
-def short_demo(run_cli, workdir, source: str):
-    """The demo's sweep on a toy model, made short: two trials of 20-30 steps; returns the best TI's file."""
+def short_demo(run_cli, workdir, source: str, *more: str):
+    """The demo's sweep on a toy model, made short: two trials of 20-30 steps; returns the best TI's file. `more`:
+    further arguments (`--set ...`)."""
     from titk.analysis import load_study
 
     code, out, err = run_cli(
-        "demo", "-w", workdir, "--set", f"base.model.source={source}", "--set", "n_trials=2", "--set", "confirm.top=0",
+        "demo", "-w", workdir, "--set", f"base.model.source={source}", "--set", "n_trials=2", "--set", "confirm.top=0", *more,
         "--set", "space.train.max_steps.low=20", "--set", "space.train.max_steps.high=30", "--set", "space.train.max_steps.step=10",
         "--set", "enqueue=[{train.learning_rate: 0.05, embedding.vectors: 4, train.max_steps: 20}]",
         "--set", "evaluation.suite=toy-quick", "--set", "objective.eval_every=0",

@@ -53,6 +53,10 @@ class FamilySpec:
             return f"{name} {value} px; {self.label} needs multiples of {self.size_multiple} px"
         return None
 
+    def usable_sampler(self, name: str) -> str:
+        """`name` if this family's pipeline can run it, else the family's first sampler (Flux: Euler)."""
+        return name if not self.samplers or name in self.samplers else self.samplers[0]
+
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(e.width for e in self.encoders)

@@ -51,12 +51,12 @@ def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
     return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
 
 
-def train_tis(bundle, runs: dict[str, tuple[Path, Path]], cache: Path | None = None, **train) -> dict:
+def train_tis(bundle, runs: dict[str, tuple[Path, Path]], cache: Path | None = None, embedding: dict | None = None, **train) -> dict:
     """The proofs' TIs of several datasets ({name: (data, out)}) trained side by side on the one model (packed:
     each as it would be alone, within rounding; what packing saves on a CPU: benchmarks/attribution_toy.py): {name: embedding}."""
     from ..train.loop import Job, train_together
 
-    jobs = [Job(proof_config(data, out, source=toy_source(bundle), **train), latent_cache=cache) for data, out in runs.values()]
+    jobs = [Job(proof_config(data, out, embedding, source=toy_source(bundle), **train), latent_cache=cache) for data, out in runs.values()]
     results = train_together(jobs, bundle=bundle, show_progress=False)
     for result in results:
         if isinstance(result, BaseException):
@@ -72,7 +72,7 @@ def untrained(bundle):
 
 
 def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
-    """Each prompt (with "ohwx") at each seed, DPM++ 2M at cfg 5, 64 px."""
+    """Each prompt (with "ohwx") at each seed, DPM++ 2M (Flux: Euler) at cfg 5, 64 px."""
     from ..config import SamplingSettings
     from ..embeddings.fit import vectors_for
     from ..models.sampling import embedding_active, generate as sample
@@ -80,4 +80,5 @@ def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int
     pairs = [(p, s) for p in prompts for s in seeds]
     with embedding_active(bundle, vectors_for(embedding, bundle)):
         sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=8)
+        sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
         return sample(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
