@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (--dist loadfile, in collection order: --no-loadscope-reorder), so a long file started last would leave
 # the other worker idle at the end of the run.
 LONGEST_FIRST = [
-    "test_attribution.py", "test_toyworld.py", "test_toyworld_sd3.py", "test_toyworld_sdxl.py", "test_confirm.py",
-    "test_sweep_integrity.py", "test_docs_commands.py", "test_sweep.py", "test_demo.py", "test_evaluate.py",
+    "test_attribution.py", "test_toyworld.py", "test_toyworld_sd3.py", "test_toyworld_flux.py", "test_toyworld_sdxl.py",
+    "test_confirm.py", "test_sweep_integrity.py", "test_docs_commands.py", "test_sweep.py", "test_demo.py", "test_evaluate.py",
 ]
 
 

@@ -21,7 +21,7 @@ def hf_cache_dir() -> Path:
 
 
 # `model.source` names of the toy world's pretrained models, one per family.
-TOY_SOURCES = {"toyworld": "sd1", "toyworld-sdxl": "sdxl", "toyworld-sd3": "sd3"}
+TOY_SOURCES = {"toyworld": "sd1", "toyworld-sdxl": "sdxl", "toyworld-sd3": "sd3", "toyworld-flux": "flux"}
 
 
 def toyworld_model(family: str = "sd1") -> Path:

@@ -285,7 +285,7 @@ def toyworld_dataset(
 def toyworld_pretrain(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where the model folder, vision model and record go (default: "
                                        "titk/toyworld/weights, or titk/toyworld/weights/<family> for another family)"),
-    family: str = typer.Option("sd1", help="sd1, sdxl or sd3 (the last two reuse the shipped world's vision model and VAE)"),
+    family: str = typer.Option("sd1", help="sd1, sdxl, sd3 or flux (all but sd1 reuse the shipped world's vision model and VAE)"),
     unet_steps: Optional[int] = typer.Option(None, min=1, help="length of the UNet and text-encoder learning-rate schedule"),
     stop_at: Optional[int] = typer.Option(None, min=1, help="end the UNet at this step of that schedule (the shipped model ends before the schedule does)"),
     vae_steps: Optional[int] = typer.Option(None, min=1),
@@ -295,7 +295,8 @@ def toyworld_pretrain(
     shared_from: Optional[Path] = typer.Option(None, help="another family: the toy world folder whose vision model and VAE it reuses "
                                                "(default: the shipped SD1 world)"),
 ):
-    """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min). Unset
+    """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min, SD3 and Flux
+    about 1 h 10 min and 40 min). Unset
     options take the settings that reproduce the shipped model of the family (titk.config.PretrainSettings.shipped).
 
     \b
@@ -311,7 +312,7 @@ def toyworld_pretrain(
     if family != "sd1" and family not in SHIPPED_PRETRAINING:
         raise TitkError(f"--family {family}: the toy world has models of sd1 and {', '.join(SHIPPED_PRETRAINING)}")
     if family == "sd1" and shared_from:
-        raise TitkError("--shared-from: the sd1 model trains its own vision model and VAE; give it with --family sdxl or sd3")
+        raise TitkError("--shared-from: the sd1 model trains its own vision model and VAE; give it with --family sdxl, sd3 or flux")
     given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
                  continue_from=str(continue_from) if continue_from else None, shared_from=str(shared_from) if shared_from else None)
     settings = PretrainSettings.shipped(family, **{k: v for k, v in given.items() if v is not None})

@@ -239,7 +239,7 @@ def load_train_config(path: str | Path, *, dataset: str | Path | None = None, ou
 class PretrainSettings(Strict):
     """The toy world's pretraining; the defaults reproduce the shipped SD1 model, `shipped(family)` any family's."""
 
-    family: Literal["sd1", "sdxl", "sd3"] = "sd1"
+    family: Literal["sd1", "sdxl", "sd3", "flux"] = "sd1"
     seed: int = 0
     images_per_identity: int = Field(64, ge=1)
     vision_steps: int = Field(1000, ge=1)
@@ -265,4 +265,5 @@ SHIPPED_PRETRAINING = {
     "sdxl": {"unet_steps": 3000, "stop_at": None},
     # The MMDiT costs twice the SDXL UNet per image on a CPU: half the batch, more steps.
     "sd3": {"unet_steps": 3200, "stop_at": None, "batch_size": 32},
+    "flux": {"unet_steps": 3000, "stop_at": None, "batch_size": 32},
 }

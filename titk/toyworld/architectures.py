@@ -12,6 +12,10 @@ differs is the denoiser and the text encoders, built here at toy size but with e
   trained by flow matching, CLIP-L-like and CLIP-G-like encoders (both with projections, as in SD3) and a
   T5-style encoder (gated-GELU, relative positions) whose subword tokenizer is trained on the world's captions
   with the `tokenizers` library, as T5's SentencePiece vocabulary was trained on its corpus.
+- flux: Flux's layout: a `FluxTransformer2DModel` (double-stream blocks, then single-stream ones, rotary
+  positions, 2×2 latent patches) trained by flow matching, conditioned on a CLIP-L-like encoder's pooled output
+  and the T5-style encoder's sequence (SD3's T5 and tokenizer recipe). Like FLUX.1 schnell it has no guidance
+  embedding: a toy cannot be guidance-distilled, and titk samples Flux without a negative pass.
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ SD3_TRANSFORMER_CONFIG = dict(
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0)
 T5_VOCAB = 400
 
+FLUX_TEXT_L = SDXL_TEXT_L  # Flux reads CLIP-L's pooled output (its final-norm state at the end token), no projection
+FLUX_TRANSFORMER_CONFIG = dict(
+    patch_size=1, in_channels=16, num_layers=3, num_single_layers=6, attention_head_dim=32, num_attention_heads=4,
+    joint_attention_dim=SD3_T5["d_model"], pooled_projection_dim=FLUX_TEXT_L["hidden_size"], guidance_embeds=False,
+    axes_dims_rope=(8, 12, 12),
+)
+# FLUX.1 dev's scheduler: unshifted in training, shifted by the image's token count when sampling.
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+
 
 @dataclass(frozen=True)
 class ToyArchitecture:
@@ -76,16 +90,19 @@ class ToyArchitecture:
     texts: tuple[dict, ...]  # one config per text encoder, in the family's encoder order
     pads: tuple[str, ...]
     projected: tuple[bool, ...] = field(default=(False,))  # CLIPTextModelWithProjection (SDXL's second encoder)
-    t5: dict | None = None  # a T5 encoder's config after the CLIP ones (SD3)
+    t5: dict | None = None  # a T5 encoder's config after the CLIP ones (SD3, Flux)
 
     def build(self, seed: int, vocab_size: int | None = None):
         """A new denoiser and text encoders with random weights, each seeded on its own (`vocab_size`: the
         T5 tokenizer's, for a family with T5)."""
-        from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
         torch.manual_seed(seed + 1)
-        unet = SD3Transformer2DModel(**self.unet) if self.family == "sd3" else UNet2DConditionModel(**self.unet)
+        denoiser = {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}.get(self.family, UNet2DConditionModel)
+        unet = denoiser(**self.unet)
+        if self.family == "flux":  # Flux's config names no size (1024 px); the toy's is 64 px, 16×16 latents
+            unet.register_to_config(sample_size=16)
         encoders = []
         for i, (config, projected) in enumerate(zip(self.texts, self.projected)):
             torch.manual_seed(seed + 2 + i)
@@ -107,22 +124,25 @@ class ToyArchitecture:
         """The sampler the pipeline ships with (and whose config gives the training objective)."""
         from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-        if self.family == "sd3":
-            return FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
+        if self.family in ("sd3", "flux"):
+            return FlowMatchEulerDiscreteScheduler(**(SD3_SCHEDULER if self.family == "sd3" else FLUX_SCHEDULER))
         return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
     def pipeline(self, vae, unet, encoders, tokenizers=None):
         """The diffusers pipeline of this family around the parts (`tokenizers`: needed for a T5 family)."""
-        from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         from ..models.fixtures import shipped_scheduler
 
         if tokenizers is None and self.t5 is not None:
-            raise ValueError("an SD3 toy pipeline needs its trained T5 tokenizer (tokenizers=)")
+            raise ValueError(f"a {self.family} toy pipeline needs its trained T5 tokenizer (tokenizers=)")
         tokenizers = tokenizers or self.tokenizers()
+        if self.t5 is not None and vae.config.get("shift_factor") is None:  # the pipeline decodes latents / scale + shift
+            vae.register_to_config(shift_factor=0.0)
+        if self.family == "flux":
+            return FluxPipeline(scheduler=self.scheduler(), vae=vae, text_encoder=encoders[0], tokenizer=tokenizers[0],
+                                text_encoder_2=encoders[1], tokenizer_2=tokenizers[1], transformer=unet)
         if self.family == "sd3":
-            if vae.config.get("shift_factor") is None:  # the pipeline decodes latents / scale + shift
-                vae.register_to_config(shift_factor=0.0)
             return StableDiffusion3Pipeline(
                 transformer=unet, scheduler=self.scheduler(), vae=vae, text_encoder=encoders[0], tokenizer=tokenizers[0],
                 text_encoder_2=encoders[1], tokenizer_2=tokenizers[1], text_encoder_3=encoders[2], tokenizer_3=tokenizers[2],
@@ -139,11 +159,13 @@ class ToyArchitecture:
 
     def load(self, folder):
         """The saved pipeline of this family, in fp32."""
-        from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
         from ..models.loading import quiet_libraries
 
         with quiet_libraries():
+            if self.family == "flux":
+                return FluxPipeline.from_pretrained(folder, dtype=torch.float32)
             if self.family == "sd3":
                 return StableDiffusion3Pipeline.from_pretrained(folder, dtype=torch.float32)
             if self.family == "sdxl":
@@ -155,6 +177,7 @@ ARCHITECTURES = {
     "sd1": ToyArchitecture("sd1", UNET_CONFIG, (TEXT_CONFIG,), (PAD_END,)),
     "sdxl": ToyArchitecture("sdxl", SDXL_UNET_CONFIG, (SDXL_TEXT_L, SDXL_TEXT_G), (PAD_END, PAD_EXCLAMATION), (False, True)),
     "sd3": ToyArchitecture("sd3", SD3_TRANSFORMER_CONFIG, (SD3_TEXT_L, SD3_TEXT_G), (PAD_END, PAD_EXCLAMATION), (True, True), SD3_T5),
+    "flux": ToyArchitecture("flux", FLUX_TRANSFORMER_CONFIG, (FLUX_TEXT_L,), (PAD_END,), (False,), SD3_T5),
 }
 
 

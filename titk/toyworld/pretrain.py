@@ -96,6 +96,7 @@ def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> fl
     bundle = bundle_from_pipeline(copy.deepcopy(pipe), name="toy", source="memory")
     prompts = [f"a photo of {p.name}" for p in people for _ in seeds]
     sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=16)
+    sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
     images = generate(bundle, prompts, [s for _ in people for s in seeds], sampling)
     out = vision(to_tensor(images))
     hits, total = 0, 0
@@ -132,7 +133,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     else:
         tokenizers = arch.tokenizers(captions)
         unet, encoders = arch.build(settings.seed, len(tokenizers[-1]))
-    adapter = adapter_for(family)
+    adapter = adapter_for(family, unet.config.get("joint_attention_dim"), unet.config.get("guidance_embeds", True))
     slots = [TextEncoderSlot(spec.key, tok, enc) for spec, tok, enc in zip(family.spec.encoders, tokenizers, encoders)]
     ids = _token_ids(captions, tokenizers)
     empty = [i[-1] for i in ids]

@@ -1,0 +1,79 @@
+"""The toy world's Flux model: a FluxTransformer2DModel (double- then single-stream blocks, 2×2 latent patches,
+rotary positions) trained by flow matching with uniform timesteps, conditioned on a CLIP-L-like encoder's
+pooled output and a T5-style encoder's sequence. Its layout, a sweep and the file commands on it, and its
+pretraining are tested here. The learning proofs are not run on it: this model does not yet draw a person it
+is told about in words (docs/toyworld.md, "The Flux model"), so a TI has nothing to find."""
+
+import re
+
+import pytest
+
+from test_toyworld import toy_model  # noqa: F401  (the fixture)
+from test_toyworld_sdxl import short_demo
+
+
+@pytest.fixture(scope="module")
+def toy_source():
+    return "toyworld-flux"
+
+
+def test_the_flux_toy_model_has_fluxs_layout(toy_model):  # noqa: F811 (the imported fixture)
+    """What makes this model Flux's: its transformer, CLIP-L pooled and T5 conditioning, flow matching with
+    uniform timesteps on the unshifted schedule, no guidance embedding (as FLUX.1 schnell)."""
+    config = toy_model.unet.config
+    assert toy_model.family.value == "flux" and toy_model.prediction_type == "flow"
+    assert type(toy_model.unet).__name__ == "FluxTransformer2DModel" and not config.guidance_embeds
+    assert (config.num_layers, config.num_single_layers, config.joint_attention_dim, config.pooled_projection_dim) == (3, 6, 128, 48)
+    assert [(e.key, e.width) for e in toy_model.encoders] == [("clip_l", 48), ("t5", 128)]
+    assert toy_model.objective.weighting == "none" and toy_model.default_size == 64
+    assert toy_model.pipeline.tokenizer_2.tokenize("a photo of a person")[:3] == ["▁a", "▁photo", "▁of"]
+
+
+def test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model(tmp_path, run_cli):
+    """What a user runs, on Flux: the demo's sweep on the Flux toy model (two short trials, the toy suites sampled
+    with Euler through evaluation.sampler), then the best TI inspected, converted to each format titk writes and
+    read back equal, and scored again by `titk eval`."""
+    import torch
+
+    from titk.embeddings.formats import read_embedding
+
+    workdir = tmp_path / "demo"
+    best = short_demo(run_cli, workdir, "toyworld-flux", "--set", "evaluation.sampler=euler", "--set", "base.embedding.train_t5=true")
+    code, out, err = run_cli("inspect", best, "--model", "toyworld-flux")
+    assert code == 0, err
+    assert re.search(r"clip_l: (\d+) × 48, t5: \1 × 128", out), out
+    original = read_embedding(best)
+    assert set(original.vectors) >= {"clip_l", "t5"}
+    for to, name in (("a1111", "a.pt"), ("safetensors", "s.safetensors"), ("onetrainer", "o.safetensors")):
+        code, out, err = run_cli("convert", best, tmp_path / to / name, "--to", to)
+        assert code == 0, err
+        back = read_embedding(tmp_path / to / name)
+        for key in ("clip_l", "t5"):
+            assert torch.equal(back.vectors[key], original.vectors[key]), (to, key)
+
+    code, out, err = run_cli("eval", best, "--model", "toyworld-flux", "--references", workdir / "data", "--suite", "toy-quick",
+                             "--scorers", "identity", "--set", "evaluation.world=toyworld", "-o", tmp_path / "eval")
+    assert code != 0 and "dpm++2m does not sample Flux" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("eval", best, "--model", "toyworld-flux", "--references", workdir / "data", "--suite", "toy-quick",
+                             "--scorers", "identity", "--set", "evaluation.world=toyworld", "--set", "evaluation.sampler=euler",
+                             "-o", tmp_path / "eval")
+    assert code == 0, err
+    assert "identity" in out
+
+
+def test_flux_pretraining_trains_its_tokenizer_and_continues(tmp_path):
+    """`--family flux`: a Flux transformer, CLIP-L and a T5 with a tokenizer trained on the world's captions, saved
+    as a FluxPipeline folder that loads as Flux; continued from that folder."""
+    from titk.config import PretrainSettings
+    from titk.models import load_model
+    from titk.toyworld.pretrain import pretrain
+
+    tiny = dict(images_per_identity=1, unet_steps=8, stop_at=4, batch_size=4, eval_every=4)
+    record = pretrain(tmp_path / "a", PretrainSettings.shipped("flux", **tiny), log=lambda line: None)
+    assert record["shared_from"] is None and [h["step"] for h in record["history"]] == [4]
+    bundle = load_model(str(tmp_path / "a" / "model"), dtype="fp32")
+    assert bundle.family.value == "flux" and bundle.unet.config.num_single_layers == 6
+    assert "▁photo" in bundle.pipeline.tokenizer_2.get_vocab()
+    again = pretrain(tmp_path / "b", PretrainSettings.shipped("flux", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model")),
+                     log=lambda line: None)
+    assert [h["step"] for h in again["history"]] == [4, 2]
