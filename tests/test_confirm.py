@@ -224,3 +224,24 @@ def test_a_seed_that_fails_in_a_packed_group_keeps_the_others_results(tmp_path, 
         run_sweep(load_sweep_config(path), workdir=tmp_path / "work", show_progress=False)
     stored = json.loads((tmp_path / "work" / "confirm" / "results.json").read_text())
     assert sorted(stored) == ["baseline/seed-1000", "baseline/seed-1002"]
+
+
+def test_a_stored_result_is_reused_only_for_the_same_sampling(tmp_path, fixtures):
+    """A result drawn with another sampler (`evaluation.sampler`, which leaves the suite file as it is) is not
+    taken for the one asked for: the reuse key holds the sampling the images are drawn with."""
+    from types import SimpleNamespace
+
+    from helpers import write_sweep_config
+
+    from titk.config import SamplingSettings, load_sweep_config
+    from titk.sweep.confirm import Confirmation, Setting
+
+    config = load_sweep_config(write_sweep_config(tmp_path, fixtures))
+    setting = Setting("baseline", "baseline", 0, {"train.learning_rate": 0.005}, [])
+
+    def key(sampler: str) -> str:
+        evaluator = SimpleNamespace(suite=SimpleNamespace(sha256="same"), sampling=lambda suite: SamplingSettings(sampler=sampler))
+        confirmation = Confirmation(config, tmp_path / "work", None, None, evaluator, None)
+        return confirmation._identity(setting, 1000)
+
+    assert key("euler") == key("euler") and key("euler") != key("dpm++2m")

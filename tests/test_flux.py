@@ -196,7 +196,7 @@ def test_flux_schnell_reads_256_t5_tokens_where_dev_reads_512(flux, monkeypatch)
     monkeypatch.setattr(t5.tokenizer, "model_max_length", 512)  # as T5-XXL's tokenizer says
     ids = flux.tokenize(["a photo of a person"]).ids
     for guidance_embeds, length in ((True, 512), (False, 256)):
-        cond = adapter_for(Family.FLUX, guidance_embeds=guidance_embeds).encode(flux.encoders, ids)
+        cond = adapter_for(Family.FLUX, {"guidance_embeds": guidance_embeds}).encode(flux.encoders, ids)
         assert cond.hidden.shape[1] == length
     dev = shipped_architecture(Family.FLUX).unet
     schnell = unet_flops_per_view({**dev, "guidance_embeds": False}, 512, 512)
@@ -264,7 +264,7 @@ def test_a_suite_flux_cannot_sample_is_refused_when_the_evaluator_is_built(tmp_p
     from titk.evaluate.suite import find_prompt_file, load_suite
 
     references = load_references(make_images(tmp_path / "refs", 2), 64)
-    with pytest.raises(TitkError, match="^suite person: sampler: dpm\\+\\+2m does not sample Flux"):
+    with pytest.raises(TitkError, match="^suite person: sampler: dpm\\+\\+2m does not sample Flux.*\\(or set evaluation.sampler\\)$"):
         build_evaluator(flux, parse(EvalSettings, {"suite": "person", "scorers": ["norms"]}, "t"), references)
     evaluator = build_evaluator(flux, parse(EvalSettings, {"suite": "person-flux", "scorers": ["norms"]}, "t"), references)
     assert (evaluator.suite.spec.sampler, evaluator.suite.spec.cfg) == ("euler", 3.5)

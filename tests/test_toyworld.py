@@ -170,9 +170,8 @@ def probed(toy_model, wardrobes):
     from titk.config import EvalSettings, parse
     from titk.evaluate.evaluator import build_evaluator, image_files, load_references
 
-    samplers = toy_model.family.spec.samplers  # Flux runs Euler only; the toy suites sample with DPM++ 2M
     settings = parse(EvalSettings, {"world": "toyworld", "suite": "toy-quick", "personality_suite": "toy-personality",
-                                    "scorers": ["personality"], "sampler": samplers[0] if samplers else None}, "proof")
+                                    "scorers": ["personality"]}, "proof")
     folder, _ = wardrobes["balanced"]
     evaluator = build_evaluator(toy_model, settings, load_references(folder, 64))
     assert len(evaluator.personality_probes.items) == 48 and len(image_files(folder)) == 15

@@ -2,8 +2,8 @@
 CLIP-G-like and a T5-style encoder (whose tokenizer was trained on the world's captions). A TI trains its
 CLIP vectors (SD3's default; T5 stays at the init text), with flow matching and SD3's logit-normal timesteps,
 for 1000 steps where SD1's proofs train 400 (docs/toyworld.md: at 400 the TI fits the images' coarse layout,
-which flow matching's loss weighs most, and barely moves the identity). The learning proof and the framing
-shift run here; the model, a sweep and the file commands on it, and its pretraining are tested too. The
+which flow matching's loss weighs most, and barely moves the identity). The learning proof (measured: 0.479
+before, 0.714 after, 8 of 8 seeds, p = 0.00074; at 400 steps the gain was 0.005) and the framing shift run here; the model, a sweep and the file commands on it, and its pretraining are tested too. The
 tank-top shift does not hold on this model (measured, docs/toyworld.md) and is not claimed."""
 
 import re

@@ -296,7 +296,7 @@ def toyworld_pretrain(
                                                "(default: the shipped SD1 world)"),
 ):
     """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min, SD3 and Flux
-    about 1 h 10 min and 40 min). Unset
+    about 1 h 10 min and 45 min). Unset
     options take the settings that reproduce the shipped model of the family (titk.config.PretrainSettings.shipped).
 
     \b

@@ -147,7 +147,11 @@ class Evaluator:
         self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
         for suite in filter(None, (self.suite, self.probe_suite)):  # said now, not after the first trial's training
             what = f"suite {suite.name}" if settings.sampler is None else f"suite {suite.name} with evaluation.sampler"
-            check_sampling(bundle, self.sampling(suite), what)
+            try:
+                check_sampling(bundle, self.sampling(suite), what)
+            except TitkError as exc:
+                hint = " (or set evaluation.sampler)" if settings.sampler is None and "does not sample" in str(exc) else ""
+                raise TitkError(f"{exc}{hint}") from None
         self.references = references
         self._reference_cache: dict = {}
         self.scorers = scorers

@@ -62,8 +62,7 @@ class ModelBundle:
     def __post_init__(self):
         from .objectives import objective_for
 
-        config = self.unet.config
-        self.adapter = adapter_for(self.family, config.get("joint_attention_dim"), config.get("guidance_embeds", True))
+        self.adapter = adapter_for(self.family, self.unet.config)
         self.objective = objective_for(self.family, self.pipeline.scheduler.config, self.prediction_type)
 
     @property

@@ -366,10 +366,12 @@ class FluxAdapter(FamilyAdapter):
         return {"prompt_embeds": cond.hidden, "pooled_prompt_embeds": cond.pooled}
 
 
-def adapter_for(family: Family, joint_width: int | None = None, guidance_embeds: bool = True) -> FamilyAdapter:
-    """`joint_width`: an SD3 transformer's joint_attention_dim; `guidance_embeds`: a Flux transformer's (dev or schnell)."""
+def adapter_for(family: Family, denoiser_config=None) -> FamilyAdapter:
+    """The family's adapter for a denoiser of `denoiser_config` (an SD3 transformer's joint_attention_dim, a Flux
+    one's guidance embedding: dev or schnell)."""
+    config = denoiser_config or {}
     if family is Family.FLUX:
-        return FluxAdapter(flux_t5_tokens(guidance_embeds))
+        return FluxAdapter(flux_t5_tokens(config.get("guidance_embeds", True)))
     if family is Family.SD3:
-        return SD3Adapter(joint_width)
+        return SD3Adapter(config.get("joint_attention_dim"))
     return SDXLAdapter() if family is Family.SDXL else SDAdapter(family)

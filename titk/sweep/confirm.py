@@ -163,8 +163,9 @@ class Confirmation:
         self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
 
     def _identity(self, setting: Setting, seed: int) -> str:
-        """What a stored result must match to be reused: settings, images, seed, suite and objective."""
-        return json.dumps([setting.params, setting.subset, seed, self.evaluator.suite.sha256,
+        """What a stored result must match to be reused: settings, images, seed, suite (as sampled) and objective."""
+        sampling = self.evaluator.sampling(self.evaluator.suite).model_dump(mode="json")
+        return json.dumps([setting.params, setting.subset, seed, self.evaluator.suite.sha256, sampling,
                            self.config.base.model_dump(mode="json"), self.config.objective.model_dump(mode="json")], sort_keys=True, default=str)
 
     def run_seeds(self, setting: Setting, seeds: list[int]) -> list[dict]:

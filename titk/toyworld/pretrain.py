@@ -133,7 +133,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     else:
         tokenizers = arch.tokenizers(captions)
         unet, encoders = arch.build(settings.seed, len(tokenizers[-1]))
-    adapter = adapter_for(family, unet.config.get("joint_attention_dim"), unet.config.get("guidance_embeds", True))
+    adapter = adapter_for(family, unet.config)
     slots = [TextEncoderSlot(spec.key, tok, enc) for spec, tok, enc in zip(family.spec.encoders, tokenizers, encoders)]
     ids = _token_ids(captions, tokenizers)
     empty = [i[-1] for i in ids]

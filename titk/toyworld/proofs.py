@@ -22,7 +22,7 @@ def write_skewed(folder: Path, labels: dict[str, str], share: float, *, n: int =
 
 
 def toy_source(bundle) -> str:
-    """The `model.source` name of the toy model `bundle` is (toyworld, toyworld-sdxl)."""
+    """The `model.source` name of the toy model `bundle` is (toyworld, toyworld-sdxl, toyworld-sd3, toyworld-flux)."""
     from ..paths import TOY_SOURCES
 
     return next(name for name, family in TOY_SOURCES.items() if family == bundle.family.value)
@@ -43,11 +43,11 @@ def proof_config(data: Path, out: Path, embedding: dict | None = None, source: s
     }, "proof")
 
 
-def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, **train):
+def train_ti(bundle, data: Path, out: Path, cache: Path | None = None, embedding: dict | None = None, **train):
     """The proofs' TI of the images in `data`."""
     from ..train.loop import train as run
 
-    config = proof_config(data, out, source=toy_source(bundle), **train)
+    config = proof_config(data, out, embedding, source=toy_source(bundle), **train)
     return run(config, bundle=bundle, show_progress=False, latent_cache=cache).embedding
 
 
