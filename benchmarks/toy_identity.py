@@ -22,9 +22,11 @@ def identity_scorer(bundle, person: int = 0, prompt: str = "a photo of ohwx", se
     centroid = np.mean([faces.largest(render(who, random_look(random.Random(i)), i))[0].embedding for i in range(15)], axis=0)
     centroid /= np.linalg.norm(centroid)
 
-    def identity(embedding) -> np.ndarray:
-        images = generate(bundle, embedding, [prompt], list(seeds))
+    def on_images(images) -> np.ndarray:
         return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
 
-    identity.seeds = seeds
+    def identity(embedding) -> np.ndarray:
+        return on_images(generate(bundle, embedding, [prompt], list(seeds)))
+
+    identity.seeds, identity.on_images = seeds, on_images  # on_images: the same measure of images drawn elsewhere
     return identity
