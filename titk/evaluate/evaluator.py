@@ -146,12 +146,10 @@ class Evaluator:
         # clothing, and its few seeds leave a histogram's interval wide.
         self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
         for suite in filter(None, (self.suite, self.probe_suite)):  # said now, not after the first trial's training
-            what = f"suite {suite.name}" if settings.sampler is None else f"suite {suite.name} with evaluation.sampler"
-            try:
-                check_sampling(bundle, self.sampling(suite), what)
-            except TitkError as exc:
-                hint = " (or set evaluation.sampler)" if settings.sampler is None and "does not sample" in str(exc) else ""
-                raise TitkError(f"{exc}{hint}") from None
+            if settings.sampler is None:
+                check_sampling(bundle, suite.spec, f"suite {suite.name}", " (or set evaluation.sampler)")
+            else:
+                check_sampling(bundle, self.sampling(suite), f"suite {suite.name} with evaluation.sampler")
         self.references = references
         self._reference_cache: dict = {}
         self.scorers = scorers

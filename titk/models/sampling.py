@@ -55,13 +55,14 @@ def make_scheduler(bundle, name: str):
     return getattr(diffusers, cls_name).from_config(config, **extra)
 
 
-def check_sampling(bundle, settings, what: str) -> None:
+def check_sampling(bundle, settings, what: str, sampler_hint: str = "") -> None:
     """Sampling settings the model cannot honour (a sampler its family cannot run, a side its denoiser cannot
-    read), refused in one line naming `what` they belong to, before anything is trained or drawn."""
+    read), refused in one line naming `what` they belong to, before anything is trained or drawn; a refused
+    sampler's line ends with `sampler_hint`."""
     try:
         make_scheduler(bundle, settings.sampler)
     except TitkError as exc:
-        raise TitkError(f"{what}: {exc}") from None
+        raise TitkError(f"{what}: {exc}{sampler_hint}") from None
     for side in ("width", "height"):
         if problem := bundle.family.spec.side_problem(f"{what}: {side}", getattr(settings, side)):
             raise TitkError(problem)

@@ -124,8 +124,9 @@ class ToyArchitecture:
         """The sampler the pipeline ships with (and whose config gives the training objective)."""
         from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-        if self.family in ("sd3", "flux"):
-            return FlowMatchEulerDiscreteScheduler(**(SD3_SCHEDULER if self.family == "sd3" else FLUX_SCHEDULER))
+        flow = {"sd3": SD3_SCHEDULER, "flux": FLUX_SCHEDULER}.get(self.family)
+        if flow is not None:
+            return FlowMatchEulerDiscreteScheduler(**flow)
         return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
     def pipeline(self, vae, unet, encoders, tokenizers=None):
