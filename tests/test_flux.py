@@ -39,10 +39,13 @@ def test_a_folder_loads_as_flux_with_clip_l_and_t5_and_uniform_flow_matching(flu
 
 def test_conditioning_equals_the_flux_pipelines_own_encoding(flux):
     """Without a TI in the prompt, titk's Flux conditioning is what FluxPipeline.encode_prompt gives: T5's last
-    hidden state over the T5 tokenizer's length (96 here, 512 for Flux dev) and CLIP-L's pooled output."""
-    cond = flux.encode_prompts(PROMPTS)
-    embeds, pooled, _ = flux.pipeline.encode_prompt(PROMPTS, PROMPTS, max_sequence_length=96)
-    assert cond.hidden.shape == (2, 96, 128) and cond.pooled.shape == (2, 32)
+    hidden state over the T5 tokenizer's length (96 here, 512 for Flux dev) and CLIP-L's pooled output, for a
+    prompt longer than CLIP's 75 tokens too (CLIP cut there, T5 reading on)."""
+    prompts = [*PROMPTS, ", ".join(f"word{i} red hair" for i in range(30))]
+    assert len(flux.encoders[1].tokenizer(prompts[-1]).input_ids) > 96
+    cond = flux.encode_prompts(prompts)
+    embeds, pooled, _ = flux.pipeline.encode_prompt(prompts, prompts, max_sequence_length=96)
+    assert cond.hidden.shape == (3, 96, 128) and cond.pooled.shape == (3, 32)
     torch.testing.assert_close(cond.hidden, embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
 

@@ -36,12 +36,12 @@ def test_a_folder_loads_as_sd3_with_three_encoders_and_flow_matching(sd3):
 
 def test_conditioning_equals_the_sd3_pipelines_own_encoding(sd3):
     """Without a TI in the prompt, titk's SD3 conditioning is what StableDiffusion3Pipeline.encode_prompt gives
-    (77 T5 tokens): the CLIP penultimate states side by side, padded to T5's width, T5's after them; the
-    pooled input both CLIP projections."""
+    (T5 over its tokenizer's length, 96 here, at most SD3's 256): the CLIP penultimate states side by side,
+    padded to T5's width, T5's after them; the pooled input both CLIP projections."""
     prompts = ["a photo of a person", "an old man with grey hair and a beard, outdoors"]
     cond = sd3.encode_prompts(prompts)
-    embeds, _, pooled, _ = sd3.pipeline.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=77)
-    assert cond.hidden.shape == (2, 154, 128) and cond.pooled.shape == (2, 64)
+    embeds, _, pooled, _ = sd3.pipeline.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=96)
+    assert cond.hidden.shape == (2, 77 + 96, 128) and cond.pooled.shape == (2, 64)
     torch.testing.assert_close(cond.hidden, embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
 
@@ -51,7 +51,7 @@ def test_the_name_becomes_placeholders_in_every_encoder_t5_included(sd3):
     for enc, ids in zip(sd3.encoders, tokens.ids):
         vocab = enc.spliced.vocab_size
         assert (ids[0] >= vocab).sum() == 3, enc.key
-        assert ids.shape == (1, 77)
+        assert ids.shape == (1, 96 if enc.key == "t5" else 77)
     t5 = tokens.ids[2][0].tolist()
     tokenizer = sd3.encoders[2].tokenizer
     assert t5[0] == tokenizer("a", add_special_tokens=False).input_ids[0]  # T5 has no start token: the prompt's first
@@ -157,7 +157,8 @@ def test_flow_samplers_draw_the_same_picture_at_many_steps(sd3, sampler):
 
 def test_plan_of_the_sd3_recipe_counts_the_mmdit_of_sd3_medium(tmp_path, run_cli):
     """The SD3 recipe before its model is set: SD3 medium's MMDiT (24 joint blocks) at 1024 px, 4096 image
-    tokens and 154 text tokens per view, forward and backward to the conditioning; 896 × 1152 for portraits."""
+    tokens and 333 text tokens (77 CLIP, 256 T5) per view, forward and backward to the conditioning; 896 × 1152
+    for portraits."""
     import json
     from pathlib import Path
 
@@ -166,7 +167,7 @@ def test_plan_of_the_sd3_recipe_counts_the_mmdit_of_sd3_medium(tmp_path, run_cli
     code, out, err = run_cli("plan", recipe, "-d", data, "--family", "sd3", "--json")
     assert code == 0, err
     plan = json.loads(out)
-    assert plan["tflops_per_view"] == {"896x1152": pytest.approx(19.2, abs=0.3)}
+    assert plan["tflops_per_view"] == {"896x1152": pytest.approx(20.28, abs=0.01)}
     assert "planned with the sd3 family's standard architecture" in plan["notes"][0]
     from titk.models.families import Family
     from titk.models.loading import shipped_architecture
@@ -174,8 +175,8 @@ def test_plan_of_the_sd3_recipe_counts_the_mmdit_of_sd3_medium(tmp_path, run_cli
 
     arch = shipped_architecture(Family.SD3)
     assert arch.default_size == 1024
-    assert unet_flops_per_view(arch.unet, 1024, 1024, arch.vae_scale) / 1e12 == pytest.approx(19.54, abs=0.01)
-    assert unet_flops_per_view(arch.unet, 512, 512, arch.vae_scale) / 1e12 == pytest.approx(3.81, abs=0.01)
+    assert unet_flops_per_view(arch.unet, 1024, 1024, arch.vae_scale) / 1e12 == pytest.approx(20.70, abs=0.01)
+    assert unet_flops_per_view(arch.unet, 512, 512, arch.vae_scale) / 1e12 == pytest.approx(4.49, abs=0.01)
 
 
 def test_an_embedding_of_another_family_or_a_t5_of_the_wrong_width_is_one_line(sd3):
@@ -229,15 +230,32 @@ def test_sd3_without_t5_conditions_as_its_pipeline_does_and_reads_sd3_files(sd3_
     assert set(vectors_for(three, bundle)) == {"clip_l", "clip_g"}
 
 
-def test_a_long_sd3_prompt_keeps_its_first_75_tokens_in_every_encoder(sd3):
-    """SD3 reads one chunk per encoder: the first 75 tokens, cut there (no comma moves the cut earlier, as A1111's
-    chunks would for SD1), with the end token after them."""
+def test_a_long_sd3_prompt_is_cut_where_each_encoder_stops_reading(sd3):
+    """SD3 reads one sequence per encoder, as its pipeline does: CLIP its first 75 tokens, T5 as many as its
+    length holds (here 95 and its end token; 255 of SD3's 256), cut there (no comma moves the cut earlier, as
+    A1111's chunks would for SD1), with the end token after them; the ids are the pipeline's own."""
     prompt = ", ".join(f"word{i} red hair" for i in range(40))
     tokens = sd3.tokenize([prompt])
     for enc, ids in zip(sd3.encoders, tokens.ids):
         plain = enc.tokenizer(prompt, add_special_tokens=False).input_ids
-        body = ids[0].tolist()[1:76] if enc.tokenizer.bos_token_id is not None else ids[0].tolist()[:75]
-        assert body == plain[:75], enc.key
+        body = ids[0].tolist()[1:76] if enc.tokenizer.bos_token_id is not None else ids[0].tolist()[:95]
+        assert body == plain[: len(body)] and len(plain) > len(body), enc.key
+        assert ids[0, len(body) + (enc.tokenizer.bos_token_id is not None)] == enc.tokenizer.eos_token_id, enc.key
+    pipeline_t5 = sd3.pipeline.tokenizer_3(prompt, padding="max_length", max_length=96, truncation=True).input_ids
+    assert tokens.ids[2][0].tolist() == pipeline_t5
+
+
+def test_sd3_and_flux_read_their_pipelines_t5_lengths():
+    """T5 reads up to its pipeline's max_sequence_length (SD3 256, Flux dev 512, schnell 256), where the
+    tokenizer allows it (a real T5 tokenizer's 512; the toy models' 77)."""
+    from types import SimpleNamespace
+
+    from titk.models.families import Family, adapter_for, t5_length
+
+    real, toy = SimpleNamespace(model_max_length=512), SimpleNamespace(model_max_length=77)
+    assert [t5_length(real, adapter_for(Family.SD3).t5_tokens), t5_length(toy, adapter_for(Family.SD3).t5_tokens)] == [256, 77]
+    assert t5_length(real, adapter_for(Family.FLUX, {"guidance_embeds": True}).t5_tokens) == 512
+    assert t5_length(real, adapter_for(Family.FLUX, {"guidance_embeds": False}).t5_tokens) == 256
 
 
 def test_settings_the_family_cannot_honour_are_refused_before_anything_is_written(tmp_path, sd3, sd1):

@@ -294,6 +294,7 @@ def toyworld_pretrain(
     continue_from: Optional[Path] = typer.Option(None, help="a saved toy model folder whose UNet and text encoder to train further"),
     shared_from: Optional[Path] = typer.Option(None, help="another family: the toy world folder whose vision model and VAE it reuses "
                                                "(default: the shipped SD1 world)"),
+    timestep_weighting: Optional[str] = typer.Option(None, help="sd3, flux: how σ is drawn, logit_normal or none (uniform)"),
 ):
     """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min, SD3 and Flux
     about 1 h 10 min and 45 min). Unset
@@ -314,7 +315,8 @@ def toyworld_pretrain(
     if family == "sd1" and shared_from:
         raise TitkError("--shared-from: the sd1 model trains its own vision model and VAE; give it with --family sdxl, sd3 or flux")
     given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
-                 continue_from=str(continue_from) if continue_from else None, shared_from=str(shared_from) if shared_from else None)
+                 continue_from=str(continue_from) if continue_from else None, shared_from=str(shared_from) if shared_from else None,
+                 timestep_weighting=timestep_weighting)
     settings = PretrainSettings.shipped(family, **{k: v for k, v in given.items() if v is not None})
     out = out or Path("titk/toyworld/weights") / ("" if family == "sd1" else family)
     record = pretrain(out, settings, log=lambda line: console.print(line, highlight=False))

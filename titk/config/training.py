@@ -11,6 +11,7 @@ from ..settings_files import apply_overrides, merge, parse, read_yaml
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CONTEXT_TOKENS = 77  # one CLIP prompt chunk: start, 75 tokens, end
+SD3_T5_TOKENS = 256  # the most tokens SD3's T5 reads (its pipeline's max_sequence_length)
 FLUX_T5_TOKENS = 512  # the most tokens Flux's T5 reads (FLUX.1 dev's pipeline pads to 512)
 FLUX_SCHNELL_T5_TOKENS = 256  # FLUX.1 schnell's (no guidance embedding): its model card samples with max_sequence_length=256
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: a chunk ending within 20 tokens of a comma breaks there
@@ -250,6 +251,8 @@ class PretrainSettings(Strict):
     learning_rate: float = 3e-4
     ema: float = 0.999
     caption_dropout: float = 0.1
+    timestep_weighting: Literal["logit_normal", "none"] | None = Field(
+        None, description="flow-matching families: how σ is drawn (logit_normal or none, uniform; default: the family's as a TI trains)")
     eval_every: int = Field(500, ge=1)
     continue_from: str | None = Field(None, description="a saved toy model folder: continue its UNet and text encoder")
     shared_from: str | None = Field(None, description="a family other than sd1: the toy world folder whose vision model and VAE it reuses (default: the shipped one)")

@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from ..config import COMMA_BACKTRACK, CONTEXT_TOKENS
+from ..config import CONTEXT_TOKENS
 from ..embeddings.placeholder import (
     FROZEN_BASE,
     name_token_ids,
     tokenize_with_placeholders,
 )
-from .families import Conditioning, Family, FamilyAdapter, adapter_for
-from .prompt_syntax import Name, PromptTokens, batch_tensors, prompt_chunks
+from .families import Conditioning, Family, FamilyAdapter, adapter_for, t5_length
+from .prompt_syntax import Name, PromptTokens, batch_tensors, prompt_chunks, prompt_sequence
 
 
 @dataclass
@@ -145,21 +145,28 @@ class ModelBundle:
         N placeholder ids. `syntax`: A1111's prompt syntax and chunks, the library's names found too; without
         it (kohya) the prompt is plain text cut to one chunk, and only `name` is found, as kohya's trainer does."""
         ids, weights = [], []
+        one_sequence = self.family.spec.one_chunk
         for enc in self.encoders:
             vocab = enc.spliced.vocab_size
-            if syntax:
+            # SD3 and Flux read one sequence per encoder, as their pipelines do: CLIP's first 77 tokens, T5's up
+            # to the pipeline's max_sequence_length (SD3 256, Flux dev 512, schnell 256)
+            length = t5_length(enc.tokenizer, self.adapter.t5_tokens) if enc.key == "t5" else CONTEXT_TOKENS
+            if syntax and one_sequence:
                 names = self._names(enc, name, n_vectors)
-                # SD3 reads one chunk: its first 75 tokens, with no comma backtrack moving its end earlier
-                backtrack = 0 if self.family.spec.one_chunk else COMMA_BACKTRACK
-                enc_ids, enc_weights = batch_tensors(enc.tokenizer, [prompt_chunks(enc.tokenizer, p, names, backtrack) for p in prompts])
+                rows = [prompt_sequence(enc.tokenizer, p, names, length) for p in prompts]
+                enc_ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
+                enc_weights = torch.tensor([r[1] for r in rows], dtype=torch.float32)
+            elif syntax:
+                names = self._names(enc, name, n_vectors)
+                enc_ids, enc_weights = batch_tensors(enc.tokenizer, [prompt_chunks(enc.tokenizer, p, names) for p in prompts])
             else:
                 enc_ids = tokenize_with_placeholders(enc.tokenizer, prompts, name, n_vectors, vocab)
                 enc_weights = torch.ones(enc_ids.shape)
-            if self.family.spec.one_chunk:
-                enc_ids, enc_weights = enc_ids[:, :CONTEXT_TOKENS], enc_weights[:, :CONTEXT_TOKENS]
+                if one_sequence:
+                    enc_ids, enc_weights = enc_ids[:, :length], enc_weights[:, :length]
             ids.append(enc_ids.to(self.device))
             weights.append(enc_weights.to(self.device))
-        return PromptTokens(ids, weights)
+        return PromptTokens(ids, weights, one_sequence)
 
     def encode_ids(self, tokens: PromptTokens, *, per_prompt: bool = True) -> Conditioning:
         """Each 77-token chunk encoded on its own and the chunks joined along the sequence; SDXL's pooled

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import FLUX_SCHNELL_T5_TOKENS, FLUX_T5_TOKENS
+from ..config import FLUX_SCHNELL_T5_TOKENS, FLUX_T5_TOKENS, SD3_T5_TOKENS
 from ..errors import TitkError, UnknownArchitecture
 from ..families import FAMILIES, FamilySpec
 from .prompt_syntax import emphasize
@@ -178,6 +178,7 @@ def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 class FamilyAdapter:
     family: Family
     runs_negative = True  # whether its pipeline samples with a negative prompt (Flux dev's distilled guidance does not)
+    t5_tokens: int | None = None  # the most tokens its T5 reads (SD3, Flux), where the tokenizer allows them
 
     def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1, weights=None, per_prompt: bool = True) -> Conditioning:
         """One 77-token chunk per prompt; `weights` (per encoder, [B, 77]) are the prompt's emphasis,
@@ -267,6 +268,8 @@ class SD3Adapter(FamilyAdapter):
 
     family = Family.SD3
 
+    t5_tokens = SD3_T5_TOKENS
+
     def __init__(self, joint_width: int | None = None):
         self.joint_width = joint_width  # the transformer's joint_attention_dim: T5's width, for models without T5
 
@@ -305,8 +308,9 @@ def flux_t5_tokens(guidance_embeds: bool) -> int:
     return FLUX_T5_TOKENS if guidance_embeds else FLUX_SCHNELL_T5_TOKENS
 
 
-def t5_length(tokenizer, most: int = FLUX_T5_TOKENS) -> int:
-    """How many tokens Flux's T5 reads: its tokenizer's model_max_length, at most `most` (the transformer's)."""
+def t5_length(tokenizer, most: int) -> int:
+    """How many tokens T5 reads: its tokenizer's model_max_length, at most `most` (the model's: SD3 256, Flux dev 512,
+    schnell 256)."""
     return int(min(tokenizer.model_max_length, most))
 
 

@@ -106,6 +106,9 @@ def build_tiny_pipeline(family: Family | str = Family.SD1, *, prediction_type: s
     return pipe
 
 
+TINY_T5_TOKENS = 96  # T5 reads more than a CLIP chunk (SD3 256, Flux 512 or 256): the fixtures test the longer sequence
+
+
 def _tiny_sd3(vae, seed: int):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
@@ -119,7 +122,7 @@ def _tiny_sd3(vae, seed: int):
     te = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, hidden_act="quick_gelu", projection_dim=32, **TINY_CLIP))
     torch.manual_seed(seed + 3)
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, hidden_act="gelu", projection_dim=32, **TINY_CLIP))
-    tokenizer_3 = t5_tokenizer(TINY_T5_CORPUS, 120)
+    tokenizer_3 = t5_tokenizer(TINY_T5_CORPUS, 120, TINY_T5_TOKENS)
     torch.manual_seed(seed + 4)
     te3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), **TINY_T5))
     return StableDiffusion3Pipeline(
@@ -133,7 +136,6 @@ TINY_FLUX = dict(
     patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
     joint_attention_dim=128, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
 )
-TINY_FLUX_T5_TOKENS = 96  # more than one CLIP chunk, so the fixture tests the padding to T5's length
 
 
 def _tiny_flux(vae, seed: int):
@@ -148,7 +150,7 @@ def _tiny_flux(vae, seed: int):
     transformer.register_to_config(sample_size=8)  # Flux's names no size (1024 px); the fixture's is 64 px
     torch.manual_seed(seed + 2)
     te = CLIPTextModel(CLIPTextConfig(hidden_size=32, hidden_act="quick_gelu", projection_dim=32, **TINY_CLIP))
-    tokenizer_2 = t5_tokenizer(TINY_T5_CORPUS, 120, TINY_FLUX_T5_TOKENS)
+    tokenizer_2 = t5_tokenizer(TINY_T5_CORPUS, 120, TINY_T5_TOKENS)
     torch.manual_seed(seed + 3)
     te2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), **TINY_T5))
     # Flux dev's scheduler: shifted per resolution when sampling, between 0.5 and 1.15 (mu)

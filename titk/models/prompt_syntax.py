@@ -114,9 +114,10 @@ class Name:
 
 
 def chunk_tokens(
-    runs: list[tuple[list[int] | None, float]], names: list[Name] = (), backtrack: int = COMMA_BACKTRACK, comma: int | None = None
+    runs: list[tuple[list[int] | None, float]], names: list[Name] = (), backtrack: int = COMMA_BACKTRACK, comma: int | None = None,
+    size: int = CHUNK,
 ) -> list[tuple[list[int], list[float]]]:
-    """Token runs (ids, weight; None ids for a BREAK) → chunk bodies of at most 75 (ids, weights), unframed."""
+    """Token runs (ids, weight; None ids for a BREAK) → chunk bodies of at most `size` (ids, weights), unframed."""
     by_first: dict[int, list[Name]] = {}
     for name in sorted(names, key=lambda n: -len(n.ids)):  # the longest name wins where several start alike
         by_first.setdefault(name.ids[0], []).append(name)
@@ -139,14 +140,14 @@ def chunk_tokens(
             token = tokens[pos]
             if token == comma:
                 last_comma = len(ids)
-            elif backtrack and len(ids) == CHUNK and last_comma != -1 and len(ids) - last_comma <= backtrack:
+            elif backtrack and len(ids) == size and last_comma != -1 and len(ids) - last_comma <= backtrack:
                 # Text after the chunk's last comma moves on whole rather than being cut mid-phrase.
                 cut = last_comma + 1
                 moved_ids, moved_weights = ids[cut:], weights[cut:]
                 ids, weights = ids[:cut], weights[:cut]
                 close()
                 ids, weights = moved_ids, moved_weights
-            if len(ids) == CHUNK:
+            if len(ids) == size:
                 close()
             name = next((n for n in by_first.get(token, ()) if tuple(tokens[pos : pos + len(n.ids)]) == n.ids), None)
             if name is None:
@@ -154,7 +155,7 @@ def chunk_tokens(
                 weights.append(weight)
                 pos += 1
                 continue
-            if len(ids) + len(name.placeholders) > CHUNK:
+            if len(ids) + len(name.placeholders) > size:
                 close()
             ids += name.placeholders
             weights += [weight] * len(name.placeholders)
@@ -173,19 +174,34 @@ def frame(body: list[int], weights: list[float], bos: int | None, eos: int, pad:
     return [*start, *body, eos] + [pad] * rest, [1.0] * len(start) + [*weights, 1.0] + [1.0] * rest
 
 
-def prompt_chunks(tokenizer, prompt: str, names: list[Name] = (), backtrack: int = COMMA_BACKTRACK) -> list[tuple[list[int], list[float]]]:
-    """The framed chunks (77 ids, 77 weights) of one prompt, as A1111 builds them."""
-    runs = [
+def _runs(tokenizer, prompt: str) -> list[tuple[list[int] | None, float]]:
+    return [
         (None if text == BREAK and weight == _BREAK_WEIGHT else _ids(tokenizer, text), weight)
         for text, weight in parse(prompt)
     ]
+
+
+def _comma(tokenizer) -> int:
     comma = tokenizer.convert_tokens_to_ids(",</w>")  # CLIP's BPE; a SentencePiece vocabulary (T5) has "," instead
-    if comma == tokenizer.unk_token_id:
-        comma = tokenizer.convert_tokens_to_ids(",")
+    return tokenizer.convert_tokens_to_ids(",") if comma == tokenizer.unk_token_id else comma
+
+
+def prompt_chunks(tokenizer, prompt: str, names: list[Name] = (), backtrack: int = COMMA_BACKTRACK) -> list[tuple[list[int], list[float]]]:
+    """The framed chunks (77 ids, 77 weights) of one prompt, as A1111 builds them."""
     return [
         frame(ids, weights, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        for ids, weights in chunk_tokens(runs, names, backtrack, comma)
+        for ids, weights in chunk_tokens(_runs(tokenizer, prompt), names, backtrack, _comma(tokenizer))
     ]
+
+
+def prompt_sequence(tokenizer, prompt: str, names: list[Name], length: int) -> tuple[list[int], list[float]]:
+    """One prompt as a single sequence of `length` ids and weights, as SD3's and Flux's pipelines give each
+    encoder the prompt: start token (CLIP), as many tokens as fit, end token, padding; what does not fit is cut.
+    The syntax, emphasis and names are A1111's as in chunks, with no comma backtrack, and a BREAK ends what is read."""
+    start = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]  # T5 has none
+    body, weights = chunk_tokens(_runs(tokenizer, prompt), names, 0, _comma(tokenizer), size=length - len(start) - 1)[0]
+    rest = length - len(start) - len(body) - 1
+    return [*start, *body, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * rest, [1.0] * len(start) + [*weights, 1.0] + [1.0] * rest
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -196,16 +212,20 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 @dataclass
 class PromptTokens:
-    """A batch of prompts for each text encoder: ids and weights [B, chunks × 77]."""
+    """A batch of prompts for each text encoder: ids and weights [B, chunks × 77], or with `one_sequence` (SD3,
+    Flux) [B, the encoder's sequence length], read whole."""
 
     ids: list[torch.Tensor]
     weights: list[torch.Tensor]
+    one_sequence: bool = False
 
     @property
     def chunks(self) -> int:
-        return self.ids[0].shape[1] // CONTEXT_TOKENS
+        return 1 if self.one_sequence else self.ids[0].shape[1] // CONTEXT_TOKENS
 
     def chunk(self, k: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.one_sequence:
+            return self.ids, self.weights
         part = slice(k * CONTEXT_TOKENS, (k + 1) * CONTEXT_TOKENS)
         return [i[:, part] for i in self.ids], [w[:, part] for w in self.weights]
 

@@ -124,7 +124,7 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     family when it trains a TI and samples (the family adapter's `encode` and `predict`)."""
     from ..models.bundle import TextEncoderSlot
     from ..models.families import Family, adapter_for
-    from ..models.objectives import objective_for
+    from ..models.objectives import FlowMatchObjective, objective_for
 
     arch = ARCHITECTURES[settings.family]
     family = Family(settings.family)
@@ -139,6 +139,8 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     empty = [i[-1] for i in ids]
     ids = [i[:-1] for i in ids]
     objective = objective_for(family, arch.scheduler().config, "epsilon")
+    if settings.timestep_weighting and family.spec.flow_matching:
+        objective = FlowMatchObjective(arch.scheduler().config, settings.timestep_weighting)
     modules = [unet, *encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)

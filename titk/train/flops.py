@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import CONTEXT_TOKENS
+from ..config import CONTEXT_TOKENS, SD3_T5_TOKENS
 
 
 def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: int = 8) -> float:
@@ -85,7 +85,7 @@ def _count(config_json: str, lat_w: int, lat_h: int) -> float:
 
 
 def _count_mmdit(config: dict, x) -> float:
-    """SD3's MMDiT at one view: 77 CLIP and 77 T5 tokens (titk's SD3 prompt), forward and backward to them."""
+    """SD3's MMDiT at one view: 77 CLIP and 256 T5 tokens (its pipeline's prompt), forward and backward to them."""
     import torch
     from diffusers import SD3Transformer2DModel
     from torch.utils.flop_counter import FlopCounterMode
@@ -93,7 +93,7 @@ def _count_mmdit(config: dict, x) -> float:
     with torch.device("meta"):
         model = SD3Transformer2DModel.from_config(config)
     model.requires_grad_(False)
-    cond = torch.empty(1, 2 * CONTEXT_TOKENS, model.config.joint_attention_dim, requires_grad=True, device="meta")
+    cond = torch.empty(1, CONTEXT_TOKENS + SD3_T5_TOKENS, model.config.joint_attention_dim, requires_grad=True, device="meta")
     pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, device="meta")
     with FlopCounterMode(display=False) as counter:
         out = model(x, timestep=torch.tensor([500.0], device="meta"), encoder_hidden_states=cond, pooled_projections=pooled).sample
