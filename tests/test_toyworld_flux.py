@@ -8,13 +8,31 @@ import re
 
 import pytest
 
-from test_toyworld import toy_model  # noqa: F401  (the fixture)
+import test_toyworld as sd1
+from test_toyworld import (  # noqa: F401  (fixtures, and a test that runs here again on the Flux model)
+    SKEWS, probed, test_ti_learns_an_identity_never_seen_in_pretraining, toy, toy_model, wardrobes,
+)
 from test_toyworld_sdxl import short_demo
 
 
 @pytest.fixture(scope="module")
 def toy_source():
     return "toyworld-flux"
+
+
+@pytest.fixture(scope="module")
+def proof_training():
+    return {"embedding": {"train_t5": True}, "train": {"max_steps": 1000}}
+
+
+@pytest.fixture(scope="module")
+def skews():
+    return {name: SKEWS[name] for name in ("balanced", "biased")}
+
+
+@pytest.mark.parametrize("attribute, label", [("clothing", "tank top"), ("framing", "full-body")])
+def test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, attribute, label):  # noqa: F811 (the imported fixture)
+    sd1.test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, attribute, label)
 
 
 def test_the_flux_toy_model_has_fluxs_layout(toy_model):  # noqa: F811 (the imported fixture)

@@ -115,6 +115,8 @@ def test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae(tmp_path, run_c
     assert [h["step"] for h in again["history"]] == [4, 2] and again["shared_from"] is None
     assert PretrainSettings.shipped("sdxl").unet_steps == 3000 and PretrainSettings.shipped("sd1") == PretrainSettings()
 
-    for wrong, named in ((["--family", "sd9"], "--family sd9"), (["--shared-from", tmp_path / "a"], "--shared-from")):
+    for wrong, named in ((["--family", "sd9"], "--family sd9"), (["--shared-from", tmp_path / "a"], "--shared-from"),
+                         (["--family", "flux", "--timestep-weighting", "lognormal"], "--timestep-weighting lognormal"),
+                         (["--family", "sdxl", "--timestep-weighting", "none"], "--timestep-weighting none")):
         code, _, err = run_cli("toyworld", "pretrain", *wrong, "--out", tmp_path / "c")
         assert code != 0 and named in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()

@@ -314,6 +314,8 @@ def toyworld_pretrain(
         raise TitkError(f"--family {family}: the toy world has models of sd1 and {', '.join(SHIPPED_PRETRAINING)}")
     if family == "sd1" and shared_from:
         raise TitkError("--shared-from: the sd1 model trains its own vision model and VAE; give it with --family sdxl, sd3 or flux")
+    if timestep_weighting is not None and (family not in ("sd3", "flux") or timestep_weighting not in ("logit_normal", "none")):
+        raise TitkError(f"--timestep-weighting {timestep_weighting}: logit_normal or none, for --family sd3 or flux (trained by flow matching)")
     given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
                  continue_from=str(continue_from) if continue_from else None, shared_from=str(shared_from) if shared_from else None,
                  timestep_weighting=timestep_weighting)
