@@ -182,9 +182,11 @@ COVERED_ELSEWHERE = {
         "tests/test_toyworld_sdxl.py::test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae",
     "titk toyworld pretrain --family sd3 --out titk/toyworld/weights/sd3":
         "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
-    "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux":
+    "titk toyworld pretrain --family flux --out flux-stage1":
         "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
-    "titk demo --set base.model.source=toyworld-flux --set evaluation.sampler=euler --set base.embedding.train_t5=true":
+    "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux --continue-from flux-stage1/model --unet-steps 2500 "
+    "--timestep-weighting logit_normal": "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
+    "titk demo --set base.model.source=toyworld-flux --set evaluation.sampler=euler --set evaluation.true_cfg=5 --set base.embedding.train_t5=true":
         "tests/test_toyworld_flux.py::test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model",
 }
 

@@ -279,10 +279,40 @@ def test_a_suite_flux_cannot_sample_is_refused_when_the_evaluator_is_built(tmp_p
     assert given.sampling(given.suite).sampler == "euler" and given.suite.spec.sampler == "dpm++2m"
     with pytest.raises(TitkError, match="^suite person with evaluation.sampler: sampler: ddim does not sample Flux"):
         build_evaluator(flux, parse(EvalSettings, {"suite": "person", "sampler": "ddim", "scorers": ["norms"]}, "t"), references)
+    # evaluation.true_cfg: every suite with true classifier-free guidance, recorded in the protocol
+    given = build_evaluator(flux, parse(EvalSettings, {"suite": "person-flux", "true_cfg": 5, "scorers": ["norms"]}, "t"), references)
+    assert given.sampling(given.suite).true_cfg == 5.0 and given.suite.spec.true_cfg is None
     odd = tmp_path / "odd.yaml"
     odd.write_text(yaml.safe_dump({"sampler": "euler", "width": 72, "prompts": [{"text": "a photo of [name]"}]}))
     with pytest.raises(TitkError, match="^suite odd: width 72 px; Flux.1 .* needs multiples of 16 px"):
         build_evaluator(flux, parse(EvalSettings, {"suite": str(odd), "scorers": ["norms"]}, "t"), references)
+
+
+def test_flux_true_cfg_runs_the_negative_prompt_as_the_pipelines_true_cfg_scale(tmp_path, flux, flux_folder, sd1):
+    """true_cfg (a Flux model not guidance-distilled, as the toy one): a negative pass each step at that scale,
+    the image FluxPipeline draws with true_cfg_scale and the negative prompt; other families refuse it in one line."""
+    from diffusers import FluxPipeline
+
+    from titk.models.loading import quiet_libraries
+    from titk.models.sampling import check_sampling, generate
+
+    settings = SamplingSettings(sampler="euler", steps=4, cfg=3.5, true_cfg=4.0, negative_prompt="blurry", width=64, height=64)
+    ours = generate(flux, ["a photo of a person"], [7], settings)[0]
+    plain = generate(flux, ["a photo of a person"], [7], settings.model_copy(update={"true_cfg": None}))[0]
+    with quiet_libraries():
+        pipe = FluxPipeline.from_pretrained(flux_folder)
+    latents = torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(7))[None]
+    theirs = pipe(prompt="a photo of a person", negative_prompt="blurry", true_cfg_scale=4.0, num_inference_steps=4, guidance_scale=3.5,
+                  height=64, width=64, latents=FluxPipeline._pack_latents(latents, 1, 4, 8, 8), max_sequence_length=96).images[0]
+    ours, theirs, plain = (np.asarray(im, dtype=np.int16) for im in (ours, theirs, plain))
+    assert np.abs(ours - theirs).max() <= 1 and np.abs(ours - plain).mean() > 1.0
+    with pytest.raises(TitkError, match=r"^preview: true_cfg is for Flux, .*; on SD1\.x .* cfg is classifier-free guidance already$"):
+        check_sampling(sd1, SamplingSettings(true_cfg=4.0), "preview")
+    from titk.config import EvalSettings, parse
+    from titk.evaluate.evaluator import build_evaluator, load_references
+
+    with pytest.raises(TitkError, match="^evaluation.true_cfg is for Flux"):
+        build_evaluator(sd1, parse(EvalSettings, {"suite": "person", "true_cfg": 5, "scorers": ["norms"]}, "t"), load_references(make_images(tmp_path / "r", 2), 64))
 
 
 def test_flux_sampling_encodes_no_negative_prompt(flux, monkeypatch):

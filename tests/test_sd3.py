@@ -94,7 +94,7 @@ def test_training_calls_the_transformer_with_flow_inputs_and_trains_clip_vectors
     config = cfg(tmp_path, images, train__max_steps=6, train__grad_accum=1, output__formats=["safetensors"])
     result = train(config, bundle=sd3, show_progress=False, latent_cache=tmp_path / "cache")
     monkeypatch.undo()
-    assert len(seen) == 6 and all(shape == (2, 154, 128) and pooled == (2, 64) for _, shape, pooled in seen)
+    assert len(seen) == 6 and all(shape == (2, 77 + 96, 128) and pooled == (2, 64) for _, shape, pooled in seen)  # 77 CLIP, 96 T5 tokens
     timesteps = torch.cat([t for t, _, _ in seen])
     assert timesteps.dtype == torch.float32 and not torch.equal(timesteps, timesteps.round())  # σ·1000, not DDPM's integers
     from titk.embeddings.placeholder import init_vectors

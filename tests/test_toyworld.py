@@ -171,8 +171,9 @@ def probed(toy_model, wardrobes):
     from titk.evaluate.evaluator import build_evaluator, image_files, load_references
 
     sampler = toy_model.family.spec.usable_sampler("dpm++2m")  # the probes' own, or Flux's Euler
+    true_cfg = None if toy_model.adapter.runs_negative else 5.0  # the toy Flux model is not guidance-distilled
     settings = parse(EvalSettings, {"world": "toyworld", "suite": "toy-quick", "personality_suite": "toy-personality",
-                                    "scorers": ["personality"], "sampler": sampler}, "proof")
+                                    "scorers": ["personality"], "sampler": sampler, "true_cfg": true_cfg}, "proof")
     folder, _ = wardrobes["balanced"]
     evaluator = build_evaluator(toy_model, settings, load_references(folder, 64))
     assert len(evaluator.personality_probes.items) == 48 and len(image_files(folder)) == 15

@@ -1,8 +1,11 @@
-"""The toy world's Flux model: a FluxTransformer2DModel (double- then single-stream blocks, 2×2 latent patches,
-rotary positions) trained by flow matching with uniform timesteps, conditioned on a CLIP-L-like encoder's
-pooled output and a T5-style encoder's sequence. Its layout, a sweep and the file commands on it, and its
-pretraining are tested here. The learning proofs are not run on it: this model does not yet draw a person it
-is told about in words (docs/toyworld.md, "The Flux model"), so a TI has nothing to find."""
+"""The toy world's proofs on its Flux model: a FluxTransformer2DModel (double- then single-stream blocks, 2×2
+latent patches, rotary positions) trained by flow matching, conditioned on a CLIP-L-like encoder's pooled output
+and a T5-style encoder's sequence, with no guidance embedding and not guidance-distilled, so it is sampled with
+true classifier-free guidance (`true_cfg` 5, the proofs' cfg). A TI trains its CLIP-L and T5 vectors with Flux's
+uniform timesteps for 1000 steps at learning rate 0.1 (docs/toyworld.md: at 0.02 the gain was 0.17, at 500
+steps 0.14). The learning proof (measured: 0.307 gain, 8 of 8 seeds, p = 0.00068) and the framing shift run
+here; the model, a sweep and the file commands on it, and its pretraining are tested too. The tank-top shift
+does not hold on this model (measured, docs/toyworld.md) and is not claimed."""
 
 import re
 
@@ -22,7 +25,7 @@ def toy_source():
 
 @pytest.fixture(scope="module")
 def proof_training():
-    return {"embedding": {"train_t5": True}, "train": {"max_steps": 1000}}
+    return {"embedding": {"train_t5": True}, "train": {"max_steps": 1000, "learning_rate": "0.1"}}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +33,12 @@ def skews():
     return {name: SKEWS[name] for name in ("balanced", "biased")}
 
 
-@pytest.mark.parametrize("attribute, label", [("clothing", "tank top"), ("framing", "full-body")])
-def test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, attribute, label):  # noqa: F811 (the imported fixture)
-    sd1.test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, attribute, label)
+def test_a_dataset_in_full_body_shots_shifts_its_ti_net_of_the_untrained_start(probed):  # noqa: F811 (the imported fixture)
+    """12 of 15 full-body shots: more full-body shots on the neutral probes than the untrained start and than the
+    TI of a uniform dataset, each difference's 95 % interval above zero (the SD1 proof's framing half). Measured:
+    43 of 48 against 6 untrained and 3 uniform. Its clothing half does not hold on this model, as on the SD3 one:
+    the same TI drew 15 tank tops of 48 against 20 untrained (docs/toyworld.md)."""
+    sd1.test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, "framing", "full-body")
 
 
 def test_the_flux_toy_model_has_fluxs_layout(toy_model):  # noqa: F811 (the imported fixture)
@@ -56,7 +62,8 @@ def test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model(tmp_path, run_
     from titk.embeddings.formats import read_embedding
 
     workdir = tmp_path / "demo"
-    best = short_demo(run_cli, workdir, "toyworld-flux", "--set", "evaluation.sampler=euler", "--set", "base.embedding.train_t5=true")
+    best = short_demo(run_cli, workdir, "toyworld-flux", "--set", "evaluation.sampler=euler", "--set", "evaluation.true_cfg=5",
+                      "--set", "base.embedding.train_t5=true")
     code, out, err = run_cli("inspect", best, "--model", "toyworld-flux")
     assert code == 0, err
     assert re.search(r"clip_l: (\d+) × 48, t5: \1 × 128", out), out
@@ -73,7 +80,7 @@ def test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model(tmp_path, run_
                              "--scorers", "identity", "--set", "evaluation.world=toyworld", "-o", tmp_path / "eval")
     assert code != 0 and "dpm++2m does not sample Flux" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli("eval", best, "--model", "toyworld-flux", "--references", workdir / "data", "--suite", "toy-quick",
-                             "--scorers", "identity", "--set", "evaluation.world=toyworld", "--set", "evaluation.sampler=euler",
+                             "--scorers", "identity", "--set", "evaluation.world=toyworld", "--set", "evaluation.sampler=euler", "--set", "evaluation.true_cfg=5",
                              "-o", tmp_path / "eval")
     assert code == 0, err
     assert "identity" in out
@@ -81,7 +88,8 @@ def test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model(tmp_path, run_
 
 def test_flux_pretraining_trains_its_tokenizer_and_continues(tmp_path):
     """`--family flux`: a Flux transformer, CLIP-L and a T5 with a tokenizer trained on the world's captions, saved
-    as a FluxPipeline folder that loads as Flux; continued from that folder."""
+    as a FluxPipeline folder that loads as Flux; continued from that folder with σ drawn logit-normally, as the
+    shipped model's second stage was."""
     from titk.config import PretrainSettings
     from titk.models import load_model
     from titk.toyworld.pretrain import pretrain
@@ -92,6 +100,9 @@ def test_flux_pretraining_trains_its_tokenizer_and_continues(tmp_path):
     bundle = load_model(str(tmp_path / "a" / "model"), dtype="fp32")
     assert bundle.family.value == "flux" and bundle.unet.config.num_single_layers == 6
     assert "▁photo" in bundle.pipeline.tokenizer_2.get_vocab()
-    again = pretrain(tmp_path / "b", PretrainSettings.shipped("flux", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model")),
-                     log=lambda line: None)
+    lines = []
+    again = pretrain(tmp_path / "b", PretrainSettings.shipped("flux", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model"),
+                                                              timestep_weighting="logit_normal"), log=lines.append)
     assert [h["step"] for h in again["history"]] == [4, 2]
+    # the shipped model's second stage draws σ logit-normally (docs/toyworld.md), not Flux's uniform draw
+    assert "flow matching, σ drawn with weighting logit_normal" in lines and again["settings"]["timestep_weighting"] == "logit_normal"

@@ -88,6 +88,9 @@ class EvalSettings(Strict):
     batch_size: int | None = Field(None, ge=1, description="images generated per batch; default: the suite's")
     sampler: str | None = Field(None, description="sample every suite with this sampler instead of the suite's (e.g. euler, "
                                 "the one Flux runs, for the toy suites); default: the suite's")
+    true_cfg: float | None = Field(None, gt=1.0, description="Flux only: sample every suite with classifier-free guidance at "
+                                   "this scale (a negative pass each step), for a Flux model not guidance-distilled such as "
+                                   "the toy one; default: the suite's true_cfg, usually none")
     max_references: int = Field(64, ge=1, description="reference images used at most (the first, in name order)")
 
 

@@ -149,6 +149,10 @@ class SamplingSettings(Strict):
     sampler: str = Field("dpm++2m", description="dpm++2m, dpm++2m_karras, euler, euler_a, ddim, pndm, unipc")
     steps: int = Field(20, ge=1)
     cfg: float = 7.0
+    true_cfg: float | None = Field(
+        None, gt=1.0, description="Flux only: classifier-free guidance at this scale, a negative pass each step (diffusers' "
+        "true_cfg_scale), for a Flux model that was not guidance-distilled; Flux's cfg is a distilled guidance, which "
+        "such a model ignores (other families' cfg is classifier-free guidance already)")
     negative_prompt: str = ""
     width: int | None = Field(None, ge=8, description="default: the model's resolution")
     height: int | None = Field(None, ge=8)

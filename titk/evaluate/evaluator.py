@@ -22,7 +22,7 @@ from ..drawing import image_grid
 from ..embeddings import Embedding
 from ..embeddings.fit import vectors_for
 from ..errors import TitkError
-from ..models.sampling import check_sampling, embedding_active, generate
+from ..models.sampling import check_sampling, check_true_cfg, embedding_active, generate
 from .registry import HEADLINES
 from .scorecard import Scorecard
 from .scorers import References, Sample, Scorer
@@ -145,6 +145,7 @@ class Evaluator:
         # Personality on its own neutral probes when given: the identity suite's prompts name framing and
         # clothing, and its few seeds leave a histogram's interval wide.
         self.probe_suite = load_suite(settings.personality_suite) if settings.personality_suite else None
+        check_true_cfg(bundle, settings.true_cfg, "evaluation.true_cfg")
         for suite in filter(None, (self.suite, self.probe_suite)):  # said now, not after the first trial's training
             if settings.sampler is None:
                 check_sampling(bundle, suite.spec, f"suite {suite.name}", " (or set evaluation.sampler)")
@@ -158,8 +159,8 @@ class Evaluator:
             scorer.prepare(references, ctx)
 
     def sampling(self, suite: Suite):
-        """The suite's sampling settings with the evaluation's overrides (batch size, sampler)."""
-        given = {"batch_size": self.settings.batch_size, "sampler": self.settings.sampler}
+        """The suite's sampling settings with the evaluation's overrides (batch size, sampler, Flux's true CFG)."""
+        given = {"batch_size": self.settings.batch_size, "sampler": self.settings.sampler, "true_cfg": self.settings.true_cfg}
         update = {k: v for k, v in given.items() if v is not None}
         return suite.spec.model_copy(update=update) if update else suite.spec
 
@@ -287,7 +288,7 @@ class Evaluator:
         spec = self.sampling(suite)  # what the images were drawn with
         protocol = {
             "suite": suite.name, "suite_sha256": suite.sha256, "seeds": suite.seeds, "sampler": spec.sampler,
-            "steps": spec.steps, "cfg": spec.cfg, "negative_prompt": spec.negative_prompt,
+            "steps": spec.steps, "cfg": spec.cfg, "true_cfg": spec.true_cfg, "negative_prompt": spec.negative_prompt,
             "size": [spec.width or self.bundle.default_size, spec.height or self.bundle.default_size],
             "model": {"name": self.bundle.name, "short_hash": self.bundle.short_hash, "family": self.bundle.family.value,
                       "dtype": str(self.bundle.dtype).removeprefix("torch.")},

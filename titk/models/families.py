@@ -177,7 +177,7 @@ def _eos_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 class FamilyAdapter:
     family: Family
-    runs_negative = True  # whether its pipeline samples with a negative prompt (Flux dev's distilled guidance does not)
+    runs_negative = True  # whether its cfg runs a negative prompt (Flux's distilled guidance does not; its true_cfg does)
     t5_tokens: int | None = None  # the most tokens its T5 reads (SD3, Flux), where the tokenizer allows them
 
     def encode(self, encoders, ids: list[torch.Tensor], clip_skip: int = 1, weights=None, per_prompt: bool = True) -> Conditioning:
@@ -366,8 +366,12 @@ class FluxAdapter(FamilyAdapter):
             raise TitkError(f"an image of {w * 8}×{h * 8} px: {spec.label} needs sides in multiples of {spec.size_multiple} px")
 
     def pipeline_kwargs(self, cond, negative):
-        # The pipeline's guidance_scale is Flux dev's distilled guidance; no negative prompt is run
-        return {"prompt_embeds": cond.hidden, "pooled_prompt_embeds": cond.pooled}
+        # The pipeline's guidance_scale is Flux dev's distilled guidance; a negative prompt is run only for true
+        # classifier-free guidance (sampling's true_cfg, for a Flux model not guidance-distilled)
+        given = {"prompt_embeds": cond.hidden, "pooled_prompt_embeds": cond.pooled}
+        if negative is not None:
+            given |= {"negative_prompt_embeds": negative.hidden, "negative_pooled_prompt_embeds": negative.pooled}
+        return given
 
 
 def adapter_for(family: Family, denoiser_config=None) -> FamilyAdapter:

@@ -63,9 +63,17 @@ def check_sampling(bundle, settings, what: str, sampler_hint: str = "") -> None:
         make_scheduler(bundle, settings.sampler)
     except TitkError as exc:
         raise TitkError(f"{what}: {exc}{sampler_hint}") from None
+    check_true_cfg(bundle, settings.true_cfg, f"{what}: true_cfg")
     for side in ("width", "height"):
         if problem := bundle.family.spec.side_problem(f"{what}: {side}", getattr(settings, side)):
             raise TitkError(problem)
+
+
+def check_true_cfg(bundle, true_cfg: float | None, what: str) -> None:
+    """True classifier-free guidance is Flux's alone: every other family's cfg already is that."""
+    if true_cfg and bundle.adapter.runs_negative:
+        raise TitkError(f"{what} is for Flux, whose cfg is a distilled guidance; on {bundle.family.spec.label} cfg is "
+                        "classifier-free guidance already")
 
 
 @contextmanager
@@ -100,7 +108,7 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
     for start in range(0, len(prompts), s.batch_size):
         chunk, chunk_seeds = prompts[start : start + s.batch_size], seeds[start : start + s.batch_size]
         cond, negative = bundle.encode_prompts(chunk, name, n_vectors), None
-        if bundle.adapter.runs_negative:
+        if bundle.adapter.runs_negative or s.true_cfg:
             negative = bundle.encode_prompts([negative_prompt] * len(chunk))
             cond, negative = _same_length(bundle, cond, negative)
             if bundle.family.spec.zero_empty_negative and not negative_prompt:
@@ -113,7 +121,8 @@ def _generate(bundle, pipe, prompts, seeds, name, n_vectors, s: SamplingSettings
         ]).to(bundle.device, bundle.dtype)
         latents = bundle.adapter.pipeline_latents(latents)
         out = pipe(
-            **bundle.adapter.pipeline_kwargs(cond, negative), num_inference_steps=s.steps, guidance_scale=s.cfg,
+            **bundle.adapter.pipeline_kwargs(cond, negative), **({"true_cfg_scale": s.true_cfg} if s.true_cfg else {}),
+            num_inference_steps=s.steps, guidance_scale=s.cfg,
             height=height, width=width, latents=latents, output_type="pil",
             generator=generators,  # ancestral samplers draw fresh noise every step: from each image's own seed
         )

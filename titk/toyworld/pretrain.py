@@ -141,6 +141,8 @@ def train_diffusion(means, stds, captions, settings: PretrainSettings, vae, visi
     objective = objective_for(family, arch.scheduler().config, "epsilon")
     if settings.timestep_weighting and family.spec.flow_matching:
         objective = FlowMatchObjective(arch.scheduler().config, settings.timestep_weighting)
+    if family.spec.flow_matching:
+        log(f"flow matching, σ drawn with weighting {objective.weighting}")
     modules = [unet, *encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.01)

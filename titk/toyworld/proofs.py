@@ -72,7 +72,8 @@ def untrained(bundle):
 
 
 def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
-    """Each prompt (with "ohwx") at each seed, DPM++ 2M (Flux: Euler) at cfg 5, 64 px."""
+    """Each prompt (with "ohwx") at each seed, DPM++ 2M at cfg 5, 64 px (Flux: Euler, true CFG 5, as its toy model
+    is not guidance-distilled)."""
     from ..config import SamplingSettings
     from ..embeddings.fit import vectors_for
     from ..models.sampling import embedding_active, generate as sample
@@ -81,4 +82,5 @@ def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int
     with embedding_active(bundle, vectors_for(embedding, bundle)):
         sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=8)
         sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
+        sampling.true_cfg = None if bundle.adapter.runs_negative else sampling.cfg
         return sample(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
