@@ -308,6 +308,8 @@ def test_flux_true_cfg_runs_the_negative_prompt_as_the_pipelines_true_cfg_scale(
     assert np.abs(ours - theirs).max() <= 1 and np.abs(ours - plain).mean() > 1.0
     with pytest.raises(TitkError, match=r"^preview: true_cfg is for Flux, .*; on SD1\.x .* cfg is classifier-free guidance already$"):
         check_sampling(sd1, SamplingSettings(true_cfg=4.0), "preview")
+    with pytest.raises(TitkError, match="^true_cfg is for Flux"):  # generate's own callers too, not a pipeline TypeError
+        generate(sd1, ["a photo"], [1], SamplingSettings(true_cfg=4.0, steps=1))
     from titk.config import EvalSettings, parse
     from titk.evaluate.evaluator import build_evaluator, load_references
 

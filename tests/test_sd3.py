@@ -209,7 +209,7 @@ def test_training_subtracts_the_vaes_shift_before_scaling(tmp_path, sd3, monkeyp
 
 
 def test_sd3_without_t5_conditions_as_its_pipeline_does_and_reads_sd3_files(sd3_folder):
-    """SD3 without T5 is legal: zeros stand in T5's place (77 tokens, T5's width), as encode_prompt gives them;
+    """SD3 without T5 is legal: zeros stand in T5's place (256 tokens, the joint width), as encode_prompt gives them;
     a TI has clip_l and clip_g, and a three-tensor SD3 file is read without its t5 part."""
     from diffusers import StableDiffusion3Pipeline
 
@@ -223,7 +223,8 @@ def test_sd3_without_t5_conditions_as_its_pipeline_does_and_reads_sd3_files(sd3_
     assert [e.key for e in bundle.encoders] == ["clip_l", "clip_g"]
     prompts = ["a photo of a person"]
     cond = bundle.encode_prompts(prompts)
-    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False, max_sequence_length=77)
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
+    assert cond.hidden.shape == (1, 77 + 256, 128)
     torch.testing.assert_close(cond.hidden, embeds, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cond.pooled, pooled, atol=1e-5, rtol=1e-5)
     three = Embedding("x", {"clip_l": torch.ones(2, 32), "clip_g": torch.ones(2, 64), "t5": torch.ones(2, 128)})

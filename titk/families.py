@@ -38,7 +38,7 @@ class FamilySpec:
     flow_matching: str | None = None
     denoiser_attr: str = "unet"  # the pipeline's denoiser: a UNet, or SD3's and Flux's transformer
     optional_encoders: tuple[str, ...] = ()  # encoders a model may lack (SD3 without T5 is legal)
-    one_chunk: bool = False  # each encoder reads the prompt's first 77 tokens (SD3's pipeline), not A1111's chunks
+    one_chunk: bool = False  # each encoder reads one sequence, as SD3's and Flux's pipelines (CLIP 77, T5 longer), not A1111's chunks
     default_size: int | None = None  # pixels, for denoisers whose config names no sample size (Flux)
     samplers: tuple[str, ...] | None = None  # the samplers its pipeline can run, when not every one of titk's
     size_multiple: int | None = None  # image sides must be multiples of this (Flux: its transformer reads 2×2 latent patches)

@@ -264,7 +264,7 @@ class SDXLAdapter(FamilyAdapter):
 class SD3Adapter(FamilyAdapter):
     """SD3/SD3.5, as its pipeline conditions the MMDiT: CLIP-L's and CLIP-G's penultimate hidden states side by
     side, zero-padded to T5's width, then T5's last hidden state after them along the sequence; the pooled
-    input is both CLIP projections side by side. Without a T5 encoder its part is zeros, as in the pipeline."""
+    input is both CLIP projections side by side. Without a T5 encoder its part is 256 zeros, as in the pipeline."""
 
     family = Family.SD3
 
@@ -284,9 +284,9 @@ class SD3Adapter(FamilyAdapter):
             eos = _eos_positions(enc_ids, enc.tokenizer.eos_token_id)
             pooled.append(enc.model.text_projection(out.last_hidden_state[torch.arange(len(enc_ids)), eos]))
         clip = torch.cat(clip_hidden, dim=-1)
-        if t5 is None:
+        if t5 is None:  # as the pipeline: zeros over the T5 length it would have read
             width = self.joint_width or clip.shape[-1]
-            t5 = clip.new_zeros(clip.shape[0], clip.shape[1], width)
+            t5 = clip.new_zeros(clip.shape[0], self.t5_tokens, width)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return Conditioning(torch.cat([clip, t5], dim=1), torch.cat(pooled, dim=-1))
 

@@ -94,6 +94,7 @@ def generate(
     """One image per (prompt, seed) pair, in order. The embedding's vectors must already be set on the bundle."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must pair up")
+    check_true_cfg(bundle, sampling.true_cfg, "true_cfg")
     pipe = bundle.pipeline
     own_scheduler, pipe.scheduler = pipe.scheduler, make_scheduler(bundle, sampling.sampler)
     try:
