@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from titk.toyworld.proofs import generate, train_tis, untrained, write_skewed
+from titk.toyworld.proofs import generate, toy_sampling, train_tis, untrained, write_skewed
 from titk.toyworld.world import (
     CLOTHING, FRAMINGS, IDENTITY_ATTRIBUTES, caption, clothing_bias, heldout, identities, random_look, render, write_dataset,
 )
@@ -170,10 +170,9 @@ def probed(toy_model, wardrobes):
     from titk.config import EvalSettings, parse
     from titk.evaluate.evaluator import build_evaluator, image_files, load_references
 
-    sampler = toy_model.family.spec.usable_sampler("dpm++2m")  # the probes' own, or Flux's Euler
-    true_cfg = None if toy_model.adapter.runs_negative else 5.0  # the toy Flux model is not guidance-distilled
+    toy = toy_sampling(toy_model)  # the probes' DPM++ 2M, or the toy Flux model's Euler and true CFG
     settings = parse(EvalSettings, {"world": "toyworld", "suite": "toy-quick", "personality_suite": "toy-personality",
-                                    "scorers": ["personality"], "sampler": sampler, "true_cfg": true_cfg}, "proof")
+                                    "scorers": ["personality"], "sampler": toy.sampler, "true_cfg": toy.true_cfg}, "proof")
     folder, _ = wardrobes["balanced"]
     evaluator = build_evaluator(toy_model, settings, load_references(folder, 64))
     assert len(evaluator.personality_probes.items) == 48 and len(image_files(folder)) == 15

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import CONTEXT_TOKENS, PretrainSettings, SamplingSettings
+from ..config import CONTEXT_TOKENS, PretrainSettings
 from .architectures import ARCHITECTURES, VAE_CONFIG, denoiser_of, encoders_of, tokenizers_of
+from .proofs import toy_sampling
 from .vision import HEADS, accuracy, load_vision, to_tensor, train_vision
 from .world import IDENTITY_ATTRIBUTES, identities, sample
 
@@ -95,9 +96,7 @@ def identity_accuracy(pipe, vision, people, seeds=(1, 2), steps: int = 20) -> fl
 
     bundle = bundle_from_pipeline(copy.deepcopy(pipe), name="toy", source="memory")
     prompts = [f"a photo of {p.name}" for p in people for _ in seeds]
-    sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=16)
-    sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
-    sampling.true_cfg = None if bundle.adapter.runs_negative else sampling.cfg  # the toy Flux is not guidance-distilled
+    sampling = toy_sampling(bundle, steps, batch_size=16)
     images = generate(bundle, prompts, [s for _ in people for s in seeds], sampling)
     out = vision(to_tensor(images))
     hits, total = 0, 0

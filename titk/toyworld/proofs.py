@@ -71,16 +71,23 @@ def untrained(bundle):
     return starting_embedding(proof_config(Path("."), Path("."), source=toy_source(bundle)), bundle)
 
 
-def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
-    """Each prompt (with "ohwx") at each seed, DPM++ 2M at cfg 5, 64 px (Flux: Euler, true CFG 5, as its toy model
-    is not guidance-distilled)."""
+def toy_sampling(bundle, steps: int = 20, batch_size: int = 8):
+    """How the toy models are sampled: DPM++ 2M at cfg 5, 64 px; Flux with Euler (all its pipeline runs) and
+    true CFG 5, as its toy model is not guidance-distilled."""
     from ..config import SamplingSettings
+
+    sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=batch_size)
+    sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
+    sampling.true_cfg = None if bundle.adapter.runs_negative else sampling.cfg
+    return sampling
+
+
+def generate(bundle, embedding, prompts: list[str], seeds: list[int], steps: int = 20):
+    """Each prompt (with "ohwx") at each seed, sampled as `toy_sampling` says."""
     from ..embeddings.fit import vectors_for
     from ..models.sampling import embedding_active, generate as sample
 
     pairs = [(p, s) for p in prompts for s in seeds]
     with embedding_active(bundle, vectors_for(embedding, bundle)):
-        sampling = SamplingSettings(steps=steps, cfg=5.0, width=64, height=64, batch_size=8)
-        sampling.sampler = bundle.family.spec.usable_sampler(sampling.sampler)
-        sampling.true_cfg = None if bundle.adapter.runs_negative else sampling.cfg
+        sampling = toy_sampling(bundle, steps)
         return sample(bundle, [p for p, _ in pairs], [s for _, s in pairs], sampling, name="ohwx", n_vectors=embedding.n_vectors)
