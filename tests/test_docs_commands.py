@@ -186,6 +186,8 @@ COVERED_ELSEWHERE = {
         "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux --continue-from flux-stage1/model --unet-steps 2500 "
     "--timestep-weighting logit_normal": "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
+    "titk inspect flux1-dev-finetune.safetensors --model-config FLUX.1-dev --dtype bf16":
+        "tests/test_flux.py::test_a_flux_single_file_loads_its_transformer_with_the_folders_encoders",
     "titk demo --set base.model.source=toyworld-flux --set evaluation.sampler=euler --set evaluation.true_cfg=5 --set base.embedding.train_t5=true":
         "tests/test_toyworld_flux.py::test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model",
 }

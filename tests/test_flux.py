@@ -1,9 +1,11 @@
 """Flux on a tiny random-weight pipeline: its conditioning and its sampling are its pipeline's, training follows
 flow matching on the unshifted schedule with uniform timesteps and the transformer reads packed latents, the T5
-vectors are frozen unless asked, and files, diffusers' loader and planning work. (No Flux toy world yet: that a
-TI learns on Flux is not proven here.)"""
+vectors are frozen unless asked, and files, diffusers' loader, planning and FLUX.1 single files (a transformer of
+FLUX.1's width) work. That a TI learns on Flux is proven in the toy world (test_toyworld_flux.py)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +327,95 @@ def test_flux_sampling_encodes_no_negative_prompt(flux, monkeypatch):
     monkeypatch.setattr(flux, "encode_prompts", lambda prompts, *a, **k: seen.append(list(prompts)) or real(prompts, *a, **k))
     generate(flux, ["a photo"], [1], SamplingSettings(steps=1, sampler="euler", negative_prompt="blurry", width=64, height=64))
     assert seen == [["a photo"]]
+
+
+# ------------------------------------------------------------------------------------------- single files
+
+FLUX_WIDE = {"attention_head_dim": 128, "num_attention_heads": 24, "axes_dims_rope": [16, 56, 56]}  # FLUX.1's 3072
+
+
+@pytest.fixture(scope="module")
+def flux_single(tmp_path_factory, flux_folder):
+    """A FLUX.1-wide transformer (3072: diffusers' converter of Black Forest Labs' files assumes that width), one
+    block of each kind deep, written in their layout, and the tiny Flux folder with that transformer's config:
+    what a user passes as --model-config. (file, folder, the transformer's weights)."""
+    import json
+    import shutil
+
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from titk.models.ldm import flux_to_original
+
+    tmp = tmp_path_factory.mktemp("flux-single")
+    folder = tmp / "FLUX.1-tiny"
+    shutil.copytree(flux_folder, folder, ignore=shutil.ignore_patterns("*.safetensors"))  # only the transformer's config
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        shutil.copytree(flux_folder / part, folder / part, dirs_exist_ok=True)
+    config = json.loads((folder / "transformer" / "config.json").read_text()) | FLUX_WIDE
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):  # 480 M parameters: made in bf16, never in fp32
+        model = FluxTransformer2DModel(**{k: v for k, v in config.items() if not k.startswith("_") and k != "sample_size"})
+    model = model.to(torch.bfloat16).to_empty(device="cpu")
+    # Random values repeating with a prime period: every row differs from its neighbours (a q/k/v split in the
+    # wrong place shows), at the cost of a copy rather than of 480 M random draws
+    pattern = torch.randn(65521, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16) * 0.02
+    with torch.no_grad():
+        for i, param in enumerate(model.parameters()):
+            flat = param.view(-1)
+            flat.copy_(pattern.roll(i).repeat(flat.numel() // len(pattern) + 1)[: flat.numel()])
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file(flux_to_original(model.state_dict()), str(tmp / "flux1-tiny.safetensors"))
+    return tmp / "flux1-tiny.safetensors", folder, weights
+
+
+def test_a_flux_single_file_loads_its_transformer_with_the_folders_encoders(flux_single, flux_folder, run_cli):
+    """A FLUX.1 transformer in Black Forest Labs' layout (flux1-dev.safetensors, its fine-tunes) loads through
+    diffusers' converter weight for weight, with the text encoders, tokenizers and VAE of --model-config's folder;
+    the model is named and hashed by the file."""
+    from titk.hashing import short_hash
+
+    path, folder, weights = flux_single
+    bundle = load_model(path, config_dir=folder, dtype="bf16")
+    assert bundle.family.value == "flux" and bundle.name == "flux1-tiny" and bundle.short_hash == short_hash(path)
+    loaded = bundle.pipeline.transformer.state_dict()
+    assert set(loaded) == set(weights)
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    reference = load_model(flux_folder, dtype="bf16")
+    for mine, theirs in zip(bundle.encoders, reference.encoders):
+        assert all(torch.equal(a, b) for a, b in zip(mine.model.state_dict().values(), theirs.model.state_dict().values()))
+    code, out, err = run_cli("inspect", path, "--model-config", folder, "--dtype", "bf16")
+    assert code == 0 and "flux" in out.lower(), err
+
+
+def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, guidance: bool = True, extra=()) -> Path:
+    """A file with FLUX.1's key names and a few telling shapes (the rest 1 × 1): enough for the checks that run
+    before the weights load."""
+    from safetensors.torch import save_file
+
+    keys = {"img_in.weight": torch.zeros(width, channels), "double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(1),
+            "single_blocks.0.linear1.weight": torch.zeros(1, 1)}
+    if guidance:
+        keys["guidance_in.in_layer.weight"] = torch.zeros(1, 1)
+    keys |= {k: torch.zeros(1) for k in extra}
+    save_file(keys, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_a_flux_single_file_that_cannot_load_says_why_in_one_line(tmp_path, flux_single, run_cli):
+    from helpers import assert_one_line_error
+
+    _, folder, _ = flux_single
+    dev = _flux_file(tmp_path, "flux1-dev.safetensors")
+    cases = [
+        ((dev,), "flux1-dev.safetensors: a Flux single file holds the transformer only; pass --model-config DIR"),
+        ((_flux_file(tmp_path, "schnell.safetensors", guidance=False), "--model-config", folder),
+         "the file lacks a guidance embedding and"),
+        ((_flux_file(tmp_path, "narrow.safetensors", width=1024), "--model-config", folder), "a Flux transformer 1024 wide"),
+        ((_flux_file(tmp_path, "fill.safetensors", channels=384), "--model-config", folder), "reads 384 input channels"),
+        ((_flux_file(tmp_path, "flux2.safetensors", extra=["single_stream_modulation.lin.weight"]),), "a FLUX.2 single file"),
+        ((dev, "--model-config", tmp_path), "no model_index.json"),
+    ]
+    for args, needle in cases:
+        code, _, err = run_cli("inspect", *args)
+        assert_one_line_error(code, err, needle)

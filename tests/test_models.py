@@ -7,7 +7,8 @@ import torch
 
 from titk.models import Family, load_model
 from titk.models.fixtures import build_tiny_pipeline
-from titk.models.loading import probe_v_prediction, read_checkpoint_index, sd2_prediction_type, shipped_config
+from titk.models.loading import shipped_config
+from titk.models.single_file import probe_v_prediction, read_checkpoint_index, sd2_prediction_type
 from titk.models.tokenizer import clip_tokenizer
 
 EXPECTED = {

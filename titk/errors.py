@@ -64,3 +64,9 @@ class TrainingDiverged(TitkError):
     """The loss became NaN or infinite; what was saved before stays valid."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception as the tail of titk's one-line error: its first line, cut at `limit` characters."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]

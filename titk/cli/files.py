@@ -43,7 +43,7 @@ def _is_model_source(path: str) -> bool:
     if suffix == ".ckpt":
         return True
     if suffix == ".safetensors":
-        from ..models.loading import read_checkpoint_index
+        from ..models.single_file import read_checkpoint_index
 
         from ..embeddings.formats import EMBEDDING_KEYS
 

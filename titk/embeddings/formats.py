@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TitkError
+from ..errors import TitkError, first_line
 from ..families import ENCODER_KEYS, FAMILIES, KEY_ALIASES
 from ..files import atomic_path
 from .embedding import Embedding
@@ -89,7 +89,7 @@ def _load_safetensors(path: Path) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error type for any malformed file
-        raise TitkError(f"{path}: not a readable .safetensors file ({_first_line(exc)}); it may be truncated") from None
+        raise TitkError(f"{path}: not a readable .safetensors file ({first_line(exc, 200)}); it may be truncated") from None
 
 
 def _load_pickle(path: Path):
@@ -111,7 +111,7 @@ def _load_pickle(path: Path):
             f"{path}: refused: this pickle needs code to run when loaded ({what}); titk never runs such files"
         ) from None
     except Exception as exc:  # a damaged pickle fails in many ways (EOFError, struct.error, RuntimeError ...)
-        raise TitkError(f"{path}: not a readable embedding ({_first_line(exc)}); it may be truncated") from None
+        raise TitkError(f"{path}: not a readable embedding ({first_line(exc, 200)}); it may be truncated") from None
 
 
 def _read_image(path: Path) -> EmbeddingFile:
@@ -129,9 +129,9 @@ def _read_image(path: Path) -> EmbeddingFile:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TitkError(f"{path}: refused: the image is too large to decode safely (a decompression bomb?)") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise TitkError(f"{path}: not a readable image ({_first_line(exc)})") from None
+        raise TitkError(f"{path}: not a readable image ({first_line(exc, 200)})") from None
     except ValueError as exc:
-        raise TitkError(f"{path}: its embedding chunk is damaged ({_first_line(exc)})") from None
+        raise TitkError(f"{path}: its embedding chunk is damaged ({first_line(exc, 200)})") from None
     if data is None:
         raise TitkError(f"{path}: an image without an embedding (no sd-ti-embedding chunk and no pixel copy)")
     found = _classify(data, path, {})
@@ -255,10 +255,6 @@ def _int(value) -> int:
 def _dtype(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 # ================================================================================================ writing

@@ -43,7 +43,10 @@ class Family(str, Enum):
         return self.spec.encoder_keys
 
 _UNSUPPORTED_MARKERS = {
-    "double_blocks.": "a Flux single file (load its diffusers folder instead)",
+    # later Flux generations and Flux derivatives, checked before FLUX.1's blocks, which some of them share
+    "single_stream_modulation.": "a FLUX.2 single file",
+    "early_stream_modulations.": "a Flux single file of a later generation than FLUX.1",
+    "distilled_guidance_layer.": "a Chroma single file",
     "control_model.": "a ControlNet",
     "lora_unet_": "a LoRA",
     "lora_te_": "a LoRA",
@@ -101,6 +104,8 @@ def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
     for marker, what in _UNSUPPORTED_MARKERS.items():
         if any(k.startswith(marker) or k.startswith(UNET_PREFIX + marker) for k in keys):
             raise UnknownArchitecture(f"{path}: this looks like {what}, which titk cannot load as a base model")
+    if any(k.startswith(("double_blocks.", UNET_PREFIX + "double_blocks.")) for k in keys):
+        return Family.FLUX  # Black Forest Labs' layout; its shapes are checked when it loads
     if not has_unet:
         raise UnknownArchitecture(
             f"{path}: no Stable Diffusion UNet (model.diffusion_model.*) in this file; "

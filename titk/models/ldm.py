@@ -6,7 +6,8 @@ for the UNet, `first_stage_model.*` for the VAE, the HF CLIP layout under
 `cond_stage_model.transformer.text_model.*` (SD1) or `conditioner.embedders.0.transformer.text_model.*`
 (SDXL's CLIP-L), and the OpenCLIP layout under `cond_stage_model.model.*` (SD2) or
 `conditioner.embedders.1.model.*` (SDXL's CLIP-G); SD3 in Stability's layout (`joint_blocks`, q/k/v fused, the
-text encoders in Hugging Face's layout under `text_encoders.*`).
+text encoders in Hugging Face's layout under `text_encoders.*`); FLUX.1's transformer in Black Forest Labs'
+layout (`double_blocks`, `single_blocks`, q/k/v fused), the transformer alone, as they ship it.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ _MMDIT_QKV = {  # SD3 fuses q, k and v into one projection
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
-    # SD3's final modulations are (shift, scale); diffusers' AdaLayerNormContinuous reads (scale, shift)
+    # SD3's and Flux's final modulations are (shift, scale); diffusers' AdaLayerNormContinuous reads (scale, shift)
     first, second = t.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
 
@@ -227,6 +228,69 @@ def sd3_to_original(pipe) -> dict[str, torch.Tensor]:
             root = enc.checkpoint_prefix.removesuffix("text_model.")
             sd.update({root + key: value.clone() for key, value in model.state_dict().items()})  # T5's tied tables as two
     return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+_FLUX_TOP = {
+    "time_text_embed.timestep_embedder.linear_1.": "time_in.in_layer.",
+    "time_text_embed.timestep_embedder.linear_2.": "time_in.out_layer.",
+    "time_text_embed.text_embedder.linear_1.": "vector_in.in_layer.",
+    "time_text_embed.text_embedder.linear_2.": "vector_in.out_layer.",
+    "time_text_embed.guidance_embedder.linear_1.": "guidance_in.in_layer.",
+    "time_text_embed.guidance_embedder.linear_2.": "guidance_in.out_layer.",
+    "context_embedder.": "txt_in.",
+    "x_embedder.": "img_in.",
+    "proj_out.": "final_layer.linear.",
+    "norm_out.linear.": "final_layer.adaLN_modulation.1.",
+}
+_FLUX_DOUBLE = {
+    "norm1.linear.": "img_mod.lin.",
+    "norm1_context.linear.": "txt_mod.lin.",
+    "attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+    "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+    "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+    "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale",
+    "ff.net.0.proj.": "img_mlp.0.",
+    "ff.net.2.": "img_mlp.2.",
+    "ff_context.net.0.proj.": "txt_mlp.0.",
+    "ff_context.net.2.": "txt_mlp.2.",
+    "attn.to_out.0.": "img_attn.proj.",
+    "attn.to_add_out.": "txt_attn.proj.",
+}
+_FLUX_SINGLE = {
+    "norm.linear.": "modulation.lin.",
+    "attn.norm_q.weight": "norm.query_norm.scale",
+    "attn.norm_k.weight": "norm.key_norm.scale",
+    "proj_out.": "linear2.",
+}
+# Fused in BFL's layout: (diffusers' parts in order, their key)
+_FLUX_FUSED = {
+    "transformer_blocks": {("attn.to_q.", "attn.to_k.", "attn.to_v."): "img_attn.qkv.",
+                           ("attn.add_q_proj.", "attn.add_k_proj.", "attn.add_v_proj."): "txt_attn.qkv."},
+    "single_transformer_blocks": {("attn.to_q.", "attn.to_k.", "attn.to_v.", "proj_mlp."): "linear1."},
+}
+
+
+def flux_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FLUX.1's transformer in Black Forest Labs' layout (`flux1-dev.safetensors`): the inverse of diffusers'
+    `convert_flux_transformer_checkpoint_to_diffusers`."""
+    sd, out = dict(state_dict), {}
+    for blocks, theirs, table in (("transformer_blocks", "double_blocks", _FLUX_DOUBLE),
+                                  ("single_transformer_blocks", "single_blocks", _FLUX_SINGLE)):
+        indices = sorted({int(k.split(".")[1]) for k in sd if k.startswith(blocks + ".")})
+        for i in indices:
+            src, dst = f"{blocks}.{i}.", f"{theirs}.{i}."
+            for parts, fused in _FLUX_FUSED[blocks].items():
+                for kind in ("weight", "bias"):
+                    out[f"{dst}{fused}{kind}"] = torch.cat([sd.pop(f"{src}{part}{kind}") for part in parts], dim=0)
+            for key in [k for k in sd if k.startswith(src)]:
+                rest = key[len(src):]
+                prefix = next(p for p in table if rest.startswith(p))
+                out[dst + table[prefix] + rest[len(prefix):]] = sd.pop(key)
+    for key in list(sd):
+        prefix = next(p for p in _FLUX_TOP if key.startswith(p))
+        value = sd.pop(key)
+        out[_FLUX_TOP[prefix] + key[len(prefix):]] = _swap_halves(value) if prefix == "norm_out.linear." else value
+    return {k: v.detach().contiguous() for k, v in out.items()}
 
 
 def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:

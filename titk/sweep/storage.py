@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 
-from ..errors import TitkError
+from ..errors import TitkError, first_line
 
 JOURNAL = "optuna.journal"
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql", "mssql", "databricks")
@@ -61,7 +61,7 @@ def optuna_storage(url: str | None, workdir: Path, heartbeat: int | None = None,
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
         storage.get_all_studies()
     except Exception as exc:  # SQLAlchemy wraps every driver error differently
-        raise TitkError(f"--storage {_redact(url)}: cannot reach the database ({_first_line(exc)})") from None
+        raise TitkError(f"--storage {_redact(url)}: cannot reach the database ({first_line(exc, 200)})") from None
     return storage
 
 
@@ -198,10 +198,6 @@ def _same_database(a: str, b: str) -> bool:
 def _redact(url: str) -> str:
     return public_url(url) if "://" in url else url
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def worker_identity() -> dict[str, object]:
