@@ -388,7 +388,7 @@ def test_a_flux_single_file_loads_its_transformer_with_the_folders_encoders(flux
     assert code == 0 and "flux" in out.lower(), err
 
 
-def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, guidance: bool = True, extra=()) -> Path:
+def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, guidance: bool = True, extra=(), prefix: str = "") -> Path:
     """A file with FLUX.1's key names and a few telling shapes (the rest 1 × 1): enough for the checks that run
     before the weights load."""
     from safetensors.torch import save_file
@@ -398,7 +398,7 @@ def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, gu
     if guidance:
         keys["guidance_in.in_layer.weight"] = torch.zeros(1, 1)
     keys |= {k: torch.zeros(1) for k in extra}
-    save_file(keys, str(tmp_path / name))
+    save_file({prefix + k: v for k, v in keys.items()}, str(tmp_path / name))
     return tmp_path / name
 
 
@@ -412,6 +412,8 @@ def test_a_flux_single_file_that_cannot_load_says_why_in_one_line(tmp_path, flux
         ((_flux_file(tmp_path, "schnell.safetensors", guidance=False), "--model-config", folder),
          "the file lacks a guidance embedding and"),
         ((_flux_file(tmp_path, "narrow.safetensors", width=1024), "--model-config", folder), "a Flux transformer 1024 wide"),
+        ((_flux_file(tmp_path, "comfy.safetensors", width=1024, prefix="model.diffusion_model."), "--model-config", folder),
+         "a Flux transformer 1024 wide"),  # ComfyUI's prefix: the same checks read it
         ((_flux_file(tmp_path, "fill.safetensors", channels=384), "--model-config", folder), "reads 384 input channels"),
         ((_flux_file(tmp_path, "flux2.safetensors", extra=["single_stream_modulation.lin.weight"]),), "a FLUX.2 single file"),
         ((dev, "--model-config", tmp_path), "no model_index.json"),
