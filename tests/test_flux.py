@@ -5,6 +5,7 @@ FLUX.1's width) work. That a TI learns on Flux is proven in the toy world (test_
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -385,7 +386,8 @@ def test_a_flux_single_file_loads_its_transformer_with_the_folders_encoders(flux
     for mine, theirs in zip(bundle.encoders, reference.encoders):
         assert all(torch.equal(a, b) for a, b in zip(mine.model.state_dict().values(), theirs.model.state_dict().values()))
     code, out, err = run_cli("inspect", path, "--model-config", folder, "--dtype", "bf16")
-    assert code == 0 and "flux" in out.lower(), err
+    assert code == 0, err
+    assert re.search(r"family\s+flux", out) and re.search(r"text encoders\s+clip_l \(32\), t5 \(128\)", out), out
 
 
 def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, guidance: bool = True, extra=(), prefix: str = "") -> Path:
@@ -393,8 +395,8 @@ def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, gu
     before the weights load."""
     from safetensors.torch import save_file
 
-    keys = {"img_in.weight": torch.zeros(width, channels), "double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(1),
-            "single_blocks.0.linear1.weight": torch.zeros(1, 1)}
+    keys = {"img_in.weight": torch.zeros(width, channels), "time_in.in_layer.weight": torch.zeros(1, 1),
+            "double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(1), "single_blocks.0.linear1.weight": torch.zeros(1, 1)}
     if guidance:
         keys["guidance_in.in_layer.weight"] = torch.zeros(1, 1)
     keys |= {k: torch.zeros(1) for k in extra}
@@ -403,21 +405,53 @@ def _flux_file(tmp_path, name: str, *, width: int = 3072, channels: int = 16, gu
 
 
 def test_a_flux_single_file_that_cannot_load_says_why_in_one_line(tmp_path, flux_single, run_cli):
+    import json
+    import shutil
+
     from helpers import assert_one_line_error
 
     _, folder, _ = flux_single
+    schnell_folder = tmp_path / "FLUX.1-schnell-tiny"
+    shutil.copytree(folder, schnell_folder)
+    config = json.loads((schnell_folder / "transformer" / "config.json").read_text()) | {"guidance_embeds": False}
+    (schnell_folder / "transformer" / "config.json").write_text(json.dumps(config))
+    no_config = tmp_path / "no-config"
+    shutil.copytree(folder, no_config, ignore=shutil.ignore_patterns("transformer"))
     dev = _flux_file(tmp_path, "flux1-dev.safetensors")
+    schnell = _flux_file(tmp_path, "schnell.safetensors", guidance=False)
     cases = [
         ((dev,), "flux1-dev.safetensors: a Flux single file holds the transformer only; pass --model-config DIR"),
-        ((_flux_file(tmp_path, "schnell.safetensors", guidance=False), "--model-config", folder),
-         "the file lacks a guidance embedding and"),
-        ((_flux_file(tmp_path, "narrow.safetensors", width=1024), "--model-config", folder), "a Flux transformer 1024 wide"),
-        ((_flux_file(tmp_path, "comfy.safetensors", width=1024, prefix="model.diffusion_model."), "--model-config", folder),
-         "a Flux transformer 1024 wide"),  # ComfyUI's prefix: the same checks read it
+        ((schnell, "--model-config", folder), "has no guidance embedding (FLUX.1 schnell's layout", "pass FLUX.1 schnell's folder"),
+        ((dev, "--model-config", schnell_folder), "has a guidance embedding (FLUX.1 dev's layout)", "pass FLUX.1 dev's folder"),
+        ((_flux_file(tmp_path, "comfy.safetensors", guidance=False, prefix="model.diffusion_model."), "--model-config", folder),
+         "pass FLUX.1 schnell's folder"),  # ComfyUI's prefix: the same checks read it
+        ((_flux_file(tmp_path, "deeper.safetensors", extra=["double_blocks.1.img_attn.norm.key_norm.scale"]), "--model-config", folder),
+         "the file has 2 double-stream blocks", "transformer 1;"),
+        ((_flux_file(tmp_path, "narrow.safetensors", width=1024), "--model-config", folder), "a Flux transformer 1024 wide",
+         "load the model's diffusers folder instead"),
         ((_flux_file(tmp_path, "fill.safetensors", channels=384), "--model-config", folder), "reads 384 input channels"),
         ((_flux_file(tmp_path, "flux2.safetensors", extra=["single_stream_modulation.lin.weight"]),), "a FLUX.2 single file"),
+        ((_flux_file(tmp_path, "chroma.safetensors", extra=["distilled_guidance_layer.in_proj.bias"]),), "a Chroma single file"),
+        ((_flux_file(tmp_path, "fp8.safetensors", extra=["scaled_fp8"]), "--model-config", folder), "scaled-fp8"),
         ((dev, "--model-config", tmp_path), "no model_index.json"),
+        ((dev, "--model-config", no_config), "no readable transformer/config.json"),
     ]
-    for args, needle in cases:
+    for args, *needles in cases:
         code, _, err = run_cli("inspect", *args)
-        assert_one_line_error(code, err, needle)
+        assert_one_line_error(code, err, *needles)
+    from safetensors.torch import save_file
+
+    save_file({"double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(1, 1)}, str(tmp_path / "lora.safetensors"))
+    with pytest.raises(TitkError, match="lora.safetensors: Flux-like blocks but no FLUX.1 transformer"):  # `inspect` reads it as an embedding
+        load_model(tmp_path / "lora.safetensors", config_dir=folder)
+
+
+def test_plan_reads_a_flux_files_layout_without_its_folder(tmp_path):
+    """`titk plan` needs no folder: the shipped FLUX.1 dev config, with schnell's layout (no guidance embedding,
+    256 T5 tokens) for a file that has none."""
+    from titk.config import ModelConfig, parse
+    from titk.models.loading import read_architecture
+
+    for name, guidance in (("dev.safetensors", True), ("schnell.safetensors", False)):
+        architecture = read_architecture(parse(ModelConfig, {"source": str(_flux_file(tmp_path, name, guidance=guidance))}, "model"))
+        assert architecture.family.value == "flux" and architecture.unet["guidance_embeds"] is guidance

@@ -256,7 +256,6 @@ def _dtype(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-
 # ================================================================================================ writing
 
 

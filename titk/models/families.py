@@ -47,6 +47,8 @@ _UNSUPPORTED_MARKERS = {
     "single_stream_modulation.": "a FLUX.2 single file",
     "early_stream_modulations.": "a Flux single file of a later generation than FLUX.1",
     "distilled_guidance_layer.": "a Chroma single file",
+    "controlnet_blocks.": "a ControlNet",
+    "scaled_fp8": "a ComfyUI scaled-fp8 file (its weights need their scales, which diffusers does not apply)",
     "control_model.": "a ControlNet",
     "lora_unet_": "a LoRA",
     "lora_te_": "a LoRA",
@@ -105,6 +107,9 @@ def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
         if any(k.startswith(marker) or k.startswith(UNET_PREFIX + marker) for k in keys):
             raise UnknownArchitecture(f"{path}: this looks like {what}, which titk cannot load as a base model")
     if any(k.startswith(("double_blocks.", UNET_PREFIX + "double_blocks.")) for k in keys):
+        prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
+        if not {prefix + "img_in.weight", prefix + "time_in.in_layer.weight"} <= keys:
+            raise UnknownArchitecture(f"{path}: Flux-like blocks but no FLUX.1 transformer (a LoRA, a ControlNet or another model?)")
         return Family.FLUX  # Black Forest Labs' layout; its shapes are checked when it loads
     if not has_unet:
         raise UnknownArchitecture(

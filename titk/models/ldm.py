@@ -294,10 +294,12 @@ def flux_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
-    """The whole pipeline as one original-layout state dict (SD1, SD2, SDXL or SD3)."""
+    """The whole pipeline as one original-layout state dict (SD1, SD2, SDXL or SD3; Flux's transformer only)."""
     family = family_of_pipeline(pipe)
     if family.value == "sd3":
         return sd3_to_original(pipe)
+    if family.value == "flux":  # as Black Forest Labs ship it: the transformer alone
+        return flux_to_original(pipe.transformer.state_dict())
     sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     sd.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
     for enc in family.spec.encoders:

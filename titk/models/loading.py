@@ -1,7 +1,8 @@
 """Loading a model into a ModelBundle from a diffusers folder, a single-file checkpoint or a hub id.
 
-Single files load fully offline: titk ships the small config folders of each family (JSON only) and
-builds the CLIP tokenizer from open_clip's vocabulary, so nothing is fetched from a hub. `.ckpt` files
+Single files load fully offline (single_file.py): titk ships the small config folders of each family (JSON
+only) and builds the CLIP tokenizer from open_clip's vocabulary, so nothing is fetched from a hub; a FLUX.1
+file, which holds its transformer alone, takes the rest from the diffusers folder given as `config_dir`. `.ckpt` files
 are read with `torch.load(weights_only=True)` only: a pickle that would run code is refused, never run.
 """
 
@@ -223,7 +224,11 @@ def read_architecture(config: ModelConfig) -> Architecture | None:
             folder = shipped_config("sd2-v" if v else "sd2")
         else:
             folder = shipped_config(family.value)
-    return _architecture(family, folder)
+    architecture = _architecture(family, folder)
+    if kind == "file" and family is Family.FLUX and config.config_dir is None:
+        # the shipped config is FLUX.1 dev's; a file without its guidance embedding has schnell's layout (256 T5 tokens)
+        architecture.unet["guidance_embeds"] = any(k.endswith("guidance_in.in_layer.weight") for k in keys)
+    return architecture
 
 
 def shipped_architecture(family: Family) -> Architecture:

@@ -134,37 +134,47 @@ def _load_flux_file(path: Path, dtype: torch.dtype, config_dir, keys: set[str], 
 def _check_flux_shapes(path: Path, config: Path, keys: set[str], shape) -> None:
     """The file's transformer against the folder's config, before the costly load: a mismatch would fail deep
     inside diffusers (or load a schnell file into dev's guidance embedding)."""
-    transformer = json.loads((config / "transformer" / "config.json").read_text())
+    try:
+        transformer = json.loads((config / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        raise TitkError(
+            f"{config}: no readable transformer/config.json; pass a complete diffusers FLUX.1 folder (its transformer "
+            "weights are not needed)"
+        ) from None
     prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
-    if prefix + "img_in.weight" not in keys:
-        raise UnknownArchitecture(f"{path}: Flux blocks but no complete Flux transformer (no img_in); is it a LoRA?")
 
     def blocks(kind: str) -> int:
         return 1 + max((int(k[len(prefix):].split(".")[1]) for k in keys if k.startswith(f"{prefix}{kind}.")), default=-1)
 
     width, channels = shape(prefix + "img_in.weight")
     if width != FLUX_WIDTH:
-        raise UnknownArchitecture(f"{path}: a Flux transformer {width} wide; titk loads FLUX.1's ({FLUX_WIDTH}) from single files")
+        raise UnknownArchitecture(
+            f"{path}: a Flux transformer {width} wide; titk loads FLUX.1's ({FLUX_WIDTH}) from single files: load the "
+            "model's diffusers folder instead"
+        )
     if channels != transformer["in_channels"]:
         raise UnknownArchitecture(
             f"{path}: its transformer reads {channels} input channels, {config}'s {transformer['in_channels']} "
             "(Fill and Depth models add image channels); titk trains text-to-image FLUX.1 models"
         )
     guided = prefix + "guidance_in.in_layer.weight" in keys
-    checks = [
+    if guided != bool(transformer.get("guidance_embeds")):
+        which = ("has a guidance embedding (FLUX.1 dev's layout)" if guided else
+                 "has no guidance embedding (FLUX.1 schnell's layout, or a de-distilled dev)")
+        raise UnknownArchitecture(
+            f"{path}: the file {which} and {config}'s transformer {'lacks' if guided else 'has'} one; "
+            f"pass FLUX.1 {'dev' if guided else 'schnell'}'s folder"
+        )
+    for got, expected, what in [
         (blocks("double_blocks"), transformer["num_layers"], "double-stream blocks"),
         (blocks("single_blocks"), transformer["num_single_layers"], "single-stream blocks"),
-        (guided, bool(transformer.get("guidance_embeds")), "a guidance embedding"),
         (width, transformer["num_attention_heads"] * transformer["attention_head_dim"], "width"),
-    ]
-    for got, expected, what in checks:
-        if got == expected:
-            continue
-        if isinstance(got, bool):  # dev's guidance embedding in one, schnell's lack of it in the other
-            differs = f"the file {'has' if got else 'lacks'} {what} and {config}'s transformer {'has' if expected else 'lacks'} it"
-        else:
-            differs = f"the file has {got} {what}, {config}'s transformer {expected}"
-        raise UnknownArchitecture(f"{path}: {differs}; pass the FLUX.1 folder the file was made from (dev or schnell)")
+    ]:
+        if got != expected:
+            raise UnknownArchitecture(
+                f"{path}: the file has {got} {what}, {config}'s transformer {expected}; pass the FLUX.1 folder the file "
+                "was made from"
+            )
 
 
 def _check_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:

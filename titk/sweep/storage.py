@@ -199,7 +199,6 @@ def _redact(url: str) -> str:
     return public_url(url) if "://" in url else url
 
 
-
 def worker_identity() -> dict[str, object]:
     return {"titk.host": socket.gethostname(), "titk.pid": os.getpid()}
 

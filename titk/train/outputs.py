@@ -27,7 +27,7 @@ import yaml
 from ..embeddings import Embedding
 from ..embeddings.formats import save_embedding
 from ..files import atomic_path
-from ..errors import TitkError
+from ..errors import TitkError, first_line
 
 LOG_FIELDS = ["step", "epoch", "epoch_step", "loss", "learn_rate", "images_seen", "seconds"]
 # Settings that may change between a run and its resumption; anything else must match.
@@ -81,7 +81,7 @@ class RunFolder:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise TitkError(f"{path}: unreadable resume state ({str(exc).splitlines()[0][:200]})") from None
+            raise TitkError(f"{path}: unreadable resume state ({first_line(exc, 200)})") from None
         changed = sorted(k for k in set(state["fingerprint"]) | set(self.fingerprint) if state["fingerprint"].get(k) != self.fingerprint.get(k))
         if changed:
             raise TitkError(f"{path}: cannot resume: the config or dataset changed since ({', '.join(changed[:4])})")

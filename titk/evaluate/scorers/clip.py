@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import TitkError
+from ...errors import TitkError, first_line
 from ...hashing import sha256_file
 from . import References, Sample, ScoreResult, Scorer
 
@@ -39,9 +39,9 @@ class ClipModel:
                     f"clip: weights {model}/{pretrained} are not on disk and the hub cannot provide them; set clip.pretrained "
                     "to a local weights file (open_clip .bin/.safetensors), or null for random weights (plumbing tests only)"
                 ) from None
-            raise TitkError(f"clip: cannot build {model}/{pretrained}: {str(exc).splitlines()[0]}") from None
+            raise TitkError(f"clip: cannot build {model}/{pretrained}: {first_line(exc)}") from None
         except Exception as exc:  # an unknown model name, a wrong weights file ...
-            raise TitkError(f"clip: cannot build {model}/{pretrained}: {str(exc).splitlines()[0][:200]}") from None
+            raise TitkError(f"clip: cannot build {model}/{pretrained}: {first_line(exc, 200)}") from None
         finally:
             logging.disable(previous)
         self.model.eval().requires_grad_(False)
