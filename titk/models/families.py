@@ -95,6 +95,17 @@ def detect_folder(folder: Path) -> Family:
     return family
 
 
+def denoiser_prefix(keys: set[str]) -> str:
+    """Where a single file keeps its denoiser: under `model.diffusion_model.` (A1111's and ComfyUI's files), or at
+    the top (Stability's and Black Forest Labs' transformer files)."""
+    return UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
+
+
+def block_count(keys: set[str], prefix: str, kind: str) -> int:
+    """How many `{prefix}{kind}.N.` blocks a single file holds (0 when none)."""
+    return 1 + max((int(k[len(prefix):].split(".")[1]) for k in keys if k.startswith(f"{prefix}{kind}.")), default=-1)
+
+
 def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
     """Family of an original-layout single-file checkpoint, from its key names.
 
@@ -107,7 +118,7 @@ def detect_checkpoint(path: Path, keys: set[str], shape) -> Family:
         if any(k.startswith(marker) or k.startswith(UNET_PREFIX + marker) for k in keys):
             raise UnknownArchitecture(f"{path}: this looks like {what}, which titk cannot load as a base model")
     if any(k.startswith(("double_blocks.", UNET_PREFIX + "double_blocks.")) for k in keys):
-        prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
+        prefix = denoiser_prefix(keys)
         if not {prefix + "img_in.weight", prefix + "time_in.in_layer.weight"} <= keys:
             raise UnknownArchitecture(f"{path}: Flux-like blocks but no FLUX.1 transformer (a LoRA, a ControlNet or another model?)")
         return Family.FLUX  # Black Forest Labs' layout; its shapes are checked when it loads

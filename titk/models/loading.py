@@ -2,8 +2,9 @@
 
 Single files load fully offline (single_file.py): titk ships the small config folders of each family (JSON
 only) and builds the CLIP tokenizer from open_clip's vocabulary, so nothing is fetched from a hub; a FLUX.1
-file, which holds its transformer alone, takes the rest from the diffusers folder given as `config_dir`. `.ckpt` files
-are read with `torch.load(weights_only=True)` only: a pickle that would run code is refused, never run.
+file, which holds its transformer alone, takes the rest from the diffusers folder given as `config_dir`.
+`.ckpt` files are read with `torch.load(weights_only=True)` only: a pickle that would run code is refused,
+never run.
 """
 
 from __future__ import annotations

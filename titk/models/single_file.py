@@ -15,7 +15,7 @@ import torch
 
 from ..config import CONTEXT_TOKENS
 from ..errors import TitkError, UnknownArchitecture, first_line
-from .families import UNET_PREFIX, Family, detect_checkpoint, detect_folder, token_table_key
+from .families import UNET_PREFIX, Family, block_count, denoiser_prefix, detect_checkpoint, detect_folder, token_table_key
 from .pipelines import keep_vae_safe, pipeline_class, sd_only_kwargs, shipped_config
 from .tokenizer import clip_tokenizer
 
@@ -141,11 +141,7 @@ def _check_flux_shapes(path: Path, config: Path, keys: set[str], shape) -> None:
             f"{config}: no readable transformer/config.json; pass a complete diffusers FLUX.1 folder (its transformer "
             "weights are not needed)"
         ) from None
-    prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
-
-    def blocks(kind: str) -> int:
-        return 1 + max((int(k[len(prefix):].split(".")[1]) for k in keys if k.startswith(f"{prefix}{kind}.")), default=-1)
-
+    prefix = denoiser_prefix(keys)
     width, channels = shape(prefix + "img_in.weight")
     if width != FLUX_WIDTH:
         raise UnknownArchitecture(
@@ -166,8 +162,8 @@ def _check_flux_shapes(path: Path, config: Path, keys: set[str], shape) -> None:
             f"pass FLUX.1 {'dev' if guided else 'schnell'}'s folder"
         )
     for got, expected, what in [
-        (blocks("double_blocks"), transformer["num_layers"], "double-stream blocks"),
-        (blocks("single_blocks"), transformer["num_single_layers"], "single-stream blocks"),
+        (block_count(keys, prefix, "double_blocks"), transformer["num_layers"], "double-stream blocks"),
+        (block_count(keys, prefix, "single_blocks"), transformer["num_single_layers"], "single-stream blocks"),
         (width, transformer["num_attention_heads"] * transformer["attention_head_dim"], "width"),
     ]:
         if got != expected:
@@ -223,10 +219,10 @@ def _sd3_encoders(path: Path, keys: set[str], config: Path) -> dict:
 def _check_mmdit_shapes(path: Path, family: Family, config: Path, keys: set[str], shape) -> None:
     """SD3 medium is the shipped architecture; SD3.5 and others differ in width or depth and need their configs."""
     mmdit = json.loads((config / "transformer" / "config.json").read_text())
-    prefix = UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
+    prefix = denoiser_prefix(keys)
     if prefix + "x_embedder.proj.weight" not in keys:
         raise UnknownArchitecture(f"{path}: SD3 text encoders but no complete SD3 transformer (no x_embedder)")
-    blocks = 1 + max(int(k[len(prefix):].split(".")[1]) for k in keys if k.startswith(prefix + "joint_blocks."))
+    blocks = block_count(keys, prefix, "joint_blocks")
     checks = [
         (shape(prefix + "x_embedder.proj.weight")[0], mmdit["num_attention_heads"] * mmdit["attention_head_dim"], "transformer width"),
         (blocks, mmdit["num_layers"], "number of joint blocks"),
