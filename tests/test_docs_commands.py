@@ -180,8 +180,10 @@ COVERED_ELSEWHERE = {
     "titk toyworld pretrain --out titk/toyworld/weights": "tests/test_toyworld.py::test_pretraining_writes_a_loadable_model_and_an_honest_record",
     "titk toyworld pretrain --family sdxl --out titk/toyworld/weights/sdxl":
         "tests/test_toyworld_sdxl.py::test_sdxl_pretraining_reuses_the_worlds_vision_model_and_vae",
-    "titk toyworld pretrain --family sd3 --out titk/toyworld/weights/sd3":
+    "titk toyworld pretrain --family sd3 --out sd3-stage1":
         "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
+    "titk toyworld pretrain --family sd3 --out titk/toyworld/weights/sd3 --continue-from sd3-stage1/model --unet-steps 1000 "
+    "--partial-captions 0.5": "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family flux --out flux-stage1":
         "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux --continue-from flux-stage1/model --unet-steps 2500 "

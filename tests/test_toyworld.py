@@ -59,6 +59,27 @@ def test_a_dataset_holds_the_share_it_is_asked_for(tmp_path, share, tanks):
     assert same and all(np.array_equal(np.asarray(Image.open(tmp_path / "skewed" / f"{i:03d}.png")), np.asarray(Image.open(tmp_path / "other" / f"{i:03d}.png"))) for i in same)
 
 
+def test_partial_captions_leave_parts_out_and_keep_the_images():
+    """`partial_captions`: that share of the pretraining captions leaves out framing, clothing and background
+    with even odds each, so "a photo of X" is a prompt the model saw; the images are those of a full-caption run."""
+    import torch
+
+    from titk.config import PretrainSettings
+    from titk.toyworld.pretrain import render_set
+
+    person, look = heldout(0), random_look(random.Random(1))
+    assert caption(person, look, random.Random(2), style="name", leave_out=frozenset({"framing", "clothing", "background"})) == f"a photo of {person.name}"
+    text = caption(person, look, random.Random(2), style="name", leave_out=frozenset({"clothing"}))
+    assert look.clothing not in text and f"a {look.framing} photo of" in text
+    full_pixels, full, _ = render_set(PretrainSettings(images_per_identity=2))
+    pixels, partial, _ = render_set(PretrainSettings(images_per_identity=2, partial_captions=0.5))
+    assert torch.equal(pixels, full_pixels)
+    changed = [b for a, b in zip(full, partial) if a != b]
+    assert 0.3 < len(changed) / len(full) < 0.6  # half are partial, and an eighth of those leave nothing out
+    assert any(not any(f"{f} photo" in text for f in FRAMINGS) for text in changed)
+    assert any("wearing" not in text for text in changed) and all("wearing" in text for text in full)
+
+
 @pytest.fixture(scope="module")
 def toy():
     from titk.config import IdentitySettings
@@ -113,6 +134,7 @@ def toy_model(toy_source):
 
 
 SKEWS = {"balanced": 0.0, "half": 0.5, "biased": 0.8}  # share of tank tops and of full-body shots (balanced: uniform draws)
+SKEW_LABELS = {"tank tops": {"clothing": "tank top"}}  # a skew of clothing alone (test_toyworld_sd3.py); the others skew both
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +157,7 @@ def wardrobes(toy_model, tmp_path_factory, skews, proof_training):
     dealt exactly): {name: (dataset folder, embedding)}. The proofs below read them, so each is trained once."""
     tmp = tmp_path_factory.mktemp("wardrobes")
     for name, share in skews.items():
-        write_skewed(tmp / name, {"clothing": "tank top", "framing": "full-body"} if share else {}, share)
+        write_skewed(tmp / name, SKEW_LABELS.get(name, {"clothing": "tank top", "framing": "full-body"}) if share else {}, share)
     trained = train_tis(toy_model, {name: (tmp / name, tmp / f"run-{name}") for name in skews}, tmp / "cache",
                         proof_training.get("embedding"), **proof_training.get("train", {}))
     return {name: (tmp / name, embedding) for name, embedding in trained.items()}

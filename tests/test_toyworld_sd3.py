@@ -2,9 +2,9 @@
 CLIP-G-like and a T5-style encoder (whose tokenizer was trained on the world's captions). A TI trains its
 CLIP vectors (SD3's default; T5 stays at the init text), with flow matching and SD3's logit-normal timesteps,
 for 1000 steps where SD1's proofs train 400 (docs/toyworld.md: at 400 the TI fits the images' coarse layout,
-which flow matching's loss weighs most, and barely moves the identity). The learning proof (measured: 0.479
-before, 0.714 after, 8 of 8 seeds, p = 0.00074; at 400 steps the gain was 0.005) and the framing shift run here; the model, a sweep and the file commands on it, and its pretraining are tested too. The
-tank-top shift does not hold on this model (measured, docs/toyworld.md) and is not claimed."""
+which flow matching's loss weighs most, and barely moves the identity). The learning proof, the framing shift
+and the tank-top shift run here; the model, a sweep and the file commands on it, and its pretraining are tested
+too."""
 
 import re
 
@@ -29,15 +29,26 @@ def proof_training():
 
 @pytest.fixture(scope="module")
 def skews():
-    return {name: SKEWS[name] for name in ("balanced", "biased")}
+    """The SD1 proofs' uniform and 12-of-15 datasets, and 12 of 15 in tank tops with the framing drawn uniformly:
+    this model draws a full-body person too small for its clothing to be read reliably (asked in words for a
+    full-body shot in a tank top it drew 8 of 16 in tank tops, for a close-up 15 of 16), so the clothing proof
+    trains on tank tops alone."""
+    return {"balanced": SKEWS["balanced"], "biased": SKEWS["biased"], "tank tops": SKEWS["biased"]}
 
 
 def test_a_dataset_in_full_body_shots_shifts_its_ti_net_of_the_untrained_start(probed):  # noqa: F811 (the imported fixture)
     """12 of 15 full-body shots: more full-body shots on the neutral probes than the untrained start and than the
     TI of a uniform dataset, each difference's 95 % interval above zero (the SD1 proof's framing half). Measured:
-    20 of 48 against 0 untrained and 6 uniform. Its clothing half does not hold on this model: the same TI
-    drew 8 tank tops of 48 against 16 untrained, and t-shirts in their place (docs/toyworld.md)."""
+    46 of 48 against 28 untrained and 4 uniform."""
     sd1.test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start(probed, "framing", "full-body")
+
+
+def test_a_dataset_in_tank_tops_shifts_its_ti_net_of_the_untrained_start(probed):  # noqa: F811 (the imported fixture)
+    """12 of 15 in tank tops: more tank tops on the neutral probes than the untrained start and than the uniform
+    dataset's TI, each difference's 95 % interval above zero (the SD1 proof's clothing half). Measured: 41 of 48
+    against 11 untrained and 21 uniform. It holds since the model was trained further on partial captions
+    (docs/toyworld.md): before, every TI of a tank-top dataset drew t-shirts."""
+    sd1.test_a_skewed_dataset_shifts_its_ti_net_of_the_untrained_start({**probed, "biased": probed["tank tops"]}, "clothing", "tank top")
 
 
 def test_the_sd3_toy_model_has_sd3s_layout(toy_model):  # noqa: F811 (the imported fixture)
@@ -93,7 +104,14 @@ def test_sd3_pretraining_trains_its_tokenizer_and_continues(tmp_path):
     assert bundle.family.value == "sd3" and bundle.unet.config.num_layers == 6
     vocab = bundle.pipeline.tokenizer_3.get_vocab()
     assert "▁photo" in vocab and "▁tank" in vocab
-    again = pretrain(tmp_path / "b", PretrainSettings.shipped("sd3", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model")),
-                     log=lambda line: None)
-    assert [h["step"] for h in again["history"]] == [4, 2]
+    again = pretrain(tmp_path / "b", PretrainSettings.shipped("sd3", **{**tiny, "stop_at": 2}, continue_from=str(tmp_path / "a" / "model"),
+                                                             partial_captions=0.5), log=lambda line: None)
+    assert [h["step"] for h in again["history"]] == [4, 2] and again["settings"]["partial_captions"] == 0.5
     assert load_model(str(tmp_path / "b" / "model"), dtype="fp32").pipeline.tokenizer_3.get_vocab() == vocab
+
+
+def test_partial_captions_out_of_range_is_one_line(tmp_path, run_cli):
+    """The second stage's `--partial-captions` is a share: 1.5 is refused before anything is rendered or written."""
+    code, out, err = run_cli("toyworld", "pretrain", "--family", "sd3", "--partial-captions", "1.5", "-o", tmp_path / "out")
+    assert code != 0 and "--partial-captions" in err and "Traceback" not in err + out
+    assert not (tmp_path / "out").exists()

@@ -295,9 +295,11 @@ def toyworld_pretrain(
     shared_from: Optional[Path] = typer.Option(None, help="another family: the toy world folder whose vision model and VAE it reuses "
                                                "(default: the shipped SD1 world)"),
     timestep_weighting: Optional[str] = typer.Option(None, help="sd3, flux: how σ is drawn, logit_normal or none (uniform)"),
+    partial_captions: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="the share of captions that leave out framing, "
+                                                     "clothing and background with even odds each (default 0: every caption names all three)"),
 ):
     """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min, SD3 and Flux
-    about 1 h 10 min and 45 min). Unset
+    about 1 h 10 min and 45 min; each of their second stages, as docs/toyworld.md gives them, 15 to 45 min more). Unset
     options take the settings that reproduce the shipped model of the family (titk.config.PretrainSettings.shipped).
 
     \b
@@ -318,7 +320,7 @@ def toyworld_pretrain(
         raise TitkError(f"--timestep-weighting {timestep_weighting}: logit_normal or none, for --family sd3 or flux (trained by flow matching)")
     given = dict(seed=seed, unet_steps=unet_steps, stop_at=stop_at, vae_steps=vae_steps, vision_steps=vision_steps,
                  continue_from=str(continue_from) if continue_from else None, shared_from=str(shared_from) if shared_from else None,
-                 timestep_weighting=timestep_weighting)
+                 timestep_weighting=timestep_weighting, partial_captions=partial_captions)
     settings = PretrainSettings.shipped(family, **{k: v for k, v in given.items() if v is not None})
     out = out or Path("titk/toyworld/weights") / ("" if family == "sd1" else family)
     record = pretrain(out, settings, log=lambda line: console.print(line, highlight=False))

@@ -255,6 +255,8 @@ class PretrainSettings(Strict):
     learning_rate: float = 3e-4
     ema: float = 0.999
     caption_dropout: float = 0.1
+    partial_captions: float = Field(0.0, ge=0, le=1, description="the share of images whose caption leaves out each of framing, "
+                                    "clothing and background with even odds, so that prompts which leave them open are ones the model knows")
     timestep_weighting: Literal["logit_normal", "none"] | None = Field(
         None, description="flow-matching families: how σ is drawn (logit_normal or none, uniform; default: the family's as a TI trains)")
     eval_every: int = Field(500, ge=1)

@@ -36,15 +36,19 @@ from ..devices import cpu_has_fast_bf16
 from .architectures import ARCHITECTURES, VAE_CONFIG, denoiser_of, encoders_of, tokenizers_of
 from .proofs import toy_sampling
 from .vision import HEADS, accuracy, load_vision, to_tensor, train_vision
-from .world import IDENTITY_ATTRIBUTES, identities, sample
+from .world import IDENTITY_ATTRIBUTES, caption, identities, sample
 
 def render_set(settings: PretrainSettings):
     pre, _ = identities()
     rng = random.Random(f"pretrain:{settings.seed}")
+    partial = random.Random(f"partial:{settings.seed}")  # its own draws: the images stay those of a full-caption run
     images, captions, owners = [], [], []
     for person in pre:
         for _ in range(settings.images_per_identity):
-            img, _, text = sample(person, rng)
+            img, look, text = sample(person, rng)
+            if partial.random() < settings.partial_captions:
+                leave_out = frozenset(part for part in ("framing", "clothing", "background") if partial.random() < 0.5)
+                text = caption(person, look, partial, leave_out=leave_out)
             images.append(np.asarray(img, dtype=np.uint8))
             captions.append(text)
             owners.append(person)

@@ -99,17 +99,20 @@ def random_look(rng: random.Random, weights: dict[str, dict[str, float]] | None 
     )
 
 
-def caption(person: Identity | None, look: Look, rng: random.Random, style: str | None = None) -> str:
-    """A pretraining caption: by name, by description, or both; clothing, background and framing in words."""
+def caption(person: Identity | None, look: Look, rng: random.Random, style: str | None = None, leave_out: frozenset = frozenset()) -> str:
+    """A pretraining caption: by name, by description, or both; clothing, background and framing in words,
+    except those in `leave_out` (a partial caption: PretrainSettings.partial_captions)."""
     style = style or rng.choice(("name", "name", "describe", "both"))
     wear = f"wearing a {look.clothing_colour} {look.clothing}"
     where = {"plain": "plain background", "outdoors": "outdoors", "city": "in the city", "indoors": "indoors"}[look.background]
     if person is None:
         return f"an empty scene, {where}"
     who = {"name": person.name, "describe": person.describe(), "both": f"{person.name}, {person.describe()}"}[style]
-    parts = [f"a {look.framing} photo of {who}", wear, where]
+    framing = "" if "framing" in leave_out else f"{look.framing} "
+    parts = [f"a {framing}photo of {who}", wear, where]
     rng.shuffle(parts[1:])
-    return ", ".join(parts)
+    dropped = {p for p, part in (("clothing", wear), ("background", where)) if p in leave_out}
+    return ", ".join(part for part in parts if not (part == wear and "clothing" in dropped or part == where and "background" in dropped))
 
 
 # ------------------------------------------------------------------------------------------------ drawing
