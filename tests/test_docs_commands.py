@@ -183,7 +183,7 @@ COVERED_ELSEWHERE = {
     "titk toyworld pretrain --family sd3 --out sd3-stage1":
         "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family sd3 --out titk/toyworld/weights/sd3 --continue-from sd3-stage1/model --unet-steps 1000 "
-    "--partial-captions 0.5": "tests/test_toyworld_sd3.py::test_sd3_pretraining_trains_its_tokenizer_and_continues",
+    "--partial-captions 0.5": "tests/test_toyworld_sd3.py::test_the_second_stage_command_reaches_its_settings",
     "titk toyworld pretrain --family flux --out flux-stage1":
         "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux --continue-from flux-stage1/model --unet-steps 2500 "

@@ -110,8 +110,22 @@ def test_sd3_pretraining_trains_its_tokenizer_and_continues(tmp_path):
     assert load_model(str(tmp_path / "b" / "model"), dtype="fp32").pipeline.tokenizer_3.get_vocab() == vocab
 
 
-def test_partial_captions_out_of_range_is_one_line(tmp_path, run_cli):
-    """The second stage's `--partial-captions` is a share: 1.5 is refused before anything is rendered or written."""
+def test_the_second_stage_command_reaches_its_settings(tmp_path, run_cli, monkeypatch):
+    """The documented second stage's flags become its settings; `--partial-captions` is a share: 1.5 is refused
+    in one line before anything is rendered or written."""
+    given = {}
+
+    def record(out, settings, log):
+        given.update(settings.model_dump())
+        return {"total_seconds": 0.0}
+
+    monkeypatch.setattr("titk.toyworld.pretrain.pretrain", record)
+    code, out, err = run_cli("toyworld", "pretrain", "--family", "sd3", "--out", tmp_path / "sd3", "--continue-from", tmp_path / "stage1",
+                             "--unet-steps", "1000", "--partial-captions", "0.5")
+    assert code == 0, err
+    assert (given["partial_captions"], given["unet_steps"], given["batch_size"]) == (0.5, 1000, 32)
+    assert given["continue_from"] == str(tmp_path / "stage1")
+
     code, out, err = run_cli("toyworld", "pretrain", "--family", "sd3", "--partial-captions", "1.5", "-o", tmp_path / "out")
     assert code != 0 and "--partial-captions" in err and "Traceback" not in err + out
     assert not (tmp_path / "out").exists()
