@@ -75,7 +75,7 @@ def test_partial_captions_leave_parts_out_and_keep_the_images():
     pixels, partial, _ = render_set(PretrainSettings(images_per_identity=2, partial_captions=0.5))
     assert torch.equal(pixels, full_pixels)
     changed = [b for a, b in zip(full, partial) if a != b]
-    assert 0.3 < len(changed) / len(full) < 0.6  # half are partial, and an eighth of those leave nothing out
+    assert 0.3 < len(changed) / len(full) < 0.6  # half are redrawn; a redrawn caption may match its original
     assert any(not any(f"{f} photo" in text for f in FRAMINGS) for text in changed)
     assert any("wearing" not in text for text in changed) and all("wearing" in text for text in full)
 

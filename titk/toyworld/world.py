@@ -111,8 +111,8 @@ def caption(person: Identity | None, look: Look, rng: random.Random, style: str 
     framing = "" if "framing" in leave_out else f"{look.framing} "
     parts = [f"a {framing}photo of {who}", wear, where]
     rng.shuffle(parts[1:])
-    dropped = {p for p, part in (("clothing", wear), ("background", where)) if p in leave_out}
-    return ", ".join(part for part in parts if not (part == wear and "clothing" in dropped or part == where and "background" in dropped))
+    gone = {text for part, text in (("clothing", wear), ("background", where)) if part in leave_out}
+    return ", ".join(part for part in parts if part not in gone)
 
 
 # ------------------------------------------------------------------------------------------------ drawing
