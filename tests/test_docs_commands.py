@@ -187,7 +187,7 @@ COVERED_ELSEWHERE = {
     "titk toyworld pretrain --family flux --out flux-stage1":
         "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
     "titk toyworld pretrain --family flux --out titk/toyworld/weights/flux --continue-from flux-stage1/model --unet-steps 2500 "
-    "--timestep-weighting logit_normal": "tests/test_toyworld_flux.py::test_flux_pretraining_trains_its_tokenizer_and_continues",
+    "--timestep-weighting logit_normal --partial-captions 0.5": "tests/test_toyworld_flux.py::test_the_second_stage_command_reaches_its_settings",
     "titk inspect flux1-dev-finetune.safetensors --model-config FLUX.1-dev --dtype bf16":
         "tests/test_flux.py::test_a_flux_single_file_loads_its_transformer_with_the_folders_encoders",
     "titk demo --set base.model.source=toyworld-flux --set evaluation.sampler=euler --set evaluation.true_cfg=5 --set base.embedding.train_t5=true":

@@ -134,7 +134,7 @@ def toy_model(toy_source):
 
 
 SKEWS = {"balanced": 0.0, "half": 0.5, "biased": 0.8}  # share of tank tops and of full-body shots (balanced: uniform draws)
-SKEW_LABELS = {"tank tops": {"clothing": "tank top"}}  # a skew of clothing alone (test_toyworld_sd3.py); the others skew both
+SKEW_LABELS = {"tank tops": {"clothing": "tank top"}}  # a skew of clothing alone (test_toyworld_sd3.py, _flux.py); the others skew both
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,14 @@ def wardrobes(toy_model, tmp_path_factory, skews, proof_training):
     return {name: (tmp / name, embedding) for name, embedding in trained.items()}
 
 
-def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrobes):
+@pytest.fixture(scope="module")
+def proof_seeds():
+    """The paired sampling seeds of the learning proof: 8 (the issue's least), 16 where a family's gain is noisier
+    (test_toyworld_flux.py). The thresholds below hold for any number."""
+    return PROOF_SEEDS
+
+
+def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrobes, proof_seeds):
     """15 images of a held-out person: samples of the trained TI look like them, the init text's do not."""
     from scipy import stats
 
@@ -177,11 +184,11 @@ def test_ti_learns_an_identity_never_seen_in_pretraining(toy_model, toy, wardrob
         return np.array([float(f.embedding @ centroid) if (f := faces.largest(img)[0]) is not None else 0.0 for img in images])
 
     _, trained = wardrobes["balanced"]
-    after = similarity(generate(toy_model, trained, ["a photo of ohwx"], PROOF_SEEDS))
-    before = similarity(generate(toy_model, untrained(toy_model), ["a photo of ohwx"], PROOF_SEEDS))
+    after = similarity(generate(toy_model, trained, ["a photo of ohwx"], proof_seeds))
+    before = similarity(generate(toy_model, untrained(toy_model), ["a photo of ohwx"], proof_seeds))
     gain = after - before
     assert gain.mean() > 0.2, f"mean gain {gain.mean():.3f}: before {before.round(2)}, after {after.round(2)}"
-    assert (gain > 0).sum() >= 7
+    assert (gain > 0).mean() >= 7 / 8, f"{(gain > 0).sum()} of {len(gain)} seeds gain"
     assert stats.ttest_rel(after, before, alternative="greater").pvalue < 0.01
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import test_toyworld as sd1
 from test_toyworld import (  # noqa: F401  (fixtures, and a test that runs here again on the SD3 model)
-    SKEWS, probed, test_ti_learns_an_identity_never_seen_in_pretraining, toy, toy_model, wardrobes,
+    SKEWS, probed, proof_seeds, test_ti_learns_an_identity_never_seen_in_pretraining, toy, toy_model, wardrobes,
 )
 from test_toyworld_sdxl import short_demo
 
@@ -110,9 +110,8 @@ def test_sd3_pretraining_trains_its_tokenizer_and_continues(tmp_path):
     assert load_model(str(tmp_path / "b" / "model"), dtype="fp32").pipeline.tokenizer_3.get_vocab() == vocab
 
 
-def test_the_second_stage_command_reaches_its_settings(tmp_path, run_cli, monkeypatch):
-    """The documented second stage's flags become its settings; `--partial-captions` is a share: 1.5 is refused
-    in one line before anything is rendered or written."""
+def pretrain_settings(run_cli, monkeypatch, *args) -> dict:
+    """The settings `titk toyworld pretrain ARGS` would pretrain with (pretraining itself stubbed)."""
     given = {}
 
     def record(out, settings, log):
@@ -120,9 +119,16 @@ def test_the_second_stage_command_reaches_its_settings(tmp_path, run_cli, monkey
         return {"total_seconds": 0.0}
 
     monkeypatch.setattr("titk.toyworld.pretrain.pretrain", record)
-    code, out, err = run_cli("toyworld", "pretrain", "--family", "sd3", "--out", tmp_path / "sd3", "--continue-from", tmp_path / "stage1",
-                             "--unet-steps", "1000", "--partial-captions", "0.5")
+    code, out, err = run_cli("toyworld", "pretrain", *args)
     assert code == 0, err
+    return given
+
+
+def test_the_second_stage_command_reaches_its_settings(tmp_path, run_cli, monkeypatch):
+    """The documented second stage's flags become its settings; `--partial-captions` is a share: 1.5 is refused
+    in one line before anything is rendered or written."""
+    given = pretrain_settings(run_cli, monkeypatch, "--family", "sd3", "--out", tmp_path / "sd3", "--continue-from", tmp_path / "stage1",
+                              "--unet-steps", "1000", "--partial-captions", "0.5")
     assert (given["partial_captions"], given["unet_steps"], given["batch_size"]) == (0.5, 1000, 32)
     assert given["continue_from"] == str(tmp_path / "stage1")
 

@@ -12,7 +12,7 @@ import torch
 
 import test_toyworld as sd1
 from test_toyworld import (  # noqa: F401  (fixtures, and a test that runs here again on the SDXL model)
-    SKEWS, probed, proof_training, test_ti_learns_an_identity_never_seen_in_pretraining, toy, toy_model, wardrobes,
+    SKEWS, probed, proof_seeds, proof_training, test_ti_learns_an_identity_never_seen_in_pretraining, toy, toy_model, wardrobes,
 )
 
 
