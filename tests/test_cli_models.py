@@ -110,6 +110,15 @@ def test_unknown_architectures(run_cli, tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3)}, str(inpaint))
     code, _, err = run_cli("inspect", inpaint)
     assert_one_line_error(code, err, "inpaint.safetensors", "9 input channels")
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}
+    half_sdxl = tmp_path / "sdxl.safetensors"  # CLIP-G's token table but no CLIP-L
+    save_file({**unet, "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 2)}, str(half_sdxl))
+    code, _, err = run_cli("inspect", half_sdxl)
+    assert_one_line_error(code, err, "sdxl.safetensors", "SDXL checkpoint without its CLIP-L encoder")
+    unet_only = tmp_path / "unet.safetensors"
+    save_file(unet, str(unet_only))
+    code, _, err = run_cli("inspect", unet_only)
+    assert_one_line_error(code, err, "unet.safetensors", "a UNet but no text encoder titk recognises")
     pixart = tmp_path / "pixart"
     pixart.mkdir()
     (pixart / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))

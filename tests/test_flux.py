@@ -166,6 +166,9 @@ def test_flux_refuses_what_it_cannot_do_in_one_line(tmp_path, flux):
     sd3_file = Embedding("x", {"clip_l": torch.zeros(2, 32), "clip_g": torch.zeros(2, 64), "t5": torch.zeros(2, 128)})
     with pytest.raises(TitkError, match="holds more than tiny-flux has encoders for; it needs clip_l \\(32\\) and t5 \\(128\\)"):
         vectors_for(sd3_file, flux)
+    wrong_t5 = Embedding("x", {"clip_l": torch.zeros(2, 32), "t5": torch.zeros(2, 96)})
+    with pytest.raises(TitkError, match=r"t5 96\) does not fit .*needs clip_l \(32\) and t5 \(128\)"):
+        vectors_for(wrong_t5, flux)
     images = make_images(tmp_path / "img", 2, captions="ohwx")
     for over, message in ((dict(data__width=72), "data.width: 72 px; Flux.1 .* needs multiples of 16 px"),
                           (dict(output__preview={"every": 1, "sampler": "euler", "width": 72}), "output.preview: width 72 px"),

@@ -243,6 +243,21 @@ def test_more_skew_in_the_dataset_gives_more_skew_in_the_ti(probed):
     assert shift_interval(*shares["biased"], *shares["balanced"])[0] > 0, shares
 
 
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_each_new_familys_toy_model_keeps_within_its_budget(family):
+    """Each family's shipped toy model holds at most 30 MB of weights and took about 90 minutes on 2 CPU cores
+    over its stages, as its record says (at most 100: SD3's 94.8 include minutes that shared the cores)."""
+    import json
+
+    from titk.paths import toyworld_model
+
+    folder = toyworld_model(family).parent
+    record = json.loads((folder / "toyworld.json").read_text())
+    minutes = (record["total_seconds"] + (record.get("continued_from") or {}).get("seconds", 0)) / 60
+    weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+    assert weights <= 30 and 60 <= minutes <= 100, f"{family}: {weights:.1f} MB, {minutes:.1f} min"
+
+
 def test_pretraining_writes_a_loadable_model_and_an_honest_record(tmp_path, monkeypatch):
     """The pretraining command end to end, minutes made into seconds: a diffusers folder titk loads, the vision
     model, and a record whose history stops where stop_at says; a continuation keeps the earlier history."""

@@ -87,7 +87,7 @@ def test_a_sweep_and_the_file_commands_work_on_the_flux_toy_model(tmp_path, run_
     assert re.search(r"clip_l: (\d+) × 48, t5: \1 × 128", out), out
     original = read_embedding(best)
     assert set(original.vectors) >= {"clip_l", "t5"}
-    for to, name in (("a1111", "a.pt"), ("safetensors", "s.safetensors"), ("onetrainer", "o.safetensors")):
+    for to, name in (("a1111", "a.pt"), ("safetensors", "s.safetensors"), ("onetrainer", "o.safetensors"), ("kohya", "k.safetensors"), ("png", "p.png")):
         code, out, err = run_cli("convert", best, tmp_path / to / name, "--to", to)
         assert code == 0, err
         back = read_embedding(tmp_path / to / name)

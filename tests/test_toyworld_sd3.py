@@ -76,7 +76,7 @@ def test_a_sweep_and_the_file_commands_work_on_the_sd3_toy_model(tmp_path, run_c
     assert code == 0, err
     assert re.search(r"clip_l: (\d+) × 48, clip_g: \1 × 80, t5: \1 × 128", out), out
     original = read_embedding(best)
-    for to, name in (("a1111", "a.pt"), ("safetensors", "s.safetensors"), ("onetrainer", "o.safetensors"), ("kohya", "k.safetensors")):
+    for to, name in (("a1111", "a.pt"), ("safetensors", "s.safetensors"), ("onetrainer", "o.safetensors"), ("kohya", "k.safetensors"), ("png", "p.png")):
         code, out, err = run_cli("convert", best, tmp_path / to / name, "--to", to)
         assert code == 0, err
         back = read_embedding(tmp_path / to / name)

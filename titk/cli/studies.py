@@ -299,7 +299,7 @@ def toyworld_pretrain(
                                                      "clothing and background with even odds each (default 0: every caption names all three)"),
 ):
     """Train a toy world's model from scratch (SD1 about 2 hours on 2 CPU cores, SDXL about 1 h 20 min, SD3 and Flux
-    about 1 h 10 min and 45 min; each of their second stages, as docs/toyworld.md gives them, 15 to 45 min more). Unset
+    about 1 h 10 min and 45 min; each of their second stages, as docs/toyworld.md gives them, about 25 min more). Unset
     options take the settings that reproduce the shipped model of the family (titk.config.PretrainSettings.shipped).
 
     \b
