@@ -23,13 +23,6 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-from diffusers.utils import logging as diffusers_logging  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
-# Both libraries give their loggers a handler bound to sys.stderr as it is when first asked. Asked first inside
-# a test that captures output (capsys), that stream is closed when the test ends, and a later test's logged
-# error prints "--- Logging error ---" instead of the message: ask them now, before any test captures.
-diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +38,18 @@ LONGEST_FIRST = [
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def library_log_handlers():
+    """diffusers and transformers give their loggers a handler bound to sys.stderr as it is when first asked.
+    Asked first inside a test that captures output (capsys), that stream is closed when the test ends, and a
+    later test's logged error prints "--- Logging error ---" instead of the message: ask them before any test
+    captures (in the test processes only, not at start-up, where the xdist controller has no use for them)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
 
 
 @pytest.fixture(scope="session")
