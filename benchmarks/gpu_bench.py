@@ -5,7 +5,8 @@ titk's own code (`titk.train.loop.train`, `titk.models.sampling.generate`):
 
 1. training at 512 px for batch 1, 3 and 8: ms per step, image views per second, achieved TFLOP/s (the
    UNet's forward and backward to the conditioning, counted by `titk.train.flops`) and its share of the
-   device's dense bf16 peak (a table of known devices; none for others), peak memory; and batch 1 with
+   device's dense bf16 peak (a table of known devices; none for others), peak memory beside `titk plan`'s
+   estimate of it (titk.train.memory); and batch 1 with
    gradient accumulation 8, the loss read back after each micro-batch or once per update (`train.host_sync`);
    batch 3 with the UNet in channels-last memory format (`train.channels_last`);
 2. sampling: images per second at 512 px, 20 steps, classifier-free guidance, batch 16;
@@ -134,8 +135,19 @@ def training(bundle, device: str, size: int, batch: int, steps: int, tmp: Path, 
         "size": size, "ms_per_step": round(step * 1000, 1),
         "views_per_s": round(batch * grad_accum / step, 2),
         "achieved_tflops": float(f"{achieved:.3g}"), "share_of_peak": round(achieved / peak, 3) if peak else None,
-        "peak_memory_gib": clock.peak_memory_gib,
+        "peak_memory_gib": clock.peak_memory_gib, "estimated_peak_gib": estimated_peak(bundle, size, batch),
     }
+
+
+def estimated_peak(bundle, size: int, views: int, gradient_checkpointing: bool = False) -> float:
+    """What `titk plan` estimates for the UNet's step of `views` views (titk.train.memory: the UNet alone, so a
+    measured peak should read higher by the text encoder's and VAE's weights and CUDA's own)."""
+    from titk.devices import dtype_name
+    from titk.train.memory import step_memory
+
+    peak = step_memory(dict(bundle.unet.config), size, size, batch=views, dtype=dtype_name(bundle.unet.dtype),
+                       gradient_checkpointing=gradient_checkpointing).peak
+    return float(f"{peak / 2**30:.3g}")  # three figures: the smoke run's tiny model needs a few MiB
 
 
 def packed(bundle, device: str, size: int, k: int, batch: int, steps: int, tmp: Path, gradient_checkpointing: bool = False) -> dict:
@@ -155,7 +167,8 @@ def packed(bundle, device: str, size: int, k: int, batch: int, steps: int, tmp: 
     if failed:
         raise failed[0]
     return {"trials": k, "batch": batch, "gradient_checkpointing": gradient_checkpointing, "ms_per_group_step": round(clock.step * 1000, 1),
-            "views_per_s": round(k * batch / clock.step, 2), "peak_memory_gib": clock.peak_memory_gib}
+            "views_per_s": round(k * batch / clock.step, 2), "peak_memory_gib": clock.peak_memory_gib,
+            "estimated_peak_gib": estimated_peak(bundle, size, k * batch, gradient_checkpointing)}
 
 
 def sampling(bundle, device: str, size: int, batch: int, steps: int) -> dict:

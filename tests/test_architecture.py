@@ -137,6 +137,7 @@ DEFAULTS = [
 NOT_DEFAULTS = {
     ("titk/evaluate/dataset_check.py", r"(=\s*|Option\(\s*)512\b"): "ORB matching scale, not a model resolution",
     ("titk/embeddings/formats.py", r"(=\s*|Option\(\s*)512\b"): "the picture size of an A1111 image embedding",
+    ("titk/train/memory.py", r"(=\s*|Option\(\s*)512\b"): "bytes: the CUDA allocator's smallest block",
 }
 
 

@@ -108,6 +108,12 @@ def test_plan_works_on_a_shipped_recipe_before_its_model_is_set(tmp_path, run_cl
     plan = json.loads(out)
     assert plan["image_views"] == 3000 and plan["tflops_per_view"] == {"512x512": 1.6692}
     assert "is not on disk: planned with the sd1 family's standard architecture" in plan["notes"][0]
+    # GPU memory of one micro-batch (3 views; auto precision is bf16 on a GPU): tests/test_memory.py tests the count
+    assert plan["memory"] == {"size": "512x512", "batch": 3, "dtype": "bf16", "gradient_checkpointing": False, "weights_gib": 1.6,
+                              "activations_gib": 2.13, "peak_gib": 3.74, "other_checkpointing_peak_gib": 2.23}
+    code, out, err = run_cli("plan", recipe, "-d", data, "--set", "train.gradient_checkpointing=true", "--set", "model.dtype=fp32")
+    assert code == 0, err
+    assert "GPU memory about 4.46 GiB at 512x512, batch 3, fp32: denoiser weights 3.2 + activations 1.26 (without gradient checkpointing: 7.47)" in " ".join(out.split()), out
     code, _, err = run_cli("plan", recipe, "-d", data, "--family", "sd9")
     assert code == 2 and "--family" in err
 

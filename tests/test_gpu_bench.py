@@ -30,6 +30,10 @@ def test_the_gpu_benchmark_runs_on_a_cpu_with_the_cuda_parts_skipped(tmp_path):
     assert [(r["batch"], r["trials"]) for r in packed] == [(b, k) for b in (1, 3) for k in (1, 2, 4, 8)]
     assert all(r["trials_per_hour_vs_one_at_a_time"] > 0 for r in packed) and packed[0]["trials_per_hour_vs_one_at_a_time"] == 1
     assert [(r["trials"], r["gradient_checkpointing"]) for r in report["memory_24gb"]] == [(1, False), (1, True), (4, True)]
+    # titk plan's estimate beside each measured peak (the measured one is CUDA's: null here)
+    unpacked, checkpointed, group = (r["estimated_peak_gib"] for r in report["memory_24gb"])
+    assert all(r["peak_memory_gib"] is None and r["estimated_peak_gib"] > 0 for r in report["training"] + report["packed"])
+    assert checkpointed < unpacked and group > checkpointed
     log = (tmp_path / "out" / "gpu.log").read_text()
     assert "no wheels in" in log and '"recipe_trial": {' in log and '"evaluations": 4' in log and '"packed": [' in log
 

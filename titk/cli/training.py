@@ -22,7 +22,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
     family: FamilyName = typer.Option(FamilyName.sd1, help="the family to plan for while model.source is not on disk yet"),
 ):
-    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs.
+    """What a training config will really do with a dataset: effective BS and GA, steps, epochs, views, LR, FLOPs,
+    GPU memory.
     A recipe whose model.source is still a placeholder is planned with the family's standard architecture.
 
     \b
@@ -34,7 +35,7 @@ def plan(
     from ..models.families import Family
     from ..models.loading import HUB_ID, read_architecture, shipped_architecture
     from ..train.trainee import load_dataset
-    from ..train.plan import make_plan
+    from ..train.plan import estimate_memory, make_plan
 
     cfg = load_train_config(config, dataset=dataset, overrides=set_)
     data = load_dataset(cfg)
@@ -42,10 +43,14 @@ def plan(
     placeholder = source.suffix.lower() in (".safetensors", ".ckpt") or not HUB_ID.match(cfg.model.source)  # a file or folder
     if cfg.model.source not in TOY_SOURCES and not source.exists() and placeholder:
         # Comparing recipes needs no checkpoint in hand: the plan depends on the family alone.
-        result = make_plan(cfg, data, shipped_architecture(Family(family.value)))
+        arch = shipped_architecture(Family(family.value))
+        result = make_plan(cfg, data, arch)
         result.notes.insert(0, f"model.source {cfg.model.source} is not on disk: planned with the {family.value} family's standard architecture (titk's shipped config)")
     else:
-        result = make_plan(cfg, data, read_architecture(cfg.model))
+        arch = read_architecture(cfg.model)
+        result = make_plan(cfg, data, arch)
+    if arch is not None:
+        estimate_memory(result, cfg, arch)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

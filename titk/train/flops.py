@@ -23,25 +23,29 @@ def unet_flops_per_view(unet_config: dict, width: int, height: int, vae_scale: i
 
 @lru_cache(maxsize=64)
 def _remembered(config_json: str, lat_w: int, lat_h: int) -> float:
-    """A count from titk's cache, else counted and kept there: counting runs every op of the model in Python
-    (6 s for SDXL's UNet, 16 s for a `titk plan` of two SDXL buckets), and the figure depends only on the
-    config, the latent size, torch's counter and this file, which the key holds."""
+    return float(remembered(f"{config_json}|{lat_w}x{lat_h}", __file__, lambda: _count(config_json, lat_w, lat_h)))
+
+
+def remembered(key: str, source: str, count):
+    """`count()` from titk's cache, else counted and kept there: counting runs every op of the model in Python
+    (6 s for SDXL's UNet, 16 s for a `titk plan` of two SDXL buckets), and the figure depends only on the key
+    (config and sizes), torch, diffusers and the `source` file that counts, which the cache's key holds."""
     from importlib.metadata import version
 
     from ..hashing import sha256_bytes
     from ..paths import cache_dir
 
     versions = f"{version('torch')}|{version('diffusers')}|"  # read without importing either: a cached count needs neither
-    key = sha256_bytes(f"{config_json}|{lat_w}x{lat_h}|{versions}".encode() + Path(__file__).read_bytes())
+    digest = sha256_bytes(f"{key}|{versions}".encode() + Path(source).read_bytes() + Path(__file__).read_bytes())
     path = cache_dir() / "flops.json"
-    known = _read(path).get(key)
-    if isinstance(known, (int, float)):
-        return float(known)
-    value = _count(config_json, lat_w, lat_h)
+    known = _read(path).get(digest)
+    if isinstance(known, (int, float, list)):
+        return known
+    value = count()
     try:  # what another process added meanwhile is kept; a cache that cannot be written only costs the next plan
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**_read(path), key: value}))
+        tmp.write_text(json.dumps({**_read(path), digest: value}))
         os.replace(tmp, path)
     except OSError:
         pass
@@ -57,72 +61,77 @@ def _read(path: Path) -> dict:
 
 
 def _count(config_json: str, lat_w: int, lat_h: int) -> float:
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    raw = json.loads(config_json)
+    step = denoiser_step(json.loads(config_json), lat_w, lat_h)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def denoiser_step(raw: dict, lat_w: int, lat_h: int, *, batch: int = 1, device: str = "meta", dtype=None,
+                  gradient_checkpointing: bool = False):
+    """The frozen denoiser of config `raw` (a UNet, SD3's MMDiT or Flux's transformer) built on `device` without
+    weights worth the name, and a function running one training step of `batch` views on it: forward, and backward
+    to the conditioning only. Used on the meta device to count FLOPs and on fake tensors to count memory
+    (titk.train.memory)."""
+    import torch
+
     config = {k: v for k, v in raw.items() if not k.startswith("_")}
-    meta = dict(device="meta")
-    if raw.get("_class_name") == "FluxTransformer2DModel" or "guidance_embeds" in config:
-        return _count_flux(config, lat_w, lat_h)
-    x = torch.empty(1, config.get("in_channels", 4), lat_h, lat_w, **meta)
-    if raw.get("_class_name") == "SD3Transformer2DModel" or "joint_attention_dim" in config:
-        return _count_mmdit(config, x)
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    unet.requires_grad_(False)
-    cond = torch.empty(1, CONTEXT_TOKENS, unet.config.cross_attention_dim, requires_grad=True, **meta)
-    extra = {}
-    if unet.config.addition_embed_type == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, **meta), "time_ids": torch.empty(1, 6, **meta)}
-    with FlopCounterMode(display=False) as counter:
-        out = unet(x, torch.tensor([500], **meta), encoder_hidden_states=cond, **extra).sample
-        out.float().pow(2).mean().backward()
-    return float(counter.get_total_flops())
-
-
-def _count_mmdit(config: dict, x) -> float:
-    """SD3's MMDiT at one view: 77 CLIP and 256 T5 tokens (its pipeline's prompt), forward and backward to them."""
-    import torch
-    from diffusers import SD3Transformer2DModel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = SD3Transformer2DModel.from_config(config)
+    kind = raw.get("_class_name")
+    if kind == "FluxTransformer2DModel" or "guidance_embeds" in config:
+        from diffusers import FluxTransformer2DModel as model_class
+    elif kind == "SD3Transformer2DModel" or "joint_attention_dim" in config:
+        from diffusers import SD3Transformer2DModel as model_class
+    else:
+        from diffusers import UNet2DConditionModel as model_class
+    dtype = dtype or torch.float32
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its precision: a fake or meta module cannot be cast after
+    try:
+        with torch.device(device):
+            model = model_class.from_config(config)
+    finally:
+        torch.set_default_dtype(before)
     model.requires_grad_(False)
-    cond = torch.empty(1, CONTEXT_TOKENS + SD3_T5_TOKENS, model.config.joint_attention_dim, requires_grad=True, device="meta")
-    pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        out = model(x, timestep=torch.tensor([500.0], device="meta"), encoder_hidden_states=cond, pooled_projections=pooled).sample
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+        model.train()  # diffusers checkpoints only while training
+    at = dict(device=device, dtype=dtype)
+    if model_class.__name__ == "FluxTransformer2DModel":
+        inputs = _flux_inputs(model, lat_w, lat_h, batch, at)
+    elif model_class.__name__ == "SD3Transformer2DModel":
+        # SD3's pipeline prompt: 77 CLIP and 256 T5 tokens
+        inputs = dict(hidden_states=torch.empty(batch, config.get("in_channels", 16), lat_h, lat_w, **at), timestep=torch.full((batch,), 500.0, device=device),
+                      encoder_hidden_states=torch.empty(batch, CONTEXT_TOKENS + SD3_T5_TOKENS, model.config.joint_attention_dim, requires_grad=True, **at),
+                      pooled_projections=torch.empty(batch, model.config.pooled_projection_dim, requires_grad=True, **at))
+    else:
+        inputs = dict(sample=torch.empty(batch, config.get("in_channels", 4), lat_h, lat_w, **at), timestep=torch.full((batch,), 500, device=device),
+                      encoder_hidden_states=torch.empty(batch, CONTEXT_TOKENS, model.config.cross_attention_dim, requires_grad=True, **at))
+        if model.config.addition_embed_type == "text_time":
+            pooled = model.config.projection_class_embeddings_input_dim - 6 * model.config.addition_time_embed_dim
+            inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, pooled, **at), "time_ids": torch.empty(batch, 6, **at)}
+
+    def step():
+        out = model(**inputs).sample
         out.float().pow(2).mean().backward()
-    return float(counter.get_total_flops())
+
+    return step
 
 
-def _count_flux(config: dict, lat_w: int, lat_h: int) -> float:
-    """Flux's transformer at one view: 2×2 latent patches and its T5 tokens (dev 512, schnell 256), forward and
-    backward to them."""
+def _flux_inputs(model, lat_w: int, lat_h: int, batch: int, at: dict) -> dict:
+    """Flux's transformer at `batch` views: 2×2 latent patches and its T5 tokens (dev 512, schnell 256)."""
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from torch.utils.flop_counter import FlopCounterMode
+    from diffusers import FluxPipeline
 
     from ..models.families import flux_t5_tokens
 
-    with torch.device("meta"):
-        model = FluxTransformer2DModel.from_config(config)
-    model.requires_grad_(False)
-    meta = dict(device="meta")
-    seq = (lat_h // 2) * (lat_w // 2)
-    x = torch.empty(1, seq, model.config.in_channels, **meta)
     tokens = flux_t5_tokens(model.config.guidance_embeds)
-    cond = torch.empty(1, tokens, model.config.joint_attention_dim, requires_grad=True, **meta)
-    pooled = torch.empty(1, model.config.pooled_projection_dim, requires_grad=True, **meta)
-    image_ids = FluxPipeline._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, "meta", torch.float32)
-    guidance = torch.empty(1, **meta) if model.config.guidance_embeds else None
-    with FlopCounterMode(display=False) as counter:
-        out = model(x, timestep=torch.empty(1, **meta), guidance=guidance, pooled_projections=pooled, encoder_hidden_states=cond,
-                    txt_ids=torch.empty(tokens, 3, **meta), img_ids=image_ids).sample
-        out.float().pow(2).mean().backward()
-    return float(counter.get_total_flops())
+    device = at["device"]
+    return dict(
+        hidden_states=torch.empty(batch, (lat_h // 2) * (lat_w // 2), model.config.in_channels, **at),
+        timestep=torch.empty(batch, **at), guidance=torch.empty(batch, **at) if model.config.guidance_embeds else None,
+        pooled_projections=torch.empty(batch, model.config.pooled_projection_dim, requires_grad=True, **at),
+        encoder_hidden_states=torch.empty(batch, tokens, model.config.joint_attention_dim, requires_grad=True, **at),
+        txt_ids=torch.empty(tokens, 3, device=device), img_ids=FluxPipeline._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, device, torch.float32),
+    )

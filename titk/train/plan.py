@@ -53,6 +53,7 @@ class TrainPlan:
     sizes: dict[str, int]
     tflops_per_view: dict[str, float] = field(default_factory=dict)
     total_tflops: float | None = None
+    memory: dict | None = None  # the GPU memory estimate of one micro-batch at the largest size (estimate_memory)
     template: str = ""  # the template file used (a shipped name or a path), its line count and sha256
     template_lines: int = 0
     template_sha256: str = ""
@@ -68,6 +69,24 @@ class TrainPlan:
 
     def epoch_of(self, step: int) -> float:
         return step / self.updates_per_pass
+
+
+def estimate_memory(plan: TrainPlan, config: TrainConfig, arch) -> None:
+    """Adds to `plan` the GPU memory one micro-batch needs at the dataset's largest size, as configured and with the
+    other gradient_checkpointing setting, the frozen denoiser in the model's precision (auto: bf16 or fp16, as on a
+    GPU); counted on fake tensors (titk.train.memory), so it needs no GPU and no weights."""
+    from .memory import step_memory
+
+    width, height = max(plan.image_sizes, key=lambda size: size[0] * size[1])
+    dtype = config.model_settings.dtype or "auto"
+    dtype = "bf16" if dtype == "auto" else dtype
+    checkpointing = config.train.gradient_checkpointing
+    size = dict(batch=plan.batch_size_eff, dtype=dtype, vae_scale=arch.vae_scale)
+    plan.memory = {
+        "size": f"{width}x{height}", "batch": plan.batch_size_eff, "dtype": dtype, "gradient_checkpointing": checkpointing,
+        **step_memory(arch.unet, width, height, gradient_checkpointing=checkpointing, **size).to_dict(),
+        "other_checkpointing_peak_gib": step_memory(arch.unet, width, height, gradient_checkpointing=not checkpointing, **size).to_dict()["peak_gib"],
+    }
 
 
 def image_sizes(config: TrainConfig, dataset: Dataset, default_size: int) -> list[tuple[int, int]]:
