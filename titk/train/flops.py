@@ -93,10 +93,9 @@ def denoiser_step(raw: dict, lat_w: int, lat_h: int, *, batch: int = 1, device: 
             model = model_class.from_config(config)
     finally:
         torch.set_default_dtype(before)
-    model.requires_grad_(False)
+    model.requires_grad_(False).eval()  # as titk loads and trains it (from_pretrained's mode): no dropout masks
     if gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-        model.train()  # diffusers checkpoints only while training
+        model.enable_gradient_checkpointing()  # diffusers checkpoints wherever gradients are enabled
     at = dict(device=device, dtype=dtype)
     if model_class.__name__ == "FluxTransformer2DModel":
         inputs = _flux_inputs(model, lat_w, lat_h, batch, at)
