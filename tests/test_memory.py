@@ -56,3 +56,24 @@ def test_the_recipes_step_fits_a_24_gb_card_and_grows_with_its_views(sd15):
     checkpointed = step_memory(sd15, 512, 512, batch=12, gradient_checkpointing=True)
     assert checkpointed.weights == group.weights and checkpointed.activations < group.activations / 3
     assert group.peak / 2**30 < 11 and recipe.peak / 2**30 < 4  # with the text encoder and CUDA's own: far below 24 GB
+
+
+def test_fake_tensors_count_what_real_ones_do():
+    """The same step of the toy world's SD1 UNet counted on real CPU tensors (weights and all computed) and
+    estimated on fake ones: equal, so the fakes allocate as the real kernels do (GPU kernels are checked by the
+    GPU benchmark, which records both)."""
+    import json
+
+    from titk.models import load_model
+    from titk.train import memory
+    from titk.train.flops import denoiser_step
+
+    config = dict(load_model("toyworld", dtype="fp32").unet.config)
+    counter = live_bytes()
+    with counter:
+        step = denoiser_step(json.loads(json.dumps(config)), 16, 16, batch=4, device="cpu", dtype=torch.float32)
+        weights = counter.live
+        step()
+        del step
+    estimate = memory._count(json.dumps(config, sort_keys=True), 16, 16, 4, "fp32", False)
+    assert estimate == [weights, counter.peak]
