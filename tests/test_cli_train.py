@@ -111,6 +111,10 @@ def test_plan_works_on_a_shipped_recipe_before_its_model_is_set(tmp_path, run_cl
     # GPU memory of one micro-batch (3 views; auto precision is bf16 on a GPU): tests/test_memory.py tests the count
     assert plan["memory"] == {"size": "512x512", "batch": 3, "dtype": "bf16", "gradient_checkpointing": False, "weights_gib": 1.6,
                               "activations_gib": 2.13, "peak_gib": 3.74, "other_checkpointing_peak_gib": 2.23}
+    # a packed group of 4 of it is one step of 12 views (docs/user-guide.md, "Packed trials")
+    code, out, err = run_cli("plan", recipe, "-d", data, "--set", "train.batch_size=12", "--json")
+    assert code == 0, err
+    assert json.loads(out)["memory"] == {**plan["memory"], "batch": 12, "activations_gib": 8.54, "peak_gib": 10.14, "other_checkpointing_peak_gib": 4.13}
     code, out, err = run_cli("plan", recipe, "-d", data, "--set", "train.gradient_checkpointing=true", "--set", "model.dtype=fp32")
     assert code == 0, err
     assert "GPU memory about 4.46 GiB at 512x512, batch 3, fp32: denoiser weights 3.2 + activations 1.26 (without gradient checkpointing: 7.47)" in " ".join(out.split()), out
