@@ -31,7 +31,8 @@ def print_plan(plan, console: Console, brief: bool = False) -> None:
         per_view = ", ".join(f"{s}: {f:g}" for s, f in plan.tflops_per_view.items())
         rows.append(("compute", f"{plan.total_tflops:g} TFLOP ({per_view} TFLOP per view, UNet forward + backward)"))
     if plan.memory is not None:
-        m, other = plan.memory, "with" if not plan.memory["gradient_checkpointing"] else "without"
+        m = plan.memory
+        other = "without" if m["gradient_checkpointing"] else "with"  # the setting the second figure is for
         rows.append(("GPU memory", f"about {m['peak_gib']:g} GiB at {m['size']}, batch {m['batch']}, {m['dtype']}: denoiser weights "
                      f"{m['weights_gib']:g} + activations {m['activations_gib']:g} ({other} gradient checkpointing: {m['other_checkpointing_peak_gib']:g}); "
                      "an estimate without the text encoders and CUDA's own (about 0.5 GiB)"))
